@@ -1,0 +1,112 @@
+"""FLOPs accounting: forward and backward FLOPs actually executed during training.
+
+Each distinct network configuration (which units are dropped, frozen or skipped) is measured
+once with ``torch.utils.flop_counter.FlopCounterMode``, on meta tensors shaped like a real batch:
+the model's own code runs, but no memory is allocated, no arithmetic is done and no BatchNorm
+statistic moves. The cost per sample is multiplied by the samples trained in that configuration;
+the full network's cost over the same samples is the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["Cost", "FlopsLedger", "measure_cost"]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """FLOPs per sample of one training step's forward and backward pass."""
+
+    fwd: float
+    bwd: float
+
+
+def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
+    """Forward and backward FLOPs per sample of ``model`` as it is now (train/eval mode,
+    dropped and frozen units included), for inputs shaped like ``example_input``."""
+    meta = {}
+    for name, value in model.state_dict(keep_vars=True).items():
+        t = torch.empty_like(value, device="meta")
+        if isinstance(value, nn.Parameter) and value.requires_grad:
+            t.requires_grad_(True)
+        meta[name] = t
+    x = example_input.detach().to("meta")
+    with FlopCounterMode(display=False) as forward:
+        out = torch.func.functional_call(model, meta, (x,), strict=False)
+    bwd = 0
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        with FlopCounterMode(display=False) as backward:
+            out.float().sum().backward()
+        bwd = backward.get_total_flops()
+    batch = max(1, x.shape[0])
+    return Cost(forward.get_total_flops() / batch, bwd / batch)
+
+
+class FlopsLedger:
+    """Executed FLOPs of a training run, against the full network over the same samples.
+
+    ``record(key, samples)`` adds samples trained in configuration ``key`` (any hashable that
+    identifies the network's structure); a new key is measured once on the model as it is at that
+    moment. Costs may also be given directly with ``set_cost`` (e.g. additive per-unit costs).
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
+        self.model = model
+        self.example_input = example_input
+        self.full = measure_cost(model, example_input)
+        self.costs: dict[Hashable, Cost] = {}
+        self.samples: dict[Hashable, int] = {}
+
+    def set_cost(self, key: Hashable, cost: Cost) -> None:
+        self.costs[key] = cost
+
+    def cost(self, key: Hashable) -> Cost:
+        if key not in self.costs:
+            self.costs[key] = measure_cost(self.model, self.example_input)
+        return self.costs[key]
+
+    def record(self, key: Hashable, samples: int) -> None:
+        self.cost(key)
+        self.samples[key] = self.samples.get(key, 0) + samples
+
+    @property
+    def samples_seen(self) -> int:
+        return sum(self.samples.values())
+
+    def totals(self) -> dict[str, float]:
+        """Cumulative FLOPs so far and their reductions against the full network."""
+        fwd = sum(self.costs[k].fwd * n for k, n in self.samples.items())
+        bwd = sum(self.costs[k].bwd * n for k, n in self.samples.items())
+        n = self.samples_seen
+        fwd_full, bwd_full = self.full.fwd * n, self.full.bwd * n
+        return {
+            "fwd_flops": fwd,
+            "fwd_flops_full": fwd_full,
+            "fwd_flops_reduction": 1 - fwd / fwd_full if fwd_full else 0.0,
+            "bwd_flops": bwd,
+            "bwd_flops_full": bwd_full,
+            "bwd_flops_reduction": 1 - bwd / bwd_full if bwd_full else 0.0,
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "full": (self.full.fwd, self.full.bwd),
+            "costs": [(k, (c.fwd, c.bwd)) for k, c in self.costs.items()],
+            "samples": list(self.samples.items()),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.full = Cost(*state["full"])
+        self.costs = {_key(k): Cost(*c) for k, c in state["costs"]}
+        self.samples = {_key(k): n for k, n in state["samples"]}
+
+
+def _key(key: Hashable) -> Hashable:
+    # Keys come back from checkpoints as lists where they were tuples.
+    return tuple(_key(k) for k in key) if isinstance(key, list) else key

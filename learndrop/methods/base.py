@@ -1,0 +1,190 @@
+"""The driver interface shared by every training method (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from learndrop.flops import FlopsLedger
+from learndrop.surgery import drop_unit, freeze_unit
+from learndrop.units import NoDroppableUnitsError, Unit, find_units
+
+__all__ = ["Event", "Method", "Full"]
+
+_ACTIONS = {"drop": drop_unit, "freeze": freeze_unit}
+
+
+@dataclass(frozen=True)
+class Event:
+    """A structural change: a unit dropped or frozen at a given step.
+
+    ``epoch`` is the step over the steps per check (so, with the default of one check per
+    epoch, the epoch in which it happened, fractional for mid-epoch events).
+    """
+
+    unit: str
+    action: str
+    step: int
+    epoch: float | None
+    change_score: float | None = None
+    continuation_score: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Method:
+    """Base of all training methods: counts steps and samples, keeps the FLOPs ledger, applies
+    drops/freezes to the model and optimizer, and holds the state needed to resume.
+
+    Subclasses override :meth:`before_step`, :meth:`on_step` and :meth:`on_check`.
+
+    Args:
+        model: the network being trained; it is modified in place by drops.
+        optimizer: its optimizer; dropped units' parameters and state are removed from it.
+        example_input: one input batch (only its shape and dtype are used).
+        units: droppable units; found automatically when omitted.
+        unit_names: qualified module names to use as units instead of automatic discovery.
+        steps_per_check: call :meth:`check` every this many steps (e.g. ``len(loader)`` for
+            once per epoch); ``None`` means the caller calls :meth:`check` itself.
+        require_units: raise when the model has no droppable unit (methods that need them).
+    """
+
+    name = "full"
+    require_units = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        example_input: torch.Tensor,
+        *,
+        units: list[Unit] | None = None,
+        unit_names: Iterable[str] | None = None,
+        steps_per_check: int | None = None,
+    ) -> None:
+        if steps_per_check is not None and steps_per_check < 1:
+            raise ValueError(f"steps_per_check must be >= 1, got {steps_per_check}")
+        self.model = model
+        self.optimizer = optimizer
+        self.example_input = example_input
+        if units is None:
+            try:
+                units = find_units(model, example_input, unit_names)
+            except NoDroppableUnitsError:
+                if self.require_units:
+                    raise
+                units = []
+        self.units = list(units)
+        self.steps_per_check = steps_per_check
+        self.steps = 0
+        self.checks = 0
+        self.events: list[Event] = []
+        self.removed: dict[str, str] = {}
+        self.structure_version = 0
+        self.ledger = FlopsLedger(model, example_input)
+        self.params_initial = sum(p.numel() for p in model.parameters())
+
+    # ---- hooks for subclasses -------------------------------------------------------------
+    def before_step(self) -> None:
+        """Called before the forward pass of every step."""
+
+    def on_step(self) -> list[Event]:
+        """Called after every optimizer step (after the samples were recorded)."""
+        return []
+
+    def on_check(self) -> list[Event]:
+        """Called at every check; returns the events it caused."""
+        return []
+
+    def flops_key(self) -> Hashable:
+        """Identifies the network configuration that ran in the current step."""
+        return self.structure_version
+
+    # ---- the driver interface -------------------------------------------------------------
+    def step(self, batch_size: int | None = None) -> list[Event]:
+        """Account for one optimizer step of ``batch_size`` samples; check on schedule."""
+        samples = int(batch_size if batch_size is not None else self.example_input.shape[0])
+        self.steps += 1
+        self.ledger.record(self.flops_key(), samples)
+        events = self.on_step()
+        if self.steps_per_check and self.steps % self.steps_per_check == 0:
+            events = events + self.check()
+        return events
+
+    def check(self) -> list[Event]:
+        """Score and decide now (normally called by :meth:`step` on schedule)."""
+        self.checks += 1
+        return self.on_check()
+
+    @property
+    def live_units(self) -> list[Unit]:
+        return [u for u in self.units if u.name not in self.removed]
+
+    @property
+    def epoch(self) -> float | None:
+        return self.steps / self.steps_per_check if self.steps_per_check else None
+
+    def apply(self, unit: Unit, action: str, **scores: float | None) -> Event:
+        """Drop or freeze ``unit`` now and record the event."""
+        if unit.name in self.removed:
+            raise ValueError(f"unit {unit.name!r} is already {self.removed[unit.name]}")
+        _ACTIONS[action](self.model, unit, self.optimizer)
+        self.removed[unit.name] = action
+        self.structure_version += 1
+        event = Event(unit.name, action, self.steps, self.epoch, **scores)
+        self.events.append(event)
+        return event
+
+    # ---- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "method": self.name,
+            "steps": self.steps,
+            "checks": self.checks,
+            "structure_version": self.structure_version,
+            "events": [e.to_dict() for e in self.events],
+            "ledger": self.ledger.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the state and re-apply its drops/freezes to a freshly built model and
+        optimizer (before their own state dicts are loaded)."""
+        if state["method"] != self.name:
+            raise ValueError(f"state is of method {state['method']!r}, not {self.name!r}")
+        by_name = {u.name: u for u in self.units}
+        for record in state["events"]:
+            event = Event(**record)
+            if event.unit not in self.removed:
+                _ACTIONS[event.action](self.model, by_name[event.unit], self.optimizer)
+                self.removed[event.unit] = event.action
+            self.events.append(event)
+        self.steps = state["steps"]
+        self.checks = state["checks"]
+        self.structure_version = state["structure_version"]
+        self.ledger.load_state_dict(state["ledger"])
+
+    def summary(self) -> dict:
+        """Units, events, parameter counts and FLOPs totals and reductions so far."""
+        return {
+            "method": self.name,
+            "steps": self.steps,
+            "samples_seen": self.ledger.samples_seen,
+            "params_initial": self.params_initial,
+            "params_final": sum(p.numel() for p in self.model.parameters()),
+            "units_total": len(self.units),
+            "units_dropped": sum(1 for a in self.removed.values() if a == "drop"),
+            "units_frozen": sum(1 for a in self.removed.values() if a == "freeze"),
+            "drops": [e.to_dict() for e in self.events],
+            **self.ledger.totals(),
+        }
+
+
+class Full(Method):
+    """Ordinary training: nothing is dropped; the reference of every comparison."""
+
+    name = "full"
+    require_units = False

@@ -1,0 +1,100 @@
+"""Learn&Drop: score every unit at each check and drop the ones that have stopped learning."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from learndrop.methods.base import Event, Method
+from learndrop.policy import DropPolicy
+from learndrop.scores import ScoreTracker, UnitScore
+from learndrop.units import Unit
+
+__all__ = ["LearnDrop"]
+
+
+class LearnDrop(Method):
+    """Learn&Drop as a driver of an ordinary training loop.
+
+    Example::
+
+        ld = LearnDrop(model, optimizer, example_input, steps_per_check=len(loader))
+        for epoch in range(epochs):
+            for x, y in loader:
+                loss_fn(model(x), y).backward(); optimizer.step(); optimizer.zero_grad()
+                ld.step(len(x))      # scores and drops once per epoch; returns the drop events
+        ld.summary()
+
+    Args:
+        mode: ``"drop"`` removes units from the network; ``"freeze"`` keeps them in the forward
+            pass without gradients (the baseline of the same scores).
+        policy: the drop decision's hyperparameters (:class:`DropPolicy`).
+        Other arguments: see :class:`learndrop.methods.base.Method`.
+    """
+
+    name = "learndrop"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        example_input: torch.Tensor,
+        *,
+        policy: DropPolicy | None = None,
+        mode: str = "drop",
+        units: list[Unit] | None = None,
+        unit_names: Iterable[str] | None = None,
+        steps_per_check: int | None = None,
+    ) -> None:
+        if mode not in ("drop", "freeze"):
+            raise ValueError(f"mode must be 'drop' or 'freeze', got {mode!r}")
+        super().__init__(
+            model, optimizer, example_input,
+            units=units, unit_names=unit_names, steps_per_check=steps_per_check,
+        )
+        self.mode = mode
+        if mode == "freeze":
+            self.name = "freeze"
+        self.policy = policy or DropPolicy()
+        self.tracker = ScoreTracker(
+            model, self.units, optimizer,
+            window=self.policy.trend_window, warmup_checks=self.policy.warmup_checks,
+        )
+        self.streaks: dict[str, int] = {}
+        self.last_scores: dict[str, UnitScore] = {}
+
+    def on_step(self) -> list[Event]:
+        self.tracker.accumulate_lr()
+        return []
+
+    def on_check(self) -> list[Event]:
+        scores = self.tracker.check()
+        self.last_scores = scores
+        for name, score in scores.items():
+            candidate = self.policy.is_candidate(score)
+            self.streaks[name] = self.streaks.get(name, 0) + 1 if candidate else 0
+        chosen = self.policy.decide(
+            scores, self.streaks,
+            check=self.checks, units_total=len(self.units), units_dropped=len(self.removed),
+        )
+        by_name = {u.name: u for u in self.units}
+        events = []
+        for name in chosen:
+            score = scores[name]
+            events.append(self.apply(
+                by_name[name], self.mode,
+                change_score=score.change, continuation_score=score.continuation,
+            ))
+            self.tracker.forget(name)
+        return events
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "tracker": self.tracker.state_dict(),
+                "streaks": dict(self.streaks), "policy": self.policy.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.tracker.load_state_dict(state["tracker"])
+        self.streaks = dict(state["streaks"])

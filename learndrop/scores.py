@@ -1,0 +1,159 @@
+"""Scoring: how much each unit's parameters still change, and whether they will go on changing.
+
+Our reading of the paper (DESIGN.md section 1), made precise here:
+
+* **change score** of a unit at check ``t``::
+
+      change(t) = ||theta(t) - theta(t-1)|| / ||theta(t-1)||  /  sum of the learning rates applied
+                                                              to the unit's param group since t-1
+
+  Dividing by the summed learning rate makes it a relative speed *per unit of learning rate and
+  step*: a decaying schedule, a small fine-tuning learning rate or a longer check interval alone
+  do not make a unit look converged.
+* **ratio**: ``change(t)`` over the unit's own running maximum, taken over the checks after the
+  warm-up (the warm-up's large early moves would inflate it).
+* **slope**: least-squares slope of ``log change`` over the last ``window`` checks after the
+  warm-up (negative = still slowing down).
+* **continuation score** = ``ratio * exp(slope)``: the change expected at the next check if the
+  trend holds, relative to the unit's peak. Low means "has stopped learning and is not about to
+  resume".
+
+Snapshots live on the parameters' device; a check costs a handful of vector norms and one host
+transfer for all units together, and nothing is done per step except adding a Python float.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from learndrop.units import Unit
+
+__all__ = ["UnitScore", "ScoreTracker", "log_slope"]
+
+
+@dataclass(frozen=True)
+class UnitScore:
+    """Scores of one unit at one check (see the module docstring)."""
+
+    change: float
+    ratio: float
+    slope: float
+    continuation: float
+
+
+def log_slope(values: Sequence[float]) -> float:
+    """Least-squares slope of ``log(values)`` against their index; 0 with fewer than 2 values."""
+    logs = [math.log(v) for v in values if v > 0]
+    n = len(logs)
+    if n < 2:
+        return 0.0
+    mean_x = (n - 1) / 2
+    mean_y = sum(logs) / n
+    num = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(logs))
+    den = sum((i - mean_x) ** 2 for i in range(n))
+    return num / den
+
+
+def _flat(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).float() for p in params])
+
+
+class ScoreTracker:
+    """Keeps a snapshot and the score history of every live unit.
+
+    Call :meth:`accumulate_lr` after every optimizer step and :meth:`check` at every check.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        units: Sequence[Unit],
+        optimizer: torch.optim.Optimizer,
+        *,
+        window: int = 3,
+        warmup_checks: int = 1,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.window = window
+        self.warmup_checks = warmup_checks
+        self.units = {u.name: u for u in units}
+        self.history: dict[str, list[float]] = {u.name: [] for u in units}
+        self.peak: dict[str, float] = {u.name: 0.0 for u in units}
+        self.checks = 0
+        self._group_of = {u.name: self._group_index(u) for u in units}
+        self._lr_sum = [0.0] * len(optimizer.param_groups)
+        self._snapshots = {u.name: _flat(u.parameters(model)) for u in units}
+
+    def _group_index(self, unit: Unit) -> int:
+        params = {id(p) for p in unit.parameters(self.model)}
+        for i, group in enumerate(self.optimizer.param_groups):
+            if any(id(p) in params for p in group["params"]):
+                return i
+        raise ValueError(f"unit {unit.name!r} has no parameter in the optimizer")
+
+    def accumulate_lr(self) -> None:
+        """Add the learning rates of the step just taken (a Python add per param group)."""
+        for i, group in enumerate(self.optimizer.param_groups):
+            self._lr_sum[i] += group["lr"]
+
+    def forget(self, name: str) -> None:
+        """Stop tracking a dropped or frozen unit (its snapshot is released)."""
+        self._snapshots.pop(name, None)
+
+    def check(self) -> dict[str, UnitScore]:
+        """Score every live unit, take new snapshots and reset the learning-rate sums."""
+        names = list(self._snapshots)
+        rel = []
+        new_snapshots = {}
+        for name in names:
+            now = _flat(self.units[name].parameters(self.model))
+            before = self._snapshots[name]
+            scale = torch.linalg.vector_norm(before).clamp_min(1e-12)
+            rel.append(torch.linalg.vector_norm(now - before) / scale)
+            new_snapshots[name] = now
+        rel_values = torch.stack(rel).tolist() if rel else []  # one host transfer per check
+        lr_sums = [float(s) for s in self._lr_sum]
+        self._lr_sum = [0.0] * len(self._lr_sum)
+        self._snapshots = new_snapshots
+        in_warmup = self.checks < self.warmup_checks
+        self.checks += 1
+
+        scores = {}
+        for name, r in zip(names, rel_values):
+            lr_sum = lr_sums[self._group_of[name]]
+            change = r / lr_sum if lr_sum > 0 else float("nan")
+            self.history[name].append(change)
+            if math.isnan(change):
+                continue
+            if not in_warmup:
+                self.peak[name] = max(self.peak[name], change)
+            recent = [v for v in self.history[name][self.warmup_checks:] if not math.isnan(v)]
+            recent = recent[-self.window:]
+            peak = self.peak[name]
+            ratio = change / peak if peak > 0 else 1.0
+            slope = log_slope(recent)
+            scores[name] = UnitScore(change, ratio, slope, ratio * math.exp(slope))
+        return scores
+
+    def state_dict(self) -> dict:
+        return {
+            "history": {k: list(v) for k, v in self.history.items()},
+            "peak": dict(self.peak),
+            "checks": self.checks,
+            "lr_sum": [float(s) for s in self._lr_sum],
+            "snapshots": {k: v.clone() for k, v in self._snapshots.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.peak = dict(state["peak"])
+        self.checks = state["checks"]
+        self._lr_sum = list(state["lr_sum"])
+        device = next(iter(self._snapshots.values())).device if self._snapshots else "cpu"
+        self._snapshots = {k: v.to(device) for k, v in state["snapshots"].items()}

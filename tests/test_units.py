@@ -1,0 +1,159 @@
+"""Discovery of droppable units on the model families we support, and on custom models."""
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet
+
+from learndrop.models import create_model
+from learndrop.units import NoDroppableUnitsError, find_units
+
+CIFAR = torch.zeros(2, 3, 32, 32)
+
+
+def meta_model(name: str) -> nn.Module:
+    with torch.device("meta"):
+        return create_model(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "blocks", "units"),
+    [
+        ("resnet18", 8, 5),
+        ("resnet34", 16, 13),
+        ("resnet50", 16, 12),
+        ("resnet101", 33, 29),
+        ("resnet152", 50, 46),
+        ("resnext50_32x4d", 16, 12),
+        ("wide_resnet50_2", 16, 12),
+    ],
+)
+def test_torchvision_resnets_identity_shortcut_blocks(name, blocks, units):
+    model = meta_model(name)
+    found = find_units(model, torch.zeros(2, 3, 64, 64))
+    all_blocks = [
+        m for m in model.modules()
+        if isinstance(m, (resnet.BasicBlock, resnet.Bottleneck))
+    ]
+    assert len(all_blocks) == blocks
+    assert len(found) == units
+    assert all(u.kind == "residual" for u in found)
+    for unit in found:
+        assert model.get_submodule(unit.name).downsample is None
+
+
+@pytest.mark.parametrize(
+    ("name", "convs", "units"),
+    [("vgg11", 8, 4), ("vgg13", 10, 6), ("vgg16", 13, 9), ("vgg19", 16, 12),
+     ("vgg11_bn", 8, 4), ("vgg16_bn", 13, 9)],
+)
+def test_torchvision_vggs_square_stride1_convs(name, convs, units):
+    model = meta_model(name)
+    found = find_units(model, torch.zeros(2, 3, 64, 64))
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == convs
+    assert len(found) == units
+    for unit in found:
+        conv = model.get_submodule(unit.name)
+        assert isinstance(conv, nn.Conv2d) and conv.in_channels == conv.out_channels
+        kinds = [type(model.get_submodule(m)) for m in unit.modules]
+        bn = [nn.BatchNorm2d] if name.endswith("_bn") else []
+        expected = [nn.Conv2d, *bn, nn.ReLU]
+        assert kinds == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "units"),
+    [("resnet20", 7), ("resnet32", 13), ("resnet44", 19), ("resnet56", 25), ("resnet110", 52),
+     ("vgg11_cifar", 4), ("vgg16_cifar", 9)],
+)
+def test_cifar_models(name, units):
+    assert len(find_units(create_model(name), CIFAR)) == units
+
+
+def test_cifar_resnet56_keeps_downsampling_blocks():
+    model = create_model("resnet56")
+    names = {u.name for u in find_units(model, CIFAR)}
+    blocks = [n for n, m in model.named_modules() if type(m).__name__ == "BasicBlock"]
+    assert len(blocks) == 27
+    assert set(blocks) - names == {"layer2.0", "layer3.0"}
+
+
+def test_one_channel_inputs():
+    model = create_model("resnet20", in_channels=1)
+    assert len(find_units(model, torch.zeros(2, 1, 28, 28))) == 7
+    vgg = create_model("vgg16_cifar", in_channels=1)
+    assert len(find_units(vgg, torch.zeros(2, 1, 28, 28))) == 9
+
+
+def test_discovery_does_not_touch_the_model():
+    model = create_model("resnet20").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    find_units(model, CIFAR)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+class Residual(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv(x))
+
+
+class OutOfOrder(nn.Module):
+    """Registers its modules in an order different from the one they run in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late = Residual(8)
+        self.head = nn.Linear(8, 3)
+        self.early = Residual(8)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = self.late(self.early(self.stem(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def test_custom_model_units_in_execution_order():
+    found = find_units(OutOfOrder(), CIFAR)
+    assert [u.name for u in found] == ["early", "late"]
+    assert [u.kind for u in found] == ["residual", "residual"]
+
+
+class Stage(nn.Module):
+    """Contains residual blocks but is not one itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = Residual(8), Residual(8)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_a_stage_of_blocks_is_not_a_unit():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Stage())
+    assert [u.name for u in find_units(model, CIFAR)] == ["1.a", "1.b"]
+
+
+def test_no_droppable_unit_is_a_clear_error():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
+    )
+    with pytest.raises(NoDroppableUnitsError, match="no droppable unit") as err:
+        find_units(model, CIFAR)
+    assert "\n" not in str(err.value)
+
+
+def test_explicit_names():
+    model = create_model("resnet20")
+    found = find_units(model, CIFAR, names=["layer3.2", "layer1.1"])
+    assert [u.name for u in found] == ["layer1.1", "layer3.2"]
+    with pytest.raises(NoDroppableUnitsError, match="changes the shape"):
+        find_units(model, CIFAR, names=["layer2.0"])
+    with pytest.raises(NoDroppableUnitsError, match="does not run"):
+        find_units(model, CIFAR, names=["layer9"])
