@@ -9,14 +9,16 @@ the full network's cost over the same samples is the reference.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["Cost", "FlopsLedger", "measure_cost"]
+from learndrop.units import Unit
+
+__all__ = ["Cost", "FlopsLedger", "measure_cost", "unit_forward_flops"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,24 @@ def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
         bwd = backward.get_total_flops()
     batch = max(1, x.shape[0])
     return Cost(forward.get_total_flops() / batch, bwd / batch)
+
+
+def unit_forward_flops(
+    model: nn.Module, example_input: torch.Tensor, units: Sequence[Unit]
+) -> dict[str, float]:
+    """Forward FLOPs per sample spent inside each unit's modules (one meta forward pass)."""
+    meta = {k: torch.empty_like(v, device="meta")
+            for k, v in model.state_dict(keep_vars=True).items()}
+    x = example_input.detach().to("meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        torch.func.functional_call(model, meta, (x,), strict=False)
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    batch = max(1, x.shape[0])
+    return {
+        u.name: sum(sum(counts.get(f"{root}.{m}", {}).values()) for m in u.modules) / batch
+        for u in units
+    }
 
 
 class FlopsLedger:

@@ -1,0 +1,193 @@
+"""``learndrop`` command line: parses arguments and calls the trainer, the bench or the core.
+
+Every failure the user can fix ends in one line on stderr and a non-zero exit; set
+``LEARNDROP_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from learndrop.policy import DropPolicy
+from learndrop.train.config import TrainConfig
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _drops_per_check(text: str) -> int | float:
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per DropPolicy field, with its documented default."""
+    group = parser.add_argument_group("Learn&Drop policy (see docs/method-card.md)")
+    for f in dataclasses.fields(DropPolicy):
+        kind = _drops_per_check if f.name == "max_drops_per_check" else f.type
+        kind = {"int": int, "float": float}.get(kind, kind)
+        group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
+                           dest=f"policy_{f.name}", help=f"default {f.default}")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--model", default=d.model, help="a name from `learndrop models`")
+    what.add_argument("--dataset", default=d.dataset,
+                      help="mnist, fashion-mnist, cifar10, imagenette or folder:PATH "
+                           "(a directory or .tar/.tar.gz of train|test/<class>/ images)")
+    what.add_argument("--epochs", type=int, default=d.epochs)
+    what.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA-METHOD)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--subset", type=int, default=d.subset,
+                      help="class-balanced, seeded training subset; 0 = the whole training set")
+    data.add_argument("--test-subset", type=int, default=None)
+    data.add_argument("--image-size", type=int, default=None)
+    data.add_argument("--data-dir", default=None)
+    data.add_argument("--no-augment", dest="augment", action="store_false")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--batch-size", type=int, default=d.batch_size)
+    opt.add_argument("--lr", type=float, default=d.lr)
+    opt.add_argument("--momentum", type=float, default=d.momentum)
+    opt.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    opt.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    opt.add_argument("--seed", type=int, default=d.seed)
+    opt.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    start = parser.add_argument_group("starting point")
+    start.add_argument("--weights", default=None, help="a local state dict to start from")
+    start.add_argument("--pretrained", action="store_true",
+                       help="torchvision's ImageNet weights (needs the internet)")
+    start.add_argument("--replace-head", type=int, default=None, metavar="N",
+                       help="a new classifier head for N classes")
+    method = parser.add_argument_group("method")
+    method.add_argument("--method", default=d.method,
+                        help="learndrop, full, freeze, freezeout, stochastic-depth, random-drop, "
+                             "slim-from-scratch")
+    method.add_argument("--units", default=None,
+                        help="comma-separated module names to use as units (default: found)")
+    method.add_argument("--reference", default=None,
+                        help="run directory of the learndrop run that random-drop and "
+                             "slim-from-scratch copy")
+    method.add_argument("--freezeout-t0", type=float, default=d.freezeout_t0)
+    method.add_argument("--drop-rate", type=float, default=d.drop_rate,
+                        help="stochastic depth: drop probability of the last unit")
+    add_policy_arguments(parser)
+    run = parser.add_argument_group("run control")
+    run.add_argument("--resume", default=None, metavar="CKPT",
+                     help="a run directory or its last.ckpt; continues with its configuration")
+    run.add_argument("--overwrite", action="store_true")
+    run.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--no-plots", dest="plots", action="store_false")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+              if hasattr(args, f.name)}
+    values["subset"] = args.subset or None
+    values["units"] = args.units.split(",") if args.units else None
+    values["policy"] = {f.name: getattr(args, f"policy_{f.name}")
+                        for f in dataclasses.fields(DropPolicy)
+                        if getattr(args, f"policy_{f.name}") is not None}
+    return TrainConfig(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from learndrop.train import train
+
+    summary = train(config_from_args(args), log=print)
+    keys = ("method", "model", "dataset", "epochs", "train_time_s", "final_test_acc",
+            "best_test_acc", "fwd_flops_reduction", "bwd_flops_reduction", "params_initial",
+            "params_final", "units_total", "units_dropped")
+    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    return 0
+
+
+def cmd_units(args: argparse.Namespace) -> int:
+    import torch
+
+    from learndrop.flops import measure_cost, unit_forward_flops
+    from learndrop.models import create_model
+    from learndrop.units import find_units
+
+    with torch.device("meta"):  # shapes only: even ResNet-152 costs nothing
+        model = create_model(args.model, num_classes=args.num_classes,
+                             in_channels=args.in_channels)
+    x = torch.zeros(2, args.in_channels, args.image_size, args.image_size)
+    units = find_units(model, x, args.units.split(",") if args.units else None)
+    full = measure_cost(model, x).fwd
+    shares = unit_forward_flops(model, x, units)
+    total_params = sum(p.numel() for p in model.parameters())
+    print(f"{args.model}: {len(units)} droppable units, {total_params:,} parameters, "
+          f"{full / 1e6:.1f} forward MFLOPs per {args.image_size}x{args.image_size} sample")
+    print(f"{'unit':<24}{'kind':<10}{'params':>12}{'fwd FLOPs':>11}")
+    for u in units:
+        print(f"{u.name:<24}{u.kind:<10}{u.num_parameters(model):>12,}"
+              f"{100 * shares[u.name] / full:>10.2f}%")
+    print(f"{'all units':<34}{sum(u.num_parameters(model) for u in units):>12,}"
+          f"{100 * sum(shares.values()) / full:>10.2f}%")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from learndrop.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="learndrop",
+        description="Train CNNs faster by dropping the layers that have stopped learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train one network with one method")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("units", help="list a model's droppable units")
+    p.add_argument("model")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--units", default=None, help="comma-separated module names instead")
+    p.set_defaults(func=cmd_units)
+    p = sub.add_parser("models", help="list the model names")
+    p.set_defaults(func=cmd_models)
+    try:
+        from learndrop.bench import add_bench_parser
+    except ImportError:
+        pass
+    else:
+        add_bench_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if os.environ.get("LEARNDROP_DEBUG"):
+        return args.func(args)
+    from learndrop.train.trainer import TrainingInterrupted
+
+    try:
+        return args.func(args)
+    except TrainingInterrupted as err:
+        print(err, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `learndrop units resnet152 | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as err:  # noqa: BLE001 - the one-line contract of the CLI
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"learndrop: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

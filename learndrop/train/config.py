@@ -1,0 +1,93 @@
+"""Configuration of a training run, as plain values (what ``config.json`` holds)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from learndrop.policy import DropPolicy
+
+__all__ = ["TrainConfig", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """An impossible training option."""
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``learndrop train``; the defaults train ResNet-20 on Fashion-MNIST in a
+    few minutes on 2 CPU cores, offline."""
+
+    # what to train
+    model: str = "resnet20"
+    dataset: str = "fashion-mnist"
+    method: str = "learndrop"
+    epochs: int = 8
+    out: str | None = None
+    # data
+    subset: int | None = 10000
+    test_subset: int | None = None
+    image_size: int | None = None
+    data_dir: str | None = None
+    augment: bool = True
+    # optimisation: SGD with momentum, linear warm-up then cosine decay to zero
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    # starting point
+    weights: str | None = None
+    pretrained: bool = False
+    replace_head: int | None = None
+    # the method
+    units: list[str] | None = None
+    policy: dict = field(default_factory=dict)
+    reference: str | None = None
+    freezeout_t0: float = 0.5
+    drop_rate: float = 0.5
+    # run control
+    resume: str | None = None
+    overwrite: bool = False
+    quiet: bool = False
+    compile: bool = False
+    tensorboard: bool = False
+    plots: bool = True
+    eval_batch_size: int = 500
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` (one line) for impossible values."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        need(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        need(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
+        need(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
+        need(self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        need(self.subset is None or self.subset >= 1,
+             f"--subset must be >= 1 (or 0 for the whole training set), got {self.subset}")
+        need(self.test_subset is None or self.test_subset >= 1,
+             f"--test-subset must be >= 1, got {self.test_subset}")
+        need(self.image_size is None or self.image_size >= 8,
+             f"--image-size must be >= 8, got {self.image_size}")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"--device must be auto, cpu or cuda, got {self.device!r}")
+        need(self.replace_head is None or self.replace_head >= 2,
+             f"--replace-head must be >= 2 classes, got {self.replace_head}")
+        need(self.method not in ("random-drop", "slim-from-scratch") or bool(self.reference),
+             f"--method {self.method} needs --reference RUN_DIR (a finished learndrop run)")
+        DropPolicy(**self.policy)  # raises PolicyError with the offending option
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,82 @@
+"""PNG plots of a run, drawn from its metrics (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plot_run"]
+
+
+def plot_run(metrics: list[dict], summary: dict, out: Path) -> list[Path]:
+    """Write the run's plots into ``out``; returns their paths."""
+    if not metrics:
+        return []
+    paths = [_accuracy_and_loss(metrics, out), _flops_per_step(metrics, out)]
+    heat = _score_heatmap(metrics, summary, out)
+    if heat is not None:
+        paths.append(heat)
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _accuracy_and_loss(metrics: list[dict], out: Path) -> Path:
+    t = [m["time_s"] for m in metrics]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(t, [100 * m["test_acc"] for m in metrics], marker="o")
+    ax1.set(xlabel="training time (s)", ylabel="test accuracy (%)", title="Test accuracy")
+    ax2.plot(t, [m["train_loss"] for m in metrics], marker="o", color="tab:red")
+    ax2.set(xlabel="training time (s)", ylabel="training loss", title="Training loss")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    return _save(fig, out / "accuracy_loss.png")
+
+
+def _flops_per_step(metrics: list[dict], out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    steps = [0] + [m["step"] for m in metrics]
+    fwd = [metrics[0]["fwd_flops_per_sample_full"]] + [m["fwd_flops_per_sample"] for m in metrics]
+    full = metrics[0]["fwd_flops_per_sample_full"]
+    ax.step(steps, [f / 1e6 for f in fwd], where="pre", label="this run")
+    ax.axhline(full / 1e6, color="gray", linestyle="--", label="full network")
+    ax.set(xlabel="training step", ylabel="forward MFLOPs per sample",
+           title="Forward FLOPs per step", ylim=(0, full / 1e6 * 1.1))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, out / "flops_per_step.png")
+
+
+def _score_heatmap(metrics: list[dict], summary: dict, out: Path) -> Path | None:
+    rows = [m for m in metrics if m.get("scores")]
+    if not rows:
+        return None
+    units = list(dict.fromkeys(u for m in rows for u in m["scores"]))
+    grid = [[math.nan] * len(rows) for _ in units]
+    for j, m in enumerate(rows):
+        for i, unit in enumerate(units):
+            score = m["scores"].get(unit)
+            if score is not None and score["continuation"] > 0:
+                grid[i][j] = math.log10(score["continuation"])
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(rows) + 3), max(3, 0.22 * len(units) + 1.5)))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="log10 continuation score")
+    col = {m["epoch"]: j for j, m in enumerate(rows)}
+    for drop in summary.get("drops", []):
+        j = col.get(round(drop["epoch"]) if drop.get("epoch") is not None else None)
+        if drop["unit"] in units and j is not None:
+            ax.plot(j, units.index(drop["unit"]), marker="x", color="red", markersize=9, mew=2)
+    ax.set_xticks(range(len(rows)), [str(m["epoch"]) for m in rows])
+    ax.set_yticks(range(len(units)), units, fontsize=7)
+    ax.set(xlabel="check (epoch)", title="Unit scores (x = dropped)")
+    return _save(fig, out / "unit_scores.png")

@@ -1,0 +1,85 @@
+"""The run directory: refuse to clobber results, write every file atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+__all__ = ["RunDir", "RunDirExistsError", "atomic_write"]
+
+
+class RunDirExistsError(FileExistsError):
+    """The run directory already holds a run and neither resume nor overwrite was asked for."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over
+    ``path``: a crash or Ctrl-C never leaves a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDir:
+    """Files of one training run (see the README for their contents)."""
+
+    MARKERS = ("config.json", "metrics.jsonl", "last.ckpt", "summary.json")
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> None:
+        """Create the directory; refuse one that holds a run unless resuming or overwriting."""
+        existing = [m for m in self.MARKERS if (self.path / m).exists()]
+        if existing and not (resume or overwrite):
+            raise RunDirExistsError(
+                f"{self.path} already holds a run ({', '.join(existing)}); "
+                "pass --resume to continue it, --overwrite to replace it, or choose another --out"
+            )
+        if overwrite and not resume:
+            for name in (*self.MARKERS, "model.pt"):
+                (self.path / name).unlink(missing_ok=True)
+            for png in self.path.glob("*.png"):
+                png.unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_json(self, name: str, obj: object) -> None:
+        data = json.dumps(obj, indent=2, default=_jsonable).encode()
+        atomic_write(self.file(name), lambda f: f.write(data))
+
+    def read_json(self, name: str) -> dict:
+        return json.loads(self.file(name).read_text())
+
+    def save_torch(self, name: str, obj: object) -> None:
+        atomic_write(self.file(name), lambda f: torch.save(obj, f))
+
+    def write_metrics(self, rows: Iterable[dict]) -> None:
+        """Rewrite ``metrics.jsonl`` with ``rows`` (one JSON object per line)."""
+        data = "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows).encode()
+        atomic_write(self.file("metrics.jsonl"), lambda f: f.write(data))
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,443 @@
+"""The training loop: one function per phase, read top to bottom.
+
+``train(config)`` loads the data, builds the model, optimizer, learning-rate schedule and
+training method, then runs the epochs: each step drives the method (``before_step`` /
+``step``); each epoch ends with the method's check, an evaluation, a metrics line and an
+atomic checkpoint. The run directory gets ``config.json``, ``metrics.jsonl``, ``summary.json``,
+``last.ckpt``, ``model.pt`` and plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from learndrop.data import ImageDataset, load_dataset, make_loaders
+from learndrop.methods import Event, Method, create_method
+from learndrop.models import create_model, replace_head
+from learndrop.policy import DropPolicy
+from learndrop.train.config import ConfigError, TrainConfig
+from learndrop.train.plots import plot_run
+from learndrop.train.rundir import RunDir
+
+__all__ = ["train", "TrainingDivergedError", "TrainingInterrupted", "evaluate", "pick_device"]
+
+CHECKPOINT = "last.ckpt"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: a checkpoint was saved; resume with ``--resume``."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but no CUDA device is available; "
+                          "use --device cpu")
+    return torch.device(name)
+
+
+def default_out(config: TrainConfig) -> str:
+    name = config.dataset.replace("folder:", "").replace("/", "_").strip("._")
+    return str(Path("runs") / f"{config.model}-{name}-{config.method}")
+
+
+# ---- building blocks -------------------------------------------------------------------------
+
+def build_model(config: TrainConfig, data: ImageDataset, device: torch.device) -> nn.Module:
+    """The model of ``config``, with optional starting weights and replaced head."""
+    kwargs = {"pretrained": True} if config.pretrained else {}
+    classes = config.replace_head or data.num_classes
+    head_from_weights = config.weights is not None or config.pretrained
+    model = create_model(
+        config.model,
+        num_classes=data.num_classes if not head_from_weights else _weights_classes(config),
+        in_channels=data.in_channels,
+        **kwargs,
+    )
+    if config.weights is not None:
+        load_weights(model, config.weights)
+    if head_from_weights and _head_classes(model) != classes:
+        replace_head(model, classes)
+    if _head_classes(model) != data.num_classes:
+        raise ConfigError(
+            f"the model has {_head_classes(model)} outputs but {config.dataset} has "
+            f"{data.num_classes} classes; pass --replace-head {data.num_classes}"
+        )
+    return model.to(device)
+
+
+def _head_classes(model: nn.Module) -> int:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else -1
+
+
+def _weights_classes(config: TrainConfig) -> int:
+    """Classes of the head stored in ``--weights`` (1000 for torchvision's pretrained ones)."""
+    if config.weights is None:
+        return 1000
+    state = _read_state_dict(config.weights)
+    heads = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return heads[-1].shape[0] if heads else 1000
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise ConfigError(f"--weights {path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ConfigError(f"--weights {path} is not a readable PyTorch file ({err})") from err
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]  # a learndrop checkpoint
+    if not isinstance(obj, dict):
+        raise ConfigError(f"--weights {path} holds no state dict")
+    return obj
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a state dict into ``model``; mismatched shapes are a one-line error."""
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        detail = (f"{len(missing)} missing (e.g. {missing[0]})" if missing
+                  else f"shape mismatch at {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, "
+                  f"{tuple(own[wrong[0]].shape)} in the model")
+        raise ConfigError(f"--weights {path} does not fit this model: {detail}")
+    model.load_state_dict(state, strict=False)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """Learning-rate factor: linear warm-up, then cosine decay to zero at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def method_options(config: TrainConfig, total_steps: int) -> dict:
+    """The keyword arguments of ``config.method``'s constructor."""
+    if config.method in ("learndrop", "freeze"):
+        return {"policy": DropPolicy(**config.policy)}
+    if config.method == "freezeout":
+        return {"total_steps": total_steps, "t0": config.freezeout_t0}
+    if config.method == "stochastic-depth":
+        return {"drop_rate": config.drop_rate, "seed": config.seed}
+    if config.method == "random-drop":
+        return {"schedule": reference_drops(config.reference), "seed": config.seed}
+    if config.method == "slim-from-scratch":
+        return {"dropped": reference_drops(config.reference)}
+    return {}
+
+
+def reference_drops(reference: str | None) -> list[dict]:
+    """The drop events of a finished reference run (its directory or summary.json)."""
+    path = Path(reference or "")
+    if path.is_dir():
+        path = path / "summary.json"
+    if not path.is_file():
+        raise ConfigError(f"--reference {reference}: no summary.json of a finished run there")
+    import json
+
+    return [d for d in json.loads(path.read_text())["drops"] if d["action"] == "drop"]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, autocast) -> tuple[float, float]:
+    """Test loss and accuracy (all units run: eval mode)."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=loader.device)
+    correct = torch.zeros((), device=loader.device, dtype=torch.long)
+    n = 0
+    for x, y in loader:
+        with autocast():
+            out = model(x)
+        loss += F.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+        n += len(y)
+    model.train(was_training)
+    return loss.item() / max(1, n), correct.item() / max(1, n)
+
+
+@dataclass
+class _EpochStats:
+    loss: torch.Tensor
+    correct: torch.Tensor
+    samples: int = 0
+    events: list[Event] = field(default_factory=list)
+
+
+def saved_fraction(method: Method) -> float:
+    """Forward FLOPs saved so far, as a fraction of the full network's."""
+    return method.ledger.totals()["fwd_flops_reduction"]
+
+
+def _announce(events: list[Event], method: Method, log) -> None:
+    totals = method.ledger.totals()
+    cost = method.ledger.cost(method.flops_key())
+    for e in events:
+        scores = ""
+        if e.change_score is not None:
+            scores = f" (change {e.change_score:.3g}, continuation {e.continuation_score:.3g})"
+        log(f"epoch {e.epoch:g}: {e.action} {e.unit}{scores}")
+    log(f"  {len(method.live_units)}/{len(method.units)} units live; forward FLOPs per step "
+        f"now {100 * (1 - cost.fwd / method.ledger.full.fwd):.1f}% below full, "
+        f"{100 * totals['fwd_flops_reduction']:.1f}% saved so far")
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C into a flag the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGINT)
+        with contextlib.suppress(ValueError):  # not the main thread: keep default behaviour
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, self._old)
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+def train(config: TrainConfig, log=print) -> dict:
+    """Train according to ``config``; returns the summary (also written to summary.json)."""
+    ckpt = None
+    if config.resume:
+        # A resumed run continues with the configuration it started with; only how it reports
+        # and where it runs may change.
+        resume_from = _checkpoint_path(config.resume)
+        ckpt = torch.load(resume_from, map_location="cpu", weights_only=False)
+        config = TrainConfig.from_dict({
+            **ckpt["config"], "resume": str(resume_from), "quiet": config.quiet,
+            "device": config.device, "plots": config.plots,
+            "out": config.out or str(resume_from.parent),
+        })
+    config.validate()
+    if config.out is None:
+        config.out = default_out(config)
+    run = RunDir(config.out)
+    run.prepare(resume=ckpt is not None, overwrite=config.overwrite)
+
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    data = load_dataset(config.dataset, config.data_dir, config.image_size,
+                        config.subset, config.seed, config.test_subset)
+    train_loader, test_loader = make_loaders(
+        data, config.batch_size, device, config.seed, augment=config.augment,
+        eval_batch_size=config.eval_batch_size,
+    )
+    if len(train_loader) == 0:
+        raise ConfigError("the training set is smaller than one batch; lower --batch-size")
+    model = build_model(config, data, device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        train_loader.channels_last = test_loader.channels_last = True
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * config.epochs
+    example = torch.zeros(config.batch_size, data.in_channels, data.image_size, data.image_size,
+                          device=device)
+    method = create_method(config.method, model, optimizer, example,
+                           unit_names=config.units, steps_per_check=steps_per_epoch,
+                           **method_options(config, total_steps))
+    # Created after the method, which may split param groups (FreezeOut).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, round(config.warmup_epochs * steps_per_epoch)))
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+    metrics: list[dict] = []
+    start_epoch, start_batch, train_time = 0, 0, 0.0
+    if ckpt is not None:
+        method.load_state_dict(ckpt["method"])
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the model's device
+        scheduler.load_state_dict(ckpt["scheduler"])
+        metrics = ckpt["metrics"]
+        start_epoch, start_batch, train_time = ckpt["epoch"], ckpt["batch"], ckpt["train_time"]
+        log(f"resuming {run.path} at epoch {start_epoch + 1}, step {method.steps}")
+    run.write_json("config.json", config.to_dict())
+    log(f"{config.method}: {config.model} on {data.name} ({len(data.train_y)} train / "
+        f"{len(data.test_y)} test images, {data.in_channels}x{data.image_size}x{data.image_size}), "
+        f"{len(method.units)} droppable units, {config.epochs} epochs on {device}")
+
+    forward = model
+    if config.compile:
+        forward = torch.compile(model)
+    compiled_version = method.structure_version
+
+    def save_checkpoint(epoch: int, batch: int) -> None:
+        run.save_torch(CHECKPOINT, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "method": method.state_dict(),
+            "metrics": metrics, "epoch": epoch, "batch": batch, "train_time": train_time,
+            "config": config.to_dict(),
+        })
+
+    with _StopFlag() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            train_loader.set_epoch(epoch)
+            model.train()
+            stats = _EpochStats(torch.zeros((), device=device),
+                                torch.zeros((), device=device, dtype=torch.long))
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=config.quiet, leave=False, dynamic_ncols=True)
+            skip = start_batch if epoch == start_epoch else 0
+            bar.update(skip)
+            started = time.perf_counter()
+            for i, (x, y) in enumerate(train_loader):
+                if i < skip:
+                    continue  # resumed mid-epoch: same order, same augmentation
+                method.before_step()
+                with autocast():
+                    out = forward(x)
+                    loss = F.cross_entropy(out.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                events = method.step(len(y))
+                scheduler.step()
+                stats.loss += loss.detach() * len(y)
+                stats.correct += (out.detach().argmax(1) == y).sum()
+                stats.samples += len(y)
+                if events:
+                    stats.events += events
+                if method.structure_version != compiled_version and config.compile:
+                    forward = torch.compile(model)  # rebuilt once per structural change
+                    compiled_version = method.structure_version
+                if (i + 1) % 25 == 0 or i + 1 == steps_per_epoch:
+                    mean_loss = stats.loss.item() / stats.samples  # one sync per 25 steps
+                    if not math.isfinite(mean_loss):
+                        raise TrainingDivergedError(
+                            f"the training loss became {mean_loss} at epoch {epoch + 1}; lower "
+                            f"--lr (now {config.lr}) or check the data; the last good checkpoint "
+                            f"is {run.file(CHECKPOINT)}")
+                    bar.set_postfix(loss=f"{mean_loss:.3f}",
+                                    acc=f"{stats.correct.item() / stats.samples:.3f}",
+                                    units=f"{len(method.live_units)}/{len(method.units)}",
+                                    saved=f"{100 * saved_fraction(method):.0f}%")
+                bar.update(1)
+                if stop.set:
+                    if cuda:
+                        torch.cuda.synchronize()
+                    train_time += time.perf_counter() - started
+                    save_checkpoint(epoch, i + 1)
+                    bar.close()
+                    raise TrainingInterrupted(
+                        f"interrupted; checkpoint saved, continue with: learndrop train --resume "
+                        f"{run.path}")
+            if cuda:
+                torch.cuda.synchronize()
+            train_time += time.perf_counter() - started
+            bar.close()
+            if stats.events:
+                _announce(stats.events, method, log if config.quiet else tqdm.write)
+            test_loss, test_acc = evaluate(model, test_loader, autocast)
+            metrics.append(_metrics_row(epoch, method, stats, optimizer, train_time,
+                                        test_loss, test_acc))
+            run.write_metrics(metrics)
+            save_checkpoint(epoch + 1, 0)
+            row = metrics[-1]
+            log(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f}, train acc "
+                f"{row['train_acc']:.4f}, test acc {test_acc:.4f}, units "
+                f"{row['units_live']}/{len(method.units)}, fwd FLOPs saved "
+                f"{100 * (1 - row['fwd_flops'] / row['fwd_flops_full']):.1f}%, "
+                f"{train_time:.1f}s")
+
+    summary = _summary(config, data, method, metrics, train_time, device)
+    run.save_torch("model.pt", model.to("cpu"))
+    run.write_json("summary.json", summary)
+    if config.plots:
+        plot_run(metrics, summary, run.path)
+    return summary
+
+
+def _checkpoint_path(resume: str) -> Path:
+    path = Path(resume)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(f"--resume {resume}: no checkpoint ({CHECKPOINT}) there")
+    return path
+
+
+def _metrics_row(epoch, method, stats, optimizer, train_time, test_loss, test_acc) -> dict:
+    totals = method.ledger.totals()
+    cost = method.ledger.cost(method.flops_key())
+    scores = getattr(method, "last_scores", {}) or {}
+    return {
+        "epoch": epoch + 1,
+        "step": method.steps,
+        "time_s": round(train_time, 3),
+        "lr": optimizer.param_groups[0]["lr"],
+        "train_loss": stats.loss.item() / max(1, stats.samples),
+        "train_acc": stats.correct.item() / max(1, stats.samples),
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "units_live": len(method.live_units),
+        "dropped": [e.unit for e in stats.events],
+        "scores": {u: {"change": s.change, "ratio": s.ratio, "slope": s.slope,
+                       "continuation": s.continuation} for u, s in scores.items()},
+        "fwd_flops_per_sample": cost.fwd,
+        "fwd_flops_per_sample_full": method.ledger.full.fwd,
+        **{k: v for k, v in totals.items() if not k.endswith("reduction")},
+    }
+
+
+def _summary(config, data, method, metrics, train_time, device) -> dict:
+    info = method.summary()
+    accs = [m["test_acc"] for m in metrics]
+    return {
+        "method": config.method,
+        "model": config.model,
+        "dataset": data.name,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "device": str(device),
+        "samples_seen": info["samples_seen"],
+        "train_time_s": round(train_time, 3),
+        "final_test_acc": accs[-1] if accs else None,
+        "best_test_acc": max(accs) if accs else None,
+        **{k: info[k] for k in (
+            "fwd_flops", "fwd_flops_full", "fwd_flops_reduction",
+            "bwd_flops", "bwd_flops_full", "bwd_flops_reduction",
+            "params_initial", "params_final", "units_total", "units_dropped", "units_frozen",
+        )},
+        "drops": info["drops"],
+    }

@@ -1,0 +1,169 @@
+"""The trainer and `learndrop train` end to end, on real (small) Fashion-MNIST runs."""
+
+import json
+import os
+import signal
+import tarfile
+
+import pytest
+import torch
+
+from learndrop.cli import main
+from learndrop.train import TrainConfig, TrainingInterrupted, train
+from learndrop.train.rundir import RunDirExistsError
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("LEARNDROP_DATA"),
+    reason="Fashion-MNIST not installed (make test installs dataset-fashion-mnist)",
+)
+
+SUMMARY_KEYS = {
+    "method", "model", "dataset", "epochs", "samples_seen", "train_time_s", "final_test_acc",
+    "best_test_acc", "fwd_flops", "fwd_flops_full", "fwd_flops_reduction", "bwd_flops",
+    "bwd_flops_full", "bwd_flops_reduction", "params_initial", "params_final", "units_total",
+    "units_dropped", "drops",
+}
+
+
+def small(tmp_path, name="run", **overrides) -> TrainConfig:
+    """ResNet-20 on 640 Fashion-MNIST images, 4 epochs, a policy eager enough to drop."""
+    values = dict(
+        model="resnet20", dataset="fashion-mnist", epochs=4, subset=640, test_subset=500,
+        batch_size=64, lr=0.05, image_size=16, out=str(tmp_path / name), quiet=True,
+        plots=False, policy={"change_threshold": 0.9, "max_drops_per_check": 2},
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_run_directory_contents(tmp_path):
+    config = small(tmp_path, plots=True)
+    summary = train(config, log=lambda s: None)
+    run = tmp_path / "run"
+    assert SUMMARY_KEYS <= set(summary)
+    assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert json.loads((run / "config.json").read_text())["model"] == "resnet20"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    for key in ("step", "time_s", "lr", "train_loss", "test_acc", "units_live", "scores",
+                "fwd_flops", "fwd_flops_full", "bwd_flops", "bwd_flops_full"):
+        assert key in rows[-1]
+    assert rows[-1]["step"] == 4 * 10 and summary["samples_seen"] == 4 * 640
+    assert summary["units_dropped"] == len(summary["drops"]) > 0
+    assert set(summary["drops"][0]) >= {"unit", "epoch", "step", "change_score",
+                                        "continuation_score"}
+    assert summary["params_final"] < summary["params_initial"]
+    assert summary["final_test_acc"] > 0.3  # it learned something in 4 short epochs
+    # model.pt is the slim network, usable with plain torch.
+    model = torch.load(run / "model.pt", weights_only=False)
+    assert sum(p.numel() for p in model.parameters()) == summary["params_final"]
+    assert model.eval()(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
+    for png in ("accuracy_loss.png", "flops_per_step.png", "unit_scores.png"):
+        assert (run / png).stat().st_size > 1000
+    assert (run / "last.ckpt").is_file()
+    assert not list(run.glob(".*tmp"))  # atomic writes leave nothing behind
+
+    with pytest.raises(RunDirExistsError, match="--resume"):
+        train(small(tmp_path), log=lambda s: None)
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    reference = train(small(tmp_path, "straight"), log=lambda s: None)
+
+    def interrupt_after_epoch_2(line: str) -> None:
+        if line.startswith("epoch 2/4:"):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, caught by the trainer
+
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(small(tmp_path, "resumed"), log=interrupt_after_epoch_2)
+    ckpt = torch.load(tmp_path / "resumed" / "last.ckpt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["batch"]) == (2, 1)  # stopped one step into epoch 3
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+
+    resumed = train(TrainConfig(resume=str(tmp_path / "resumed"), quiet=True, plots=False),
+                    log=lambda s: None)
+    strip = [{k: d[k] for k in ("unit", "step")} for d in reference["drops"]]
+    assert [{k: d[k] for k in ("unit", "step")} for d in resumed["drops"]] == strip
+    assert resumed["final_test_acc"] == reference["final_test_acc"]
+    assert resumed["fwd_flops"] == reference["fwd_flops"]
+    rows = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 4
+
+
+def test_full_and_freeze_methods(tmp_path):
+    full = train(small(tmp_path, "full", method="full", epochs=2), log=lambda s: None)
+    assert full["fwd_flops_reduction"] == 0 and full["units_dropped"] == 0
+    frozen = train(small(tmp_path, "freeze", method="freeze", epochs=4), log=lambda s: None)
+    assert frozen["units_frozen"] > 0 and frozen["units_dropped"] == 0
+    assert frozen["fwd_flops_reduction"] == 0 and frozen["bwd_flops_reduction"] > 0
+    assert frozen["params_final"] == frozen["params_initial"]
+
+
+def test_folder_dataset_from_a_tar_gz(tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split, n in (("train", 12), ("test", 4)):
+            for cls in ("cats", "dogs"):
+                for i in range(n):
+                    path = tmp_path / f"{split}-{cls}-{i}.png"
+                    pixels = torch.randint(0, 256, (16, 16, 3), generator=g, dtype=torch.uint8)
+                    Image.fromarray(pixels.numpy()).save(path)
+                    tar.add(path, f"{split}/{cls}/{i}.png")
+    summary = train(TrainConfig(model="resnet20", dataset=f"folder:{archive}", epochs=1,
+                                subset=None, batch_size=8, out=str(tmp_path / "run"),
+                                quiet=True, plots=False), log=lambda s: None)
+    assert summary["samples_seen"] == 24 and summary["dataset"].startswith("folder:")
+
+
+def run_cli(*argv, capsys):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "resnet57"], "unknown model 'resnet57'"),
+        (["--dataset", "svhn"], "unknown dataset"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--lr", "-1"], "--lr must be > 0"),
+        (["--change-threshold", "-0.5"], "change_threshold=-0.5 is invalid"),
+        (["--max-dropped-fraction", "1.5"], "max_dropped_fraction=1.5 is invalid"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "cifar10"),
+        (["--weights", "/nonexistent.pt"], "--weights /nonexistent.pt: no such file"),
+        (["--method", "random-drop"], "needs --reference"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(tmp_path, capsys, argv, message):
+    code, err = run_cli("train", "--out", str(tmp_path / "r"), "--quiet", *argv, capsys=capsys)
+    assert code != 0
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_corrupt_archive(tmp_path, capsys):
+    archive = tmp_path / "broken.tar.gz"
+    archive.write_bytes(b"\x1f\x8b\x08\x00 definitely not a tarball")
+    code, err = run_cli("train", "--dataset", f"folder:{archive}", "--out",
+                        str(tmp_path / "r"), "--quiet", capsys=capsys)
+    assert code != 0 and "broken.tar.gz" in err and len(err.splitlines()) == 1
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, capsys):
+    code, err = run_cli("train", "--subset", "640", "--epochs", "2", "--lr", "1e30",
+                        "--out", str(tmp_path / "r"), "--quiet", "--no-plots", capsys=capsys)
+    assert code != 0 and "loss became" in err and "--lr" in err
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_existing_run_is_not_overwritten_silently(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    code, err = run_cli("train", "--out", str(out), "--quiet", capsys=capsys)
+    assert code != 0 and "--overwrite" in err
+    assert (out / "summary.json").read_text() == "{}"
