@@ -12,11 +12,16 @@ import torch
 from torch import nn
 
 from learndrop.methods.base import Event, Full, Method
+from learndrop.methods.freezeout import FreezeOut
 from learndrop.methods.learndrop import LearnDrop
+from learndrop.methods.random_drop import RandomDrop
+from learndrop.methods.slim import SlimFromScratch
+from learndrop.methods.stochastic_depth import StochasticDepth
 
 __all__ = [
     "Event", "Full", "LearnDrop", "Method", "METHODS", "UnknownMethodError",
     "create_method", "register_method",
+    "FreezeOut", "RandomDrop", "SlimFromScratch", "StochasticDepth",
 ]
 
 METHODS: dict[str, Callable[..., Method]] = {}
@@ -35,6 +40,10 @@ def register_method(name: str) -> Callable:
 
 register_method("full")(Full)
 register_method("learndrop")(LearnDrop)
+register_method("freezeout")(FreezeOut)
+register_method("stochastic-depth")(StochasticDepth)
+register_method("random-drop")(RandomDrop)
+register_method("slim-from-scratch")(SlimFromScratch)
 
 
 @register_method("freeze")

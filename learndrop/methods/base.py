@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+import time
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -82,11 +83,15 @@ class Method:
         self.steps_per_check = steps_per_check
         self.steps = 0
         self.checks = 0
+        self.check_time_s = 0.0  # scoring + decision + surgery: the method's own overhead
         self.events: list[Event] = []
         self.removed: dict[str, str] = {}
         self.structure_version = 0
         self.ledger = FlopsLedger(model, example_input)
         self.params_initial = sum(p.numel() for p in model.parameters())
+        # Maps this process's decision (unit names) to the one every process applies; set by
+        # data-parallel drivers (e.g. a broadcast from rank 0). None: decide locally.
+        self.sync: Callable[[list[str]], list[str]] | None = None
 
     # ---- hooks for subclasses -------------------------------------------------------------
     def before_step(self) -> None:
@@ -99,6 +104,11 @@ class Method:
     def on_check(self) -> list[Event]:
         """Called at every check; returns the events it caused."""
         return []
+
+    def sync_decision(self, chosen: list[str]) -> list[str]:
+        """The units to act on at this check: ``chosen`` here, passed through :attr:`sync`
+        when set, so that every data-parallel process drops the same units at the same step."""
+        return list(self.sync(list(chosen))) if self.sync is not None else list(chosen)
 
     def flops_key(self) -> Hashable:
         """Identifies the network configuration that ran in the current step."""
@@ -117,8 +127,11 @@ class Method:
 
     def check(self) -> list[Event]:
         """Score and decide now (normally called by :meth:`step` on schedule)."""
+        started = time.perf_counter()
         self.checks += 1
-        return self.on_check()
+        events = self.on_check()
+        self.check_time_s += time.perf_counter() - started
+        return events
 
     @property
     def live_units(self) -> list[Unit]:
@@ -146,6 +159,7 @@ class Method:
             "steps": self.steps,
             "checks": self.checks,
             "structure_version": self.structure_version,
+            "check_time_s": self.check_time_s,
             "events": [e.to_dict() for e in self.events],
             "ledger": self.ledger.state_dict(),
         }
@@ -165,6 +179,7 @@ class Method:
         self.steps = state["steps"]
         self.checks = state["checks"]
         self.structure_version = state["structure_version"]
+        self.check_time_s = state.get("check_time_s", 0.0)
         self.ledger.load_state_dict(state["ledger"])
 
     def summary(self) -> dict:
@@ -178,6 +193,7 @@ class Method:
             "units_total": len(self.units),
             "units_dropped": sum(1 for a in self.removed.values() if a == "drop"),
             "units_frozen": sum(1 for a in self.removed.values() if a == "freeze"),
+            "check_time_s": round(self.check_time_s, 4),
             "drops": [e.to_dict() for e in self.events],
             **self.ledger.totals(),
         }

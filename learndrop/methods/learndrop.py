@@ -75,17 +75,18 @@ class LearnDrop(Method):
         for name, score in scores.items():
             candidate = self.policy.is_candidate(score)
             self.streaks[name] = self.streaks.get(name, 0) + 1 if candidate else 0
-        chosen = self.policy.decide(
+        chosen = self.sync_decision(self.policy.decide(
             scores, self.streaks,
             check=self.checks, units_total=len(self.units), units_dropped=len(self.removed),
-        )
+        ))
         by_name = {u.name: u for u in self.units}
         events = []
         for name in chosen:
-            score = scores[name]
+            score = scores.get(name)  # None only if another process's scores differed
             events.append(self.apply(
                 by_name[name], self.mode,
-                change_score=score.change, continuation_score=score.continuation,
+                change_score=score.change if score else None,
+                continuation_score=score.continuation if score else None,
             ))
             self.tracker.forget(name)
         return events

@@ -1,0 +1,172 @@
+"""Random-drop: the ablation of Learn&Drop's scores (no peer paper; DESIGN.md section 6).
+
+It drops as many units, at the same steps, as a reference Learn&Drop run did, but chooses them
+uniformly at random among the live units. If it matches Learn&Drop's accuracy, the scores are
+not what makes the difference.
+
+Our reading:
+
+* The schedule is a list of ``(step, count)`` pairs, or a reference run's events
+  (``summary["drops"]``, :class:`~learndrop.methods.base.Event` objects or their dicts, or the
+  whole summary), from which the drops per step are counted. Only ``"drop"`` events are
+  accepted.
+* An event's ``step`` is the method's step counter when the unit was dropped, at a check after
+  that step's optimizer step; random-drop drops in :meth:`RandomDrop.on_step` when
+  ``self.steps`` reaches it, so the drop comes after the same optimizer step and the step's
+  samples are counted in the FLOPs ledger under the configuration before the drop, as in the
+  reference run. Drops scheduled at step 0 happen at construction.
+* The units of a step are drawn with a ``torch.Generator`` seeded from ``(seed, step)``: the
+  choice depends only on the seed, the step and the units still live, so a resumed run, and
+  every data-parallel process, makes the same choices (they also go through
+  :meth:`~learndrop.methods.base.Method.sync_decision`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from learndrop.methods.base import Event, Method
+from learndrop.methods.stochastic_depth import step_generator
+from learndrop.units import Unit
+
+__all__ = ["RandomDrop", "drop_events", "schedule_from"]
+
+EventsLike = Mapping | Iterable[Event | Mapping]
+
+
+def drop_events(events: EventsLike, method: str) -> list[tuple[str, int]]:
+    """``(unit, step)`` of every drop in a reference run's events (or its whole summary)."""
+    if isinstance(events, Mapping):
+        if "drops" not in events:
+            raise ValueError(f"{method}: a mapping must be a run summary with a 'drops' list")
+        events = events["drops"]
+    out = []
+    for event in events:
+        if isinstance(event, Event):
+            unit, action, step = event.unit, event.action, event.step
+        elif isinstance(event, Mapping):
+            try:
+                unit, action, step = event["unit"], event["action"], event["step"]
+            except KeyError as missing:
+                raise ValueError(f"{method}: event {event!r} lacks {missing}") from None
+        else:
+            raise ValueError(f"{method}: expected an Event or an event dict, got {event!r}")
+        if action != "drop":
+            raise ValueError(f"{method}: only 'drop' events can be reproduced, got {action!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{method}: event step must be an integer >= 0, got {step!r}")
+        out.append((unit, step))
+    return out
+
+
+def _is_event(entry: object) -> bool:
+    return isinstance(entry, Event | Mapping)
+
+
+def schedule_from(schedule: EventsLike | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Normalise a schedule (``(step, count)`` pairs or a reference run's events) to sorted
+    ``(step, count)`` pairs, one per step."""
+    if isinstance(schedule, Mapping):
+        pairs = Counter(step for _, step in drop_events(schedule, "random-drop"))
+        return sorted(pairs.items())
+    entries = list(schedule)
+    counts: Counter[int] = Counter()
+    if entries and all(_is_event(e) for e in entries):
+        counts.update(step for _, step in drop_events(entries, "random-drop"))
+        return sorted(counts.items())
+    for entry in entries:
+        if _is_event(entry) or isinstance(entry, str | bytes) or len(entry) != 2:
+            raise ValueError(
+                f"random-drop: schedule entries must all be (step, count) pairs or all events, "
+                f"got {entry!r}"
+            )
+        step, count = entry
+        for what, value, low in (("step", step, 0), ("count", count, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"random-drop: {what} must be an integer >= {low}, got {value!r}")
+        counts[step] += count
+    return sorted(counts.items())
+
+
+class RandomDrop(Method):
+    """Drops ``count`` random live units at each scheduled ``step``.
+
+    Args:
+        schedule: ``(step, count)`` pairs, or a reference run's drop events / summary.
+        seed: seed of the choices.
+        Other arguments: see :class:`learndrop.methods.base.Method`.
+
+    Attributes:
+        schedule: the normalised schedule, sorted ``(step, count)`` pairs.
+    """
+
+    name = "random-drop"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        example_input: torch.Tensor,
+        *,
+        schedule: EventsLike | Sequence[tuple[int, int]],
+        seed: int = 0,
+        units: list[Unit] | None = None,
+        unit_names: Iterable[str] | None = None,
+        steps_per_check: int | None = None,
+    ) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        pairs = schedule_from(schedule)
+        super().__init__(
+            model, optimizer, example_input,
+            units=units, unit_names=unit_names, steps_per_check=steps_per_check,
+        )
+        total = sum(count for _, count in pairs)
+        if total > len(self.units):
+            raise ValueError(
+                f"random-drop: the schedule drops {total} units, the model has {len(self.units)}"
+            )
+        self.schedule = pairs
+        self.seed = seed
+        self._counts = dict(pairs)
+        if 0 in self._counts:
+            self._drop(self._counts[0])
+
+    def choose(self, count: int) -> list[Unit]:
+        """The ``count`` live units the seed picks at the current step, in execution order."""
+        live = self.live_units
+        generator = step_generator(self.seed, self.steps, self.name)
+        picked = torch.randperm(len(live), generator=generator)[:count].tolist()
+        return [live[i] for i in sorted(picked)]
+
+    def _drop(self, count: int) -> list[Event]:
+        # The choice is already the same on every process with the same seed; sync_decision
+        # makes it rank 0's even when the seeds differ.
+        names = self.sync_decision([u.name for u in self.choose(count)])
+        by_name = {u.name: u for u in self.units}
+        return [self.apply(by_name[name], "drop") for name in names]
+
+    def on_step(self) -> list[Event]:
+        count = self._counts.get(self.steps)
+        return self._drop(count) if count else []
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "seed": self.seed,
+                "schedule": [list(p) for p in self.schedule]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") != self.seed:
+            raise ValueError(f"checkpoint has seed={state.get('seed')!r}, this method {self.seed}")
+        if [tuple(p) for p in state.get("schedule", [])] != self.schedule:
+            raise ValueError("checkpoint's random-drop schedule differs from this method's")
+        # Step-0 drops were made at construction; the checkpoint's events re-apply them.
+        self.events = []
+        super().load_state_dict(state)
+
+    def summary(self) -> dict:
+        return {**super().summary(), "seed": self.seed,
+                "schedule": [list(p) for p in self.schedule]}
