@@ -81,8 +81,42 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                      help="a run directory or its last.ckpt; continues with its configuration")
     run.add_argument("--overwrite", action="store_true")
     run.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
-    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the model (rebuilt once after each drop)")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write the metrics as TensorBoard scalars to RUN_DIR/tensorboard "
+                          "(needs learndrop[tensorboard])")
     run.add_argument("--no-plots", dest="plots", action="store_false")
+    par = parser.add_argument_group("data parallel (docs/scaling.md)")
+    par.add_argument("--nproc", type=int, default=1, metavar="N",
+                     help="train in N processes with DistributedDataParallel (re-runs this "
+                          "command under torchrun; --batch-size is the global batch)")
+    par.add_argument("--dist-timeout", type=float, default=d.dist_timeout, metavar="SECONDS",
+                     help="how long a process waits for the others before failing")
+    add_stream_arguments(parser)
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--stream`` and its options (docs/streaming-and-finetuning.md)."""
+    d = TrainConfig()
+    group = parser.add_argument_group("streaming (online training: each batch used once)")
+    group.add_argument("--stream", action="store_true",
+                       help="train on one pass of a stream of batches instead of epochs")
+    group.add_argument("--stream-order", default=d.stream_order,
+                       choices=("dataset", "class-incremental"))
+    group.add_argument("--stream-length", type=int, default=None, metavar="BATCHES",
+                       help="stop after this many batches (default: one pass of the data)")
+    group.add_argument("--classes-per-stage", type=int, default=d.classes_per_stage,
+                       help="class-incremental: classes that arrive together")
+    group.add_argument("--check-every", type=int, default=d.check_every, metavar="N",
+                       help="steps between score checks and drop decisions")
+    group.add_argument("--eval-every", type=int, default=d.eval_every, metavar="M",
+                       help="steps between test-set evaluations")
+    group.add_argument("--warmup-steps", type=int, default=None,
+                       help="linear LR warm-up steps (default: --check-every)")
+    group.add_argument("--stream-schedule", default=d.stream_schedule,
+                       choices=("constant", "cosine"),
+                       help="LR after warm-up; cosine needs a known length")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -97,13 +131,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from learndrop.train import train
+    from learndrop.distributed import env_world_size, launch
+    from learndrop.train import ConfigError, train
 
-    summary = train(config_from_args(args), log=print)
+    nproc = getattr(args, "nproc", 1)
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    if getattr(args, "stream", False) and (nproc > 1 or env_world_size() > 1):
+        raise ConfigError("--stream runs in one process; leave out --nproc and torchrun")
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: start it
+        return launch(getattr(args, "argv", sys.argv[1:]), nproc)
+    if getattr(args, "stream", False):
+        from learndrop.train.stream import train_stream
+
+        summary = train_stream(config_from_args(args), log=print)
+        summary["epochs"] = None  # one pass: no epochs
+    else:
+        summary = train(config_from_args(args), log=print)
     keys = ("method", "model", "dataset", "epochs", "train_time_s", "final_test_acc",
             "best_test_acc", "fwd_flops_reduction", "bwd_flops_reduction", "params_initial",
             "params_final", "units_total", "units_dropped")
-    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per process
+        print(json.dumps({k: summary[k] for k in keys}, indent=2))
     return 0
 
 
@@ -168,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for --nproc's re-run
     if os.environ.get("LEARNDROP_DEBUG"):
         return args.func(args)
     from learndrop.train.trainer import TrainingInterrupted

@@ -35,6 +35,9 @@ from learndrop.units import Unit
 
 __all__ = ["UnitScore", "ScoreTracker", "log_slope"]
 
+#: Checks of score history kept per unit (older entries are discarded; see ScoreTracker.check).
+HISTORY_KEEP = 64
+
 
 @dataclass(frozen=True)
 class UnitScore:
@@ -128,12 +131,20 @@ class ScoreTracker:
         for name, r in zip(names, rel_values):
             lr_sum = lr_sums[self._group_of[name]]
             change = r / lr_sum if lr_sum > 0 else float("nan")
-            self.history[name].append(change)
+            history = self.history[name]
+            history.append(change)
+            # Bounded memory on endless streams: only the last HISTORY_KEEP checks are kept (the
+            # trend needs ``window`` of them; the running peak is kept separately). Every live
+            # unit gets one entry per check, so ``self.checks - len(history)`` were trimmed.
+            keep = max(HISTORY_KEEP, self.window + self.warmup_checks)
+            if len(history) > keep:
+                del history[: len(history) - keep]
             if math.isnan(change):
                 continue
             if not in_warmup:
                 self.peak[name] = max(self.peak[name], change)
-            recent = [v for v in self.history[name][self.warmup_checks:] if not math.isnan(v)]
+            skip = max(0, self.warmup_checks - (self.checks - len(history)))
+            recent = [v for v in history[skip:] if not math.isnan(v)]
             recent = recent[-self.window:]
             peak = self.peak[name]
             ratio = change / peak if peak > 0 else 1.0

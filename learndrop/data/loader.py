@@ -39,6 +39,11 @@ class DeviceLoader:
     - Randomness depends only on (seed, epoch) and is drawn on the CPU, so it is the same on
       every device. Each `iter()` uses the loader's epoch counter and then advances it;
       `set_epoch(e)` makes the next epoch e (for resume).
+    - `rank`/`world_size` (data parallelism): every rank draws the same permutation and
+      augmentation and takes positions `rank::world_size` of it (the first
+      `len // world_size * world_size` positions, so every rank has the same number of
+      samples and batches). With `batch_size` = global batch / `world_size`, the ranks' batch i
+      together are exactly batch i of a single process with the global batch size.
     """
 
     def __init__(
@@ -56,7 +61,11 @@ class DeviceLoader:
         drop_last: bool | None = None,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got {rank} of {world_size}")
         if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
             raise TypeError(f"x_uint8 must be a uint8 N x C x H x W tensor, got "
                             f"{x_uint8.dtype} {tuple(x_uint8.shape)}")
@@ -78,6 +87,8 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.dtype = dtype
         self.pad = min(h, w) // 8
+        self.rank = rank
+        self.world_size = world_size
         std_t = torch.tensor(std, dtype=torch.float64).view(1, c, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float64).view(1, c, 1, 1)
         # (x / 255 - mean) / std == x * scale - shift: two in-place ops per batch.
@@ -87,15 +98,23 @@ class DeviceLoader:
         self._cols = torch.arange(w, device=self.device)
         self.epoch = 0
 
+    def _shard_size(self) -> int:
+        """Samples of this rank's shard (all of them in a single process)."""
+        if self.world_size == 1:
+            return len(self.y)
+        if not self.train:  # evaluation: every sample once, shards may differ by one
+            return len(range(self.rank, len(self.y), self.world_size))
+        return len(self.y) // self.world_size
+
     @property
     def num_samples(self) -> int:
-        """Samples per epoch (after drop_last)."""
-        n = len(self.y)
+        """Samples per epoch of this rank (after drop_last)."""
+        n = self._shard_size()
         return min(n, len(self) * self.batch_size)
 
     def __len__(self) -> int:
-        """Batches per epoch."""
-        n = len(self.y)
+        """Batches per epoch (of this rank)."""
+        n = self._shard_size()
         if self.drop_last and n >= self.batch_size:
             return n // self.batch_size
         return -(-n // self.batch_size)
@@ -122,12 +141,26 @@ class DeviceLoader:
         self.epoch += 1
         n = len(self.y)
         gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-        order = torch.randperm(n, generator=gen).to(self.device) if self.train else None
+        order = torch.randperm(n, generator=gen) if self.train else None
         if self.augment:
             shifts = torch.randint(0, 2 * self.pad + 1, (2, n), generator=gen)
             flips = torch.randint(0, 2, (n,), generator=gen).bool()
-            oy, ox = shifts.to(self.device)
-            flips = flips.to(self.device)
+            oy, ox = shifts
+        if self.world_size > 1:
+            # This rank's positions of the common order (drawn in full on every rank above, so
+            # that the shards of one epoch partition the same permutation).
+            positions = torch.arange(self.rank, n, self.world_size)[: self._shard_size()]
+            if order is None:
+                order = positions
+            else:
+                order = order[positions]
+            if self.augment:
+                oy, ox, flips = oy[positions], ox[positions], flips[positions]
+            n = len(positions)
+        if order is not None:
+            order = order.to(self.device)
+        if self.augment:
+            oy, ox, flips = oy.to(self.device), ox.to(self.device), flips.to(self.device)
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
             if order is not None:
@@ -153,18 +186,21 @@ def make_loaders(
     *,
     channels_last: bool = False,
     dtype: torch.dtype = torch.float32,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[DeviceLoader, DeviceLoader]:
     """(train, test) loaders for `ds`. The training loader shuffles, drops the last partial
     batch and augments when `augment` and the dataset is natural; the test loader does none of
-    that. Both normalise with the dataset's mean/std."""
+    that. Both normalise with the dataset's mean/std. With `world_size` > 1 both give rank
+    `rank`'s shard (see :class:`DeviceLoader`); `batch_size` is then per rank."""
     train = DeviceLoader(
         ds.train_x, ds.train_y, batch_size, train=True, augment=augment and ds.natural,
         mean=ds.mean, std=ds.std, device=device, seed=seed, channels_last=channels_last,
-        dtype=dtype,
+        dtype=dtype, rank=rank, world_size=world_size,
     )
     test = DeviceLoader(
         ds.test_x, ds.test_y, eval_batch_size or batch_size, train=False, augment=False,
         mean=ds.mean, std=ds.std, device=device, seed=seed, channels_last=channels_last,
-        dtype=dtype,
+        dtype=dtype, rank=rank, world_size=world_size,
     )
     return train, test

@@ -49,12 +49,22 @@ class TrainConfig:
     reference: str | None = None
     freezeout_t0: float = 0.5
     drop_rate: float = 0.5
+    # streaming (learndrop train --stream; see docs/streaming-and-finetuning.md)
+    stream: bool = False
+    stream_order: str = "dataset"  # "dataset" or "class-incremental"
+    stream_length: int | None = None  # batches; None = one pass over the training set
+    classes_per_stage: int = 2
+    check_every: int = 50  # steps between score checks / drop decisions
+    eval_every: int = 100  # steps between test evaluations
+    warmup_steps: int | None = None  # linear LR warm-up; None = check_every
+    stream_schedule: str = "constant"  # "constant" after warm-up, or "cosine" over the length
     # run control
     resume: str | None = None
     overwrite: bool = False
     quiet: bool = False
     compile: bool = False
     tensorboard: bool = False
+    dist_timeout: float = 600.0  # seconds a collective waits for the other ranks (DDP)
     plots: bool = True
     eval_batch_size: int = 500
 
@@ -82,6 +92,22 @@ class TrainConfig:
              f"--replace-head must be >= 2 classes, got {self.replace_head}")
         need(self.method not in ("random-drop", "slim-from-scratch") or bool(self.reference),
              f"--method {self.method} needs --reference RUN_DIR (a finished learndrop run)")
+        if self.stream:
+            need(self.stream_order in ("dataset", "class-incremental"),
+                 f"--stream-order must be dataset or class-incremental, got {self.stream_order!r}")
+            need(self.stream_length is None or self.stream_length >= 1,
+                 f"--stream-length must be >= 1 batches, got {self.stream_length}")
+            need(self.classes_per_stage >= 1,
+                 f"--classes-per-stage must be >= 1, got {self.classes_per_stage}")
+            need(self.check_every >= 1, f"--check-every must be >= 1, got {self.check_every}")
+            need(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
+            need(self.warmup_steps is None or self.warmup_steps >= 0,
+                 f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+            need(self.stream_schedule in ("constant", "cosine"),
+                 f"--stream-schedule must be constant or cosine, got {self.stream_schedule!r}")
+            need(not self.resume, "--resume is not available for streams (a stream is consumed "
+                                  "once); start a new run")
+        need(self.dist_timeout > 0, f"--dist-timeout must be > 0 seconds, got {self.dist_timeout}")
         DropPolicy(**self.policy)  # raises PolicyError with the offending option
 
     def to_dict(self) -> dict:

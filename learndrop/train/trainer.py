@@ -10,6 +10,7 @@ atomic checkpoint. The run directory gets ``config.json``, ``metrics.jsonl``, ``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -21,13 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from learndrop import distributed
 from learndrop.data import ImageDataset, load_dataset, make_loaders
-from learndrop.methods import Event, Method, create_method
+from learndrop.distributed import DistContext
+from learndrop.methods import Event, Method, StochasticDepth, create_method
 from learndrop.models import create_model, replace_head
 from learndrop.policy import DropPolicy
 from learndrop.train.config import ConfigError, TrainConfig
 from learndrop.train.plots import plot_run
 from learndrop.train.rundir import RunDir
+from learndrop.train.tensorboard import TensorBoardLog
 
 __all__ = ["train", "TrainingDivergedError", "TrainingInterrupted", "evaluate", "pick_device"]
 
@@ -71,7 +75,9 @@ def build_model(config: TrainConfig, data: ImageDataset, device: torch.device) -
     )
     if config.weights is not None:
         load_weights(model, config.weights)
-    if head_from_weights and _head_classes(model) != classes:
+    # --replace-head always gives a fresh head, even when the old one has the right size
+    # (fine-tuning 5 classes onto 5 other classes must not keep the old classes' weights).
+    if config.replace_head is not None or (head_from_weights and _head_classes(model) != classes):
         replace_head(model, classes)
     if _head_classes(model) != data.num_classes:
         raise ConfigError(
@@ -117,10 +123,20 @@ def load_weights(model: nn.Module, path: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or wrong:
-        detail = (f"{len(missing)} missing (e.g. {missing[0]})" if missing
-                  else f"shape mismatch at {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, "
+    # Keys of the file that the model lacks: e.g. resnet56 weights given to --model resnet20
+    # would otherwise load silently into its first blocks.
+    extra = [k for k in state if k not in own]
+    if wrong:
+        detail = (f"shape mismatch at {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, "
                   f"{tuple(own[wrong[0]].shape)} in the model")
+    elif missing:
+        detail = (f"{len(missing)} keys missing from the file (e.g. {missing[0]}); a model.pt "
+                  "or last.ckpt of a run that dropped units holds the slimmed network, and "
+                  "--weights needs a full-structure state dict (e.g. of a --method full run)")
+    elif extra:
+        detail = (f"{len(extra)} keys in the file that the model lacks (e.g. {extra[0]}); "
+                  "is --model the network the weights were trained as?")
+    if wrong or missing or extra:
         raise ConfigError(f"--weights {path} does not fit this model: {detail}")
     model.load_state_dict(state, strict=False)
 
@@ -231,7 +247,21 @@ class _StopFlag:
 # ---- the run ---------------------------------------------------------------------------------
 
 def train(config: TrainConfig, log=print) -> dict:
-    """Train according to ``config``; returns the summary (also written to summary.json)."""
+    """Train according to ``config``; returns the summary (also written to summary.json).
+
+    Under torchrun, every process calls this; see :mod:`learndrop.distributed`.
+    """
+    try:
+        return _train(config, log)
+    except (RuntimeError, torch.distributed.DistError) as err:
+        # A collective inside DDP's backward that lost its peers: one line that says why.
+        explained = distributed.explain(err)
+        if explained is err:
+            raise
+        raise explained from err
+
+
+def _train(config: TrainConfig, log) -> dict:
     ckpt = None
     if config.resume:
         # A resumed run continues with the configuration it started with; only how it reports
@@ -241,24 +271,40 @@ def train(config: TrainConfig, log=print) -> dict:
         config = TrainConfig.from_dict({
             **ckpt["config"], "resume": str(resume_from), "quiet": config.quiet,
             "device": config.device, "plots": config.plots,
+            "compile": config.compile, "tensorboard": config.tensorboard,
+            "dist_timeout": config.dist_timeout,
             "out": config.out or str(resume_from.parent),
         })
     config.validate()
     if config.out is None:
         config.out = default_out(config)
     run = RunDir(config.out)
-    run.prepare(resume=ckpt is not None, overwrite=config.overwrite)
+    # Under torchrun: one process per rank, each on its shard of every epoch; --batch-size
+    # stays the global batch, so steps, schedule and checks match a single-process run.
+    ctx = distributed.init_from_env(pick_device(config.device), config.dist_timeout)
+    device = ctx.device
+    if config.batch_size % ctx.world_size:
+        raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be a "
+                          f"multiple of the {ctx.world_size} processes")
+    batch_size = config.batch_size // ctx.world_size
+    # Only rank 0 touches the run directory; its refusal (an existing run) stops every rank.
+    distributed.on_main_first(
+        ctx, lambda: run.prepare(resume=ckpt is not None, overwrite=config.overwrite))
+    if not ctx.is_main:
+        config = dataclasses.replace(config, quiet=True)  # no progress bars on other ranks
+        log = _silent
 
-    device = pick_device(config.device)
     torch.manual_seed(config.seed)
+    # Denormal floats (tiny gradients late in training) make CPU kernels crawl; flush them.
+    torch.set_flush_denormal(True)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
     data = load_dataset(config.dataset, config.data_dir, config.image_size,
                         config.subset, config.seed, config.test_subset)
     train_loader, test_loader = make_loaders(
-        data, config.batch_size, device, config.seed, augment=config.augment,
-        eval_batch_size=config.eval_batch_size,
+        data, batch_size, device, config.seed, augment=config.augment,
+        eval_batch_size=config.eval_batch_size, rank=ctx.rank, world_size=ctx.world_size,
     )
     if len(train_loader) == 0:
         raise ConfigError("the training set is smaller than one batch; lower --batch-size")
@@ -275,6 +321,8 @@ def train(config: TrainConfig, log=print) -> dict:
     method = create_method(config.method, model, optimizer, example,
                            unit_names=config.units, steps_per_check=steps_per_epoch,
                            **method_options(config, total_steps))
+    if ctx.distributed:
+        method.sync = distributed.broadcast_decision(ctx)  # every rank applies rank 0's drops
     # Created after the method, which may split param groups (FreezeOut).
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, round(config.warmup_epochs * steps_per_epoch)))
@@ -292,17 +340,29 @@ def train(config: TrainConfig, log=print) -> dict:
         metrics = ckpt["metrics"]
         start_epoch, start_batch, train_time = ckpt["epoch"], ckpt["batch"], ckpt["train_time"]
         log(f"resuming {run.path} at epoch {start_epoch + 1}, step {method.steps}")
-    run.write_json("config.json", config.to_dict())
+    tensorboard = None
+    if ctx.is_main:
+        run.write_json("config.json", config.to_dict())
+        if config.tensorboard:
+            tensorboard = TensorBoardLog(run.file("tensorboard"),
+                                         resume_step=method.steps if ckpt is not None else None)
     log(f"{config.method}: {config.model} on {data.name} ({len(data.train_y)} train / "
         f"{len(data.test_y)} test images, {data.in_channels}x{data.image_size}x{data.image_size}), "
-        f"{len(method.units)} droppable units, {config.epochs} epochs on {device}")
+        f"{len(method.units)} droppable units, {config.epochs} epochs on {device}"
+        + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
 
-    forward = model
-    if config.compile:
-        forward = torch.compile(model)
+    def build_forward() -> nn.Module:
+        """The callable of the training forward: the model, in DDP and/or compiled."""
+        skips = isinstance(method, StochasticDepth)  # units idle in some steps
+        wrapped = distributed.wrap_ddp(model, ctx, find_unused_parameters=skips)
+        return torch.compile(wrapped) if config.compile else wrapped
+
+    forward = build_forward()
     compiled_version = method.structure_version
 
     def save_checkpoint(epoch: int, batch: int) -> None:
+        if not ctx.is_main:
+            return
         run.save_torch(CHECKPOINT, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "method": method.state_dict(),
@@ -331,15 +391,20 @@ def train(config: TrainConfig, log=print) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                events = method.step(len(y))
+                events = method.step(len(y) * ctx.world_size)  # the samples of all ranks
                 scheduler.step()
                 stats.loss += loss.detach() * len(y)
                 stats.correct += (out.detach().argmax(1) == y).sum()
                 stats.samples += len(y)
                 if events:
                     stats.events += events
-                if method.structure_version != compiled_version and config.compile:
-                    forward = torch.compile(model)  # rebuilt once per structural change
+                if method.structure_version != compiled_version:
+                    # DDP registered the old parameters and dynamo's guards hold the old
+                    # modules: both are rebuilt once per structural change. The old compiled
+                    # code is dead; reset also keeps dynamo under its recompile limit.
+                    if config.compile:
+                        torch.compiler.reset()
+                    forward = build_forward()
                     compiled_version = method.structure_version
                 if (i + 1) % 25 == 0 or i + 1 == steps_per_epoch:
                     mean_loss = stats.loss.item() / stats.samples  # one sync per 25 steps
@@ -353,7 +418,7 @@ def train(config: TrainConfig, log=print) -> dict:
                                     units=f"{len(method.live_units)}/{len(method.units)}",
                                     saved=f"{100 * saved_fraction(method):.0f}%")
                 bar.update(1)
-                if stop.set:
+                if distributed.any_rank(stop.set, ctx):  # every rank stops at the same step
                     if cuda:
                         torch.cuda.synchronize()
                     train_time += time.perf_counter() - started
@@ -368,10 +433,17 @@ def train(config: TrainConfig, log=print) -> dict:
             bar.close()
             if stats.events:
                 _announce(stats.events, method, log if config.quiet else tqdm.write)
-            test_loss, test_acc = evaluate(model, test_loader, autocast)
+            if ctx.distributed:
+                # Evaluate and save rank 0's BatchNorm statistics.
+                distributed.broadcast_buffers(model, ctx)
+                _all_ranks_stats(stats, ctx)
+            test_loss, test_acc = _evaluate_all_ranks(model, test_loader, autocast, ctx)
             metrics.append(_metrics_row(epoch, method, stats, optimizer, train_time,
                                         test_loss, test_acc))
-            run.write_metrics(metrics)
+            if ctx.is_main:
+                run.write_metrics(metrics)
+                if tensorboard is not None:
+                    tensorboard.write(metrics[-1])
             save_checkpoint(epoch + 1, 0)
             row = metrics[-1]
             log(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f}, train acc "
@@ -381,11 +453,43 @@ def train(config: TrainConfig, log=print) -> dict:
                 f"{train_time:.1f}s")
 
     summary = _summary(config, data, method, metrics, train_time, device)
-    run.save_torch("model.pt", model.to("cpu"))
-    run.write_json("summary.json", summary)
-    if config.plots:
-        plot_run(metrics, summary, run.path)
+    summary["world_size"] = ctx.world_size
+    if config.compile:
+        torch.compiler.reset()  # model.pt must not carry dynamo's caches (or their backends)
+    if ctx.is_main:
+        run.save_torch("model.pt", model.to("cpu"))
+        run.write_json("summary.json", summary)
+        if config.plots:
+            plot_run(metrics, summary, run.path)
+        if tensorboard is not None:
+            tensorboard.close()
+    distributed.barrier(ctx)  # every rank returns once the run directory is complete
+    ctx.close()
     return summary
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
+
+
+def _all_ranks_stats(stats: _EpochStats, ctx: DistContext) -> None:
+    """Turn this rank's epoch sums (loss, correct, samples) into those of all ranks."""
+    loss, correct, samples = distributed.all_reduce_sum(
+        [stats.loss.item(), stats.correct.item(), stats.samples], ctx)
+    stats.loss.fill_(loss)
+    stats.correct.fill_(round(correct))
+    stats.samples = round(samples)
+
+
+def _evaluate_all_ranks(model: nn.Module, loader, autocast,
+                        ctx: DistContext) -> tuple[float, float]:
+    """Test loss and accuracy over the whole test set, each rank evaluating its shard."""
+    loss, acc = evaluate(model, loader, autocast)
+    if not ctx.distributed:
+        return loss, acc
+    n = loader.num_samples
+    total_loss, correct, count = distributed.all_reduce_sum([loss * n, acc * n, n], ctx)
+    return total_loss / max(1, count), round(correct) / max(1, count)
 
 
 def _checkpoint_path(resume: str) -> Path:
@@ -438,6 +542,7 @@ def _summary(config, data, method, metrics, train_time, device) -> dict:
             "fwd_flops", "fwd_flops_full", "fwd_flops_reduction",
             "bwd_flops", "bwd_flops_full", "bwd_flops_reduction",
             "params_initial", "params_final", "units_total", "units_dropped", "units_frozen",
+            "check_time_s",
         )},
         "drops": info["drops"],
     }

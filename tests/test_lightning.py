@@ -1,0 +1,118 @@
+"""LearnDropCallback with Lightning 2.x: drops, logs, and resumes from a checkpoint."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from learndrop.data import load_dataset  # noqa: E402
+from learndrop.integrations.lightning import LearnDropCallback  # noqa: E402
+from learndrop.models import create_model  # noqa: E402
+from learndrop.policy import DropPolicy  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("LEARNDROP_DATA"),
+    reason="Fashion-MNIST not installed (make test installs dataset-fashion-mnist)",
+)
+
+POLICY = DropPolicy(change_threshold=0.9, max_drops_per_check=2)
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = create_model("resnet20", num_classes=10, in_channels=1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.model(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        # Decaying LR: the scores are normalised by it, and drops come from a slowing change.
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=8, gamma=0.7)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                          "interval": "step"}}
+
+
+@pytest.fixture(scope="module")
+def loader():
+    data = load_dataset("fashion-mnist", None, 16, 256, 0, 100)
+    x = (data.train_x.float() / 255 - data.mean[0]) / data.std[0]
+    dataset = torch.utils.data.TensorDataset(x, data.train_y.long())
+    return torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared 2-core machines: no oversubscription
+    yield
+    torch.set_num_threads(threads)
+
+
+def fit(tmp_path, loader, epochs, ckpt_path=None, name="run", steps_per_check=4):
+    pl.seed_everything(0)
+    module = Classifier()
+    callback = LearnDropCallback(policy=POLICY, steps_per_check=steps_per_check)
+    trainer = pl.Trainer(
+        max_epochs=epochs, callbacks=[callback], accelerator="cpu", devices=1,
+        default_root_dir=tmp_path / name, logger=pl.loggers.CSVLogger(tmp_path / name),
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        deterministic=True,
+    )
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    return trainer, module, callback
+
+
+def structure(module):
+    return [n for n, m in module.model.named_modules() if isinstance(m, torch.nn.Identity)]
+
+
+def test_callback_drops_logs_and_resumes(tmp_path, loader):
+    # Two checks per epoch, so that the checkpoint after epoch 2 already holds drops.
+    trainer, module, callback = fit(tmp_path, loader, epochs=4)
+    summary = callback.method.summary()
+    assert summary["units_dropped"] > 0 and summary["steps"] == 4 * 8
+    assert callback.method.checks == 8
+    assert summary["samples_seen"] == 4 * 256
+    assert summary["fwd_flops_reduction"] > 0
+    params = sum(p.numel() for p in module.parameters())
+    assert params == summary["params_final"] < summary["params_initial"]
+    # The optimizer holds exactly the live parameters.
+    held = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert held == {id(p) for p in module.parameters()}
+    logged = trainer.logged_metrics
+    assert logged["learndrop/units_dropped"] == summary["units_dropped"]
+    assert logged["learndrop/fwd_flops_saved"] == pytest.approx(summary["fwd_flops_reduction"])
+
+    # Two epochs, a checkpoint, then two more epochs from it: the same drops, same structure.
+    first, _, cb = fit(tmp_path, loader, epochs=2, name="part1")
+    assert 0 < cb.method.summary()["units_dropped"] < summary["units_dropped"]
+    ckpt = tmp_path / "half.ckpt"
+    first.save_checkpoint(ckpt)
+    resumed, module2, cb2 = fit(tmp_path, loader, epochs=4, ckpt_path=str(ckpt), name="part2")
+    assert cb2.method.summary()["drops"] == summary["drops"]
+    assert structure(module2) == structure(module)
+    assert resumed.global_step == 4 * 8
+    assert cb2.method.summary()["samples_seen"] == 4 * 256
+    # Same weights as the uninterrupted fit: the optimizer state came back in place too.
+    for (name, a), b in zip(module.state_dict().items(), module2.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_wrong_checkpoint_still_fails_loudly(tmp_path, loader):
+    first, _, callback = fit(tmp_path, loader, epochs=1, name="a", steps_per_check=None)
+    assert callback.method.steps_per_check == 8 and callback.method.checks == 1  # one epoch
+    ckpt = tmp_path / "one.ckpt"
+    first.save_checkpoint(ckpt)
+    state = torch.load(ckpt, weights_only=False)
+    state["state_dict"].pop("model.fc.weight")  # not a dropped unit's key
+    torch.save(state, ckpt)
+    with pytest.raises(RuntimeError, match="does not fit the model"):
+        fit(tmp_path, loader, epochs=2, ckpt_path=str(ckpt), name="b")

@@ -1,0 +1,50 @@
+"""``--tensorboard``: the metrics of metrics.jsonl as TensorBoard scalars."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from learndrop.train import ConfigError, TrainConfig, train
+from learndrop.train.tensorboard import TensorBoardLog, scalars
+
+
+def test_scalars_of_a_metrics_row():
+    row = {"epoch": 2, "step": 20, "test_acc": 0.5, "units_live": 6, "dropped": ["layer1.0"],
+           "scores": {"layer1.1": {"change": 0.2, "ratio": float("nan")}}}
+    assert scalars(row) == {"test_acc": 0.5, "units_live": 6.0, "scores/layer1.1/change": 0.2}
+
+
+def test_missing_tensorboard_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(ConfigError, match=r"pip install 'learndrop\[tensorboard\]'"):
+        TensorBoardLog(tmp_path)
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("LEARNDROP_DATA"),
+    reason="Fashion-MNIST not installed (make test installs dataset-fashion-mnist)",
+)
+def test_run_writes_its_metrics_as_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig(model="resnet20", epochs=2, subset=128, test_subset=100,
+                          batch_size=32, image_size=16, out=str(tmp_path / "run"), quiet=True,
+                          plots=False, tensorboard=True), log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "test_acc", "lr", "fwd_flops", "units_live"} <= tags
+    points = events.Scalars("test_acc")
+    assert [p.step for p in points] == [r["step"] for r in rows] == [4, 8]
+    assert [p.value for p in points] == pytest.approx([r["test_acc"] for r in rows])
