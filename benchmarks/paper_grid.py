@@ -47,9 +47,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
+from learndrop.atomic import atomic_write  # noqa: E402
 from learndrop.bench import machine_info, run_bench, write_report  # noqa: E402
 from learndrop.train import TrainConfig  # noqa: E402
-from learndrop.train.rundir import atomic_write  # noqa: E402
 
 MODELS = ("vgg11_cifar", "vgg16_cifar", "resnet56", "resnet110")
 DATASETS = ("fashion-mnist", "cifar10")

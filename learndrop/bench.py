@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from learndrop.atomic import atomic_write
 from learndrop.train.config import ConfigError, TrainConfig
 
 __all__ = [
@@ -420,8 +421,6 @@ def write_report(out: Path, methods: Sequence[str] | None = None,
         "runs": {run_dir_name(m, s): runs[(m, s)] for m, s in sorted(runs)},
     }
     data = json.dumps(report, indent=2).encode()
-    from learndrop.train.rundir import atomic_write
-
     atomic_write(out / BENCH_JSON, lambda f: f.write(data))
     markdown = bench_markdown(report).encode()
     atomic_write(out / BENCH_MD, lambda f: f.write(markdown))
@@ -540,8 +539,6 @@ def plot_bench(out: Path, report: dict) -> list[Path]:
 
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
-
-    from learndrop.train.rundir import atomic_write
 
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))

@@ -159,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_units(args: argparse.Namespace) -> int:
     import torch
 
-    from learndrop.flops import measure_cost, unit_forward_flops
+    from learndrop.flops import measure_cost, unit_costs
     from learndrop.models import create_model
     from learndrop.units import find_units
 
@@ -169,7 +169,7 @@ def cmd_units(args: argparse.Namespace) -> int:
     x = torch.zeros(2, args.in_channels, args.image_size, args.image_size)
     units = find_units(model, x, args.units.split(",") if args.units else None)
     full = measure_cost(model, x).fwd
-    shares = unit_forward_flops(model, x, units)
+    shares = {name: cost.fwd for name, cost in unit_costs(model, x, units).items()}
     total_params = sum(p.numel() for p in model.parameters())
     print(f"{args.model}: {len(units)} droppable units, {total_params:,} parameters, "
           f"{full / 1e6:.1f} forward MFLOPs per {args.image_size}x{args.image_size} sample")

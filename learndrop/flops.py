@@ -16,9 +16,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from learndrop.meta import meta_call
+from learndrop.surgery import replace_module
 from learndrop.units import Unit
 
-__all__ = ["Cost", "FlopsLedger", "measure_cost", "unit_forward_flops"]
+__all__ = ["Cost", "FlopsLedger", "measure_cost", "unit_costs"]
 
 
 @dataclass(frozen=True)
@@ -32,40 +34,52 @@ class Cost:
 def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
     """Forward and backward FLOPs per sample of ``model`` as it is now (train/eval mode,
     dropped and frozen units included), for inputs shaped like ``example_input``."""
-    meta = {}
-    for name, value in model.state_dict(keep_vars=True).items():
-        t = torch.empty_like(value, device="meta")
-        if isinstance(value, nn.Parameter) and value.requires_grad:
-            t.requires_grad_(True)
-        meta[name] = t
-    x = example_input.detach().to("meta")
     with FlopCounterMode(display=False) as forward:
-        out = torch.func.functional_call(model, meta, (x,), strict=False)
+        out = meta_call(model, example_input)
     bwd = 0
     if isinstance(out, torch.Tensor) and out.requires_grad:
         with FlopCounterMode(display=False) as backward:
             out.float().sum().backward()
         bwd = backward.get_total_flops()
-    batch = max(1, x.shape[0])
+    batch = max(1, example_input.shape[0])
     return Cost(forward.get_total_flops() / batch, bwd / batch)
 
 
-def unit_forward_flops(
-    model: nn.Module, example_input: torch.Tensor, units: Sequence[Unit]
-) -> dict[str, float]:
-    """Forward FLOPs per sample spent inside each unit's modules (one meta forward pass)."""
-    meta = {k: torch.empty_like(v, device="meta")
-            for k, v in model.state_dict(keep_vars=True).items()}
-    x = example_input.detach().to("meta")
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        torch.func.functional_call(model, meta, (x,), strict=False)
-    counts = counter.get_flop_counts()
+def unit_costs(model: nn.Module, example_input: torch.Tensor, units: Sequence[Unit]
+               ) -> dict[str, Cost]:
+    """FLOPs per sample that each unit adds to a training step of ``model``.
+
+    One forward and backward pass under ``FlopCounterMode`` (on meta tensors) attributes the
+    FLOPs to modules; a unit whose modules do not show up there (no counted operation, or a
+    naming the counter does not follow) is measured by difference instead: the full cost minus
+    the cost with the unit replaced by the identity.
+    """
+    with FlopCounterMode(display=False) as counter:
+        out = meta_call(model, example_input)
+        forward = counter.get_flop_counts()
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            out.float().sum().backward()
+        total = counter.get_flop_counts()
+    batch = max(1, example_input.shape[0])
     root = type(model).__name__
-    batch = max(1, x.shape[0])
-    return {
-        u.name: sum(sum(counts.get(f"{root}.{m}", {}).values()) for m in u.modules) / batch
-        for u in units
-    }
+    costs: dict[str, Cost] = {}
+    full: Cost | None = None
+    for unit in units:
+        keys = [f"{root}.{m}" for m in unit.modules]
+        if all(k in forward for k in keys):
+            fwd = sum(sum(forward[k].values()) for k in keys)
+            both = sum(sum(total.get(k, {}).values()) for k in keys)
+            costs[unit.name] = Cost(fwd / batch, (both - fwd) / batch)
+            continue
+        full = full or measure_cost(model, example_input)
+        old = [replace_module(model, m, nn.Identity()) for m in unit.modules]
+        try:
+            without = measure_cost(model, example_input)
+        finally:
+            for m, module in zip(unit.modules, old, strict=True):
+                replace_module(model, m, module)
+        costs[unit.name] = Cost(full.fwd - without.fwd, full.bwd - without.bwd)
+    return costs
 
 
 class FlopsLedger:

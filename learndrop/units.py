@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from learndrop.meta import meta_call
+
 __all__ = ["Unit", "NoDroppableUnitsError", "find_units", "record_execution"]
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Hardswish, nn.Mish)
@@ -76,15 +78,6 @@ def _shape(value: object) -> tuple[int, ...] | None:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
-def _meta_call(model: nn.Module, example_input: torch.Tensor) -> None:
-    """Run ``model`` on meta tensors through ``functional_call``: the real module code runs, but
-    no parameter, buffer or BatchNorm statistic of the model is touched."""
-    state = model.state_dict(keep_vars=True)
-    meta = {k: torch.empty_like(v, device="meta") for k, v in state.items()}
-    with torch.no_grad():
-        torch.func.functional_call(model, meta, (example_input.to("meta"),), strict=False)
-
-
 def record_execution(model: nn.Module, example_input: torch.Tensor) -> list[_Call]:
     """Modules that run in one forward pass of ``model``, in execution order, with the shape of
     their first positional input and of their output."""
@@ -102,7 +95,8 @@ def record_execution(model: nn.Module, example_input: torch.Tensor) -> list[_Cal
     was_training = model.training
     model.eval()
     try:
-        _meta_call(model, example_input)
+        with torch.no_grad():
+            meta_call(model, example_input)
     finally:
         model.train(was_training)
         for handle in handles:

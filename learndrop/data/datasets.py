@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import struct
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from learndrop.atomic import atomic_write
 
 __all__ = [
     "CorruptDatasetError",
@@ -539,22 +540,6 @@ def _load_cache(path: Path) -> dict | None:
     return None
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then os.replace: readers see either no
-    file or a complete one, even if this process is killed mid-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_arrays(name: str, src: Source, image_size: int | None) -> dict:
     path = _cache_file(name, src, image_size)
     cached = _load_cache(path)
@@ -569,7 +554,7 @@ def _load_arrays(name: str, src: Source, image_size: int | None) -> dict:
         "classes": list(arrays.classes), "mean": list(mean), "std": list(std),
     }
     try:
-        _atomic_save(obj, path)
+        atomic_write(path, lambda f: torch.save(obj, f))
     except OSError as err:  # read-only home, full disk: go on without a cache
         warnings.warn(_one_line(f"could not write the dataset cache {path}: {err}"), stacklevel=3)
     return obj

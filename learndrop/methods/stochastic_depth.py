@@ -46,14 +46,13 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from learndrop.flops import Cost, measure_cost
+from learndrop.flops import Cost, unit_costs
 from learndrop.methods.base import Event, Method
 from learndrop.surgery import replace_module
 from learndrop.units import Unit
 
-__all__ = ["StochasticDepth", "step_generator", "unit_costs"]
+__all__ = ["StochasticDepth", "step_generator"]
 
 
 def step_generator(seed: int, step: int, tag: str = "") -> torch.Generator:
@@ -61,49 +60,6 @@ def step_generator(seed: int, step: int, tag: str = "") -> torch.Generator:
     every step and seed, reproducible from the step counter alone."""
     digest = hashlib.sha256(f"{tag}:{seed}:{step}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
-def unit_costs(model: nn.Module, example_input: torch.Tensor, units: list[Unit]) -> dict[str, Cost]:
-    """FLOPs per sample that each unit adds to a training step of ``model``.
-
-    One forward and backward pass under ``FlopCounterMode`` (on meta tensors) attributes the
-    FLOPs to modules; a unit whose modules do not show up there (no counted operation, or a
-    naming the counter does not follow) is measured by difference instead: the full cost minus
-    the cost with the unit replaced by the identity.
-    """
-    meta = {}
-    for name, value in model.state_dict(keep_vars=True).items():
-        t = torch.empty_like(value, device="meta")
-        if isinstance(value, nn.Parameter) and value.requires_grad:
-            t.requires_grad_(True)
-        meta[name] = t
-    x = example_input.detach().to("meta")
-    with FlopCounterMode(display=False) as counter:
-        out = torch.func.functional_call(model, meta, (x,), strict=False)
-        forward = counter.get_flop_counts()
-        if isinstance(out, torch.Tensor) and out.requires_grad:
-            out.float().sum().backward()
-        total = counter.get_flop_counts()
-    batch = max(1, x.shape[0])
-    root = type(model).__name__
-    costs: dict[str, Cost] = {}
-    full: Cost | None = None
-    for unit in units:
-        keys = [f"{root}.{m}" for m in unit.modules]
-        if all(k in forward for k in keys):
-            fwd = sum(sum(forward[k].values()) for k in keys)
-            both = sum(sum(total.get(k, {}).values()) for k in keys)
-            costs[unit.name] = Cost(fwd / batch, (both - fwd) / batch)
-            continue
-        full = full or measure_cost(model, example_input)
-        old = [replace_module(model, m, nn.Identity()) for m in unit.modules]
-        try:
-            without = measure_cost(model, example_input)
-        finally:
-            for m, module in zip(unit.modules, old, strict=True):
-                replace_module(model, m, module)
-        costs[unit.name] = Cost(full.fwd - without.fwd, full.bwd - without.bwd)
-    return costs
 
 
 class StochasticDepth(Method):

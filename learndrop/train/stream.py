@@ -41,12 +41,13 @@ from learndrop.methods import Event, Method, create_method
 from learndrop.train.config import ConfigError, TrainConfig
 from learndrop.train.rundir import RunDir
 from learndrop.train.trainer import (
+    StopFlag,
     TrainingDivergedError,
-    _StopFlag,
     build_model,
     default_out,
     method_options,
     pick_device,
+    train_step,
     warmup_cosine,
 )
 
@@ -254,22 +255,15 @@ def train_stream(
     report = _Report(method, optimizer, classes, device, config.check_every, stage_starts)
     train_time = 0.0
     ended = "exhausted"
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         bar = tqdm(total=total, desc="stream", disable=config.quiet, leave=False,
                    dynamic_ncols=True)
         started = time.perf_counter()
         model.train()
         for x, y in stream:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            method.before_step()
-            with autocast():
-                out = forward(x)
-                loss = F.cross_entropy(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            events = method.step(len(y))
-            scheduler.step()
+            loss, out, events = train_step(method, forward, optimizer, scheduler, x, y,
+                                           autocast, samples=len(y))
             report.add(loss, out, y, events)
             if events:
                 _announce(events, method, log if config.quiet else tqdm.write)

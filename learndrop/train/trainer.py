@@ -178,6 +178,22 @@ def reference_drops(reference: str | None) -> list[dict]:
     return [d for d in json.loads(path.read_text())["drops"] if d["action"] == "drop"]
 
 
+def train_step(method: Method, forward, optimizer, scheduler, x: torch.Tensor,
+               y: torch.Tensor, autocast, samples: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """One optimizer step driven by ``method``; ``samples`` is what all processes trained on.
+    Returns the loss, the logits and the method's events (no host synchronisation)."""
+    method.before_step()
+    with autocast():
+        out = forward(x)
+        loss = F.cross_entropy(out.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    events = method.step(samples)
+    scheduler.step()
+    return loss, out, events
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, autocast) -> tuple[float, float]:
     """Test loss and accuracy (all units run: eval mode)."""
@@ -222,7 +238,7 @@ def _announce(events: list[Event], method: Method, log) -> None:
         f"{100 * totals['fwd_flops_reduction']:.1f}% saved so far")
 
 
-class _StopFlag:
+class StopFlag:
     """Turns the first Ctrl-C into a flag the loop checks after each step."""
 
     def __init__(self) -> None:
@@ -370,7 +386,7 @@ def _train(config: TrainConfig, log) -> dict:
             "config": config.to_dict(),
         })
 
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         for epoch in range(start_epoch, config.epochs):
             train_loader.set_epoch(epoch)
             model.train()
@@ -384,15 +400,8 @@ def _train(config: TrainConfig, log) -> dict:
             for i, (x, y) in enumerate(train_loader):
                 if i < skip:
                     continue  # resumed mid-epoch: same order, same augmentation
-                method.before_step()
-                with autocast():
-                    out = forward(x)
-                    loss = F.cross_entropy(out.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                events = method.step(len(y) * ctx.world_size)  # the samples of all ranks
-                scheduler.step()
+                loss, out, events = train_step(method, forward, optimizer, scheduler, x, y,
+                                               autocast, samples=len(y) * ctx.world_size)
                 stats.loss += loss.detach() * len(y)
                 stats.correct += (out.detach().argmax(1) == y).sum()
                 stats.samples += len(y)
