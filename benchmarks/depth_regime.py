@@ -41,8 +41,8 @@ PROFILES = {
     "cpu": dict(dataset="cifar10", subset=None, epochs=30, batch_size=128, lr=0.1, seeds=1),
     # The paper-scale setting for one GPU.
     "gpu": dict(dataset="cifar10", subset=None, epochs=160, batch_size=128, lr=0.1, seeds=3),
-    "smoke": dict(dataset="fashion-mnist", subset=256, epochs=3, batch_size=64, lr=0.05,
-                  seeds=1, image_size=16),
+    "smoke": dict(dataset="fashion-mnist", subset=256, test_subset=500, epochs=3, batch_size=64,
+                  lr=0.05, seeds=1, image_size=16),
 }
 
 
