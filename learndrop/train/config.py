@@ -26,7 +26,7 @@ class TrainConfig:
     epochs: int = 8
     out: str | None = None
     # data
-    subset: int | None = 10000
+    subset: int | None = 5000
     test_subset: int | None = None
     image_size: int | None = None
     data_dir: str | None = None
