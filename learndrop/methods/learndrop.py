@@ -31,6 +31,8 @@ class LearnDrop(Method):
         mode: ``"drop"`` removes units from the network; ``"freeze"`` keeps them in the forward
             pass without gradients (the baseline of the same scores).
         policy: the drop decision's hyperparameters (:class:`DropPolicy`).
+        total_steps: the run's length in steps, when known: no unit is dropped at the last
+            check (nothing would be saved, and the network would end untrained after the drop).
         Other arguments: see :class:`learndrop.methods.base.Method`.
     """
 
@@ -47,6 +49,7 @@ class LearnDrop(Method):
         units: list[Unit] | None = None,
         unit_names: Iterable[str] | None = None,
         steps_per_check: int | None = None,
+        total_steps: int | None = None,
     ) -> None:
         if mode not in ("drop", "freeze"):
             raise ValueError(f"mode must be 'drop' or 'freeze', got {mode!r}")
@@ -55,6 +58,7 @@ class LearnDrop(Method):
             units=units, unit_names=unit_names, steps_per_check=steps_per_check,
         )
         self.mode = mode
+        self.total_steps = total_steps
         if mode == "freeze":
             self.name = "freeze"
         self.policy = policy or DropPolicy()
@@ -75,6 +79,10 @@ class LearnDrop(Method):
         for name, score in scores.items():
             candidate = self.policy.is_candidate(score)
             self.streaks[name] = self.streaks.get(name, 0) + 1 if candidate else 0
+        if self.total_steps is not None and self.steps >= self.total_steps:
+            # A drop after the last step saves nothing and leaves the final network with stale
+            # BatchNorm statistics downstream: score, but do not act.
+            return []
         chosen = self.sync_decision(self.policy.decide(
             scores, self.streaks,
             check=self.checks, units_total=len(self.units), units_dropped=len(self.removed),

@@ -154,7 +154,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
 def method_options(config: TrainConfig, total_steps: int) -> dict:
     """The keyword arguments of ``config.method``'s constructor."""
     if config.method in ("learndrop", "freeze"):
-        return {"policy": DropPolicy(**config.policy)}
+        return {"policy": DropPolicy(**config.policy), "total_steps": total_steps or None}
     if config.method == "freezeout":
         return {"total_steps": total_steps, "t0": config.freezeout_t0}
     if config.method == "stochastic-depth":
