@@ -45,6 +45,7 @@ from learndrop.train.trainer import (
     TrainingDivergedError,
     build_model,
     default_out,
+    method_metrics,
     method_options,
     pick_device,
     train_step,
@@ -369,9 +370,6 @@ class _Report:
         method = self.method
         seen = self.seen.cpu()
         seen_count = int(count[seen].sum())
-        totals = method.ledger.totals()
-        cost = method.ledger.cost(method.flops_key())
-        scores = getattr(method, "last_scores", {}) or {}
         row = {
             "step": method.steps,
             "epoch": method.steps / self.check_every,  # = checks so far (for the score plot)
@@ -385,14 +383,8 @@ class _Report:
             "test_acc": test_acc,
             "test_acc_seen": int(correct[seen].sum()) / seen_count if seen_count else None,
             "classes_seen": int(seen.sum()),
-            "units_live": len(method.live_units),
             "dropped": [e.unit for e in self.events],
-            "scores": {u: {"change": s.change, "ratio": s.ratio, "slope": s.slope,
-                           "continuation": s.continuation} for u, s in scores.items()},
-            "fwd_flops_per_sample": cost.fwd,
-            "fwd_flops_per_sample_full": method.ledger.full.fwd,
-            "bwd_flops_per_sample": cost.bwd,
-            **{k: v for k, v in totals.items() if not k.endswith("reduction")},
+            **method_metrics(method),
         }
         self.loss.zero_()
         self.correct.zero_()

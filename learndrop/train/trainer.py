@@ -510,10 +510,22 @@ def _checkpoint_path(resume: str) -> Path:
     return path
 
 
-def _metrics_row(epoch, method, stats, optimizer, train_time, test_loss, test_acc) -> dict:
-    totals = method.ledger.totals()
+def method_metrics(method: Method) -> dict:
+    """The method's part of a metrics row: live units, last scores, cumulative FLOPs."""
     cost = method.ledger.cost(method.flops_key())
     scores = getattr(method, "last_scores", {}) or {}
+    return {
+        "units_live": len(method.live_units),
+        "scores": {u: {"change": s.change, "ratio": s.ratio, "slope": s.slope,
+                       "continuation": s.continuation} for u, s in scores.items()},
+        "fwd_flops_per_sample": cost.fwd,
+        "fwd_flops_per_sample_full": method.ledger.full.fwd,
+        "bwd_flops_per_sample": cost.bwd,
+        **{k: v for k, v in method.ledger.totals().items() if not k.endswith("reduction")},
+    }
+
+
+def _metrics_row(epoch, method, stats, optimizer, train_time, test_loss, test_acc) -> dict:
     return {
         "epoch": epoch + 1,
         "step": method.steps,
@@ -523,13 +535,8 @@ def _metrics_row(epoch, method, stats, optimizer, train_time, test_loss, test_ac
         "train_acc": stats.correct.item() / max(1, stats.samples),
         "test_loss": test_loss,
         "test_acc": test_acc,
-        "units_live": len(method.live_units),
         "dropped": [e.unit for e in stats.events],
-        "scores": {u: {"change": s.change, "ratio": s.ratio, "slope": s.slope,
-                       "continuation": s.continuation} for u, s in scores.items()},
-        "fwd_flops_per_sample": cost.fwd,
-        "fwd_flops_per_sample_full": method.ledger.full.fwd,
-        **{k: v for k, v in totals.items() if not k.endswith("reduction")},
+        **method_metrics(method),
     }
 
 
