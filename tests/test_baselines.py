@@ -30,13 +30,7 @@ BATCH = 4
 X = torch.randn(BATCH, 1, 16, 16, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only spins against the other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,10 +8,14 @@ from torch._dynamo import lookup_backend
 
 from learndrop.train import TrainConfig, train
 
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("LEARNDROP_DATA"),
-    reason="Fashion-MNIST not installed (make test installs dataset-fashion-mnist)",
-)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(
+        not os.path.isdir("/usr/share/datasets/fashion-mnist")
+        and not os.environ.get("LEARNDROP_DATA"),
+        reason="Fashion-MNIST not installed (make test installs dataset-fashion-mnist)",
+    ),
+]
 
 
 def small(tmp_path, name, **overrides) -> TrainConfig:
@@ -21,14 +25,6 @@ def small(tmp_path, name, **overrides) -> TrainConfig:
                   policy={"change_threshold": 0.9, "max_drops_per_check": 2})
     values.update(overrides)
     return TrainConfig(**values)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machines: no oversubscription
-    yield
-    torch.set_num_threads(threads)
 
 
 class CountingBackend:

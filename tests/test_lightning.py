@@ -13,10 +13,14 @@ from learndrop.integrations.lightning import LearnDropCallback  # noqa: E402
 from learndrop.models import create_model  # noqa: E402
 from learndrop.policy import DropPolicy  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("LEARNDROP_DATA"),
-    reason="Fashion-MNIST not installed (make test installs dataset-fashion-mnist)",
-)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(
+        not os.path.isdir("/usr/share/datasets/fashion-mnist")
+        and not os.environ.get("LEARNDROP_DATA"),
+        reason="Fashion-MNIST not installed (make test installs dataset-fashion-mnist)",
+    ),
+]
 
 POLICY = DropPolicy(change_threshold=0.9, max_drops_per_check=2)
 
@@ -46,14 +50,6 @@ def loader():
     x = (data.train_x.float() / 255 - data.mean[0]) / data.std[0]
     dataset = torch.utils.data.TensorDataset(x, data.train_y.long())
     return torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machines: no oversubscription
-    yield
-    torch.set_num_threads(threads)
 
 
 def fit(tmp_path, loader, epochs, ckpt_path=None, name="run", steps_per_check=4):

@@ -5,7 +5,6 @@ import os
 import sys
 
 import pytest
-import torch
 
 from learndrop.train import ConfigError, TrainConfig, train
 from learndrop.train.tensorboard import TensorBoardLog, scalars
@@ -27,18 +26,13 @@ def test_missing_tensorboard_is_one_clear_line(tmp_path, monkeypatch):
     not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("LEARNDROP_DATA"),
     reason="Fashion-MNIST not installed (make test installs dataset-fashion-mnist)",
 )
-def test_run_writes_its_metrics_as_scalars(tmp_path):
+def test_run_writes_its_metrics_as_scalars(tmp_path, one_thread):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(TrainConfig(model="resnet20", epochs=2, subset=128, test_subset=100,
-                          batch_size=32, image_size=16, out=str(tmp_path / "run"), quiet=True,
-                          plots=False, tensorboard=True), log=lambda s: None)
-    finally:
-        torch.set_num_threads(threads)
+    train(TrainConfig(model="resnet20", epochs=2, subset=128, test_subset=100,
+                      batch_size=32, image_size=16, out=str(tmp_path / "run"), quiet=True,
+                      plots=False, tensorboard=True), log=lambda s: None)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
             .splitlines()]
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
