@@ -109,8 +109,10 @@ def _guard(what: str, fn: Callable[[], T]) -> T:
             "an error or hung past the timeout (--dist-timeout)") from err
 
 
+# Gloo words its timeouts in more than one way ("Timed out ...", "Application timeout caused
+# pair closure"), depending on which side of the connection notices first.
 _COMM_SIGNS = ("gloo", "NCCL", "nccl", "Connection closed by peer", "Connection reset",
-               "Timed out", "timed out", "Broken pipe")
+               "Timed out", "timed out", "Application timeout", "pair closure", "Broken pipe")
 
 
 def explain(err: BaseException) -> BaseException:
