@@ -13,6 +13,7 @@ import os
 import sys
 
 from learndrop.policy import DropPolicy
+from learndrop.precision import PRECISIONS
 from learndrop.train.config import TrainConfig
 
 EXIT_USAGE = 2
@@ -57,6 +58,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     opt.add_argument("--seed", type=int, default=d.seed)
     opt.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    opt.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                     help="auto: bf16 autocast where the hardware has native bf16 (CUDA with "
+                          "bf16, CPUs with AVX512_BF16 or AMX), fp32 elsewhere; channels_last "
+                          "always (default: %(default)s)")
     start = parser.add_argument_group("starting point")
     start.add_argument("--weights", default=None, help="a local state dict to start from")
     start.add_argument("--pretrained", action="store_true",

@@ -21,7 +21,6 @@ cleanly: final evaluation, ``summary.json``, ``model.pt`` and plots. Streams are
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -38,11 +37,13 @@ from tqdm import tqdm
 
 from learndrop.data import DeviceLoader, ImageDataset, load_dataset, make_loaders
 from learndrop.methods import Event, Method, create_method
+from learndrop.precision import resolve_precision
 from learndrop.train.config import ConfigError, TrainConfig
 from learndrop.train.rundir import RunDir
 from learndrop.train.trainer import (
     StopFlag,
     TrainingDivergedError,
+    apply_memory_format,
     build_model,
     default_out,
     method_metrics,
@@ -228,7 +229,10 @@ def train_stream(
     stream = itertools.chain([first], stream)
     x0 = first[0]
 
-    model = build_model(config, data or _Spec(classes, x0.shape[1]), device)
+    precision = resolve_precision(config.precision, device)
+    # Batches a user's iterator gives in NCHW are converted by the first convolution.
+    model = apply_memory_format(build_model(config, data or _Spec(classes, x0.shape[1]), device),
+                                precision, test_batches, batches)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     example = torch.zeros(config.batch_size, *x0.shape[1:], device=device)
@@ -239,9 +243,7 @@ def train_stream(
                            **method_options(config, total or 0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, total))
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-
+    autocast = precision.autocast
     run.write_json("config.json", config.to_dict())
     metrics_path = run.file("metrics.jsonl")
     metrics_path.write_text("")
@@ -249,7 +251,8 @@ def train_stream(
     log(f"{config.method} stream: {config.model}, {source}, "
         f"{total if total else 'unknown number of'} batches of {config.batch_size}, "
         f"check every {config.check_every} steps, test every {config.eval_every} steps, "
-        f"{len(method.units)} droppable units, on {device}")
+        f"{len(method.units)} droppable units, on {device}, {precision.name} "
+        f"{precision.memory_format}")
 
     forward = torch.compile(model) if config.compile else model
     compiled_version = method.structure_version
@@ -309,6 +312,7 @@ def train_stream(
 
     summary = _summary(config, data, method, report, train_time, device, ended, total,
                        user_stream)
+    summary.update(precision.describe())
     run.save_torch("model.pt", model.to("cpu"))
     run.write_json("summary.json", summary)
     if config.plots:

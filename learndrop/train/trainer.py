@@ -28,6 +28,7 @@ from learndrop.distributed import DistContext
 from learndrop.methods import Event, Method, StochasticDepth, create_method
 from learndrop.models import create_model, replace_head
 from learndrop.policy import DropPolicy
+from learndrop.precision import Precision, resolve_precision
 from learndrop.train.config import ConfigError, TrainConfig
 from learndrop.train.plots import plot_run
 from learndrop.train.rundir import RunDir
@@ -139,6 +140,18 @@ def load_weights(model: nn.Module, path: str) -> None:
     if wrong or missing or extra:
         raise ConfigError(f"--weights {path} does not fit this model: {detail}")
     model.load_state_dict(state, strict=False)
+
+
+def apply_memory_format(model: nn.Module, precision: Precision, *loaders) -> nn.Module:
+    """Put ``model`` in ``precision``'s memory format, and the batches of those ``loaders`` that
+    can convert their own batches (:class:`~learndrop.data.DeviceLoader` does it on uint8, the
+    cheapest place); other inputs are converted by the model's first convolution."""
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        for loader in loaders:
+            if hasattr(loader, "channels_last"):
+                loader.channels_last = True
+    return model
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
@@ -286,7 +299,7 @@ def _train(config: TrainConfig, log) -> dict:
         ckpt = torch.load(resume_from, map_location="cpu", weights_only=False)
         config = TrainConfig.from_dict({
             **ckpt["config"], "resume": str(resume_from), "quiet": config.quiet,
-            "device": config.device, "plots": config.plots,
+            "device": config.device, "precision": config.precision, "plots": config.plots,
             "compile": config.compile, "tensorboard": config.tensorboard,
             "dist_timeout": config.dist_timeout,
             "out": config.out or str(resume_from.parent),
@@ -324,10 +337,9 @@ def _train(config: TrainConfig, log) -> dict:
     )
     if len(train_loader) == 0:
         raise ConfigError("the training set is smaller than one batch; lower --batch-size")
-    model = build_model(config, data, device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        train_loader.channels_last = test_loader.channels_last = True
+    precision = resolve_precision(config.precision, device)
+    model = apply_memory_format(build_model(config, data, device), precision,
+                                train_loader, test_loader)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     steps_per_epoch = len(train_loader)
@@ -343,9 +355,7 @@ def _train(config: TrainConfig, log) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total_steps, round(config.warmup_epochs * steps_per_epoch)))
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-
+    autocast = precision.autocast
     metrics: list[dict] = []
     start_epoch, start_batch, train_time = 0, 0, 0.0
     if ckpt is not None:
@@ -365,7 +375,8 @@ def _train(config: TrainConfig, log) -> dict:
     log(f"{config.method}: {config.model} on {data.name} ({len(data.train_y)} train / "
         f"{len(data.test_y)} test images, {data.in_channels}x{data.image_size}x{data.image_size}), "
         f"{len(method.units)} droppable units, {config.epochs} epochs on {device}"
-        + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
+        + (f" x {ctx.world_size} processes" if ctx.distributed else "")
+        + f", {precision.name} {precision.memory_format}")
 
     def build_forward() -> nn.Module:
         """The callable of the training forward: the model, in DDP and/or compiled."""
@@ -463,6 +474,7 @@ def _train(config: TrainConfig, log) -> dict:
 
     summary = _summary(config, data, method, metrics, train_time, device)
     summary["world_size"] = ctx.world_size
+    summary.update(precision.describe())
     if config.compile:
         torch.compiler.reset()  # model.pt must not carry dynamo's caches (or their backends)
     if ctx.is_main:
