@@ -161,13 +161,14 @@ def cmd_units(args: argparse.Namespace) -> int:
 
     from learndrop.flops import measure_cost, unit_costs
     from learndrop.models import create_model
-    from learndrop.units import find_units
+    from learndrop.units import discover
 
     with torch.device("meta"):  # shapes only: even ResNet-152 costs nothing
         model = create_model(args.model, num_classes=args.num_classes,
                              in_channels=args.in_channels)
     x = torch.zeros(2, args.in_channels, args.image_size, args.image_size)
-    units = find_units(model, x, args.units.split(",") if args.units else None)
+    found = discover(model, x, args.units.split(",") if args.units else None)
+    units = found.units
     full = measure_cost(model, x).fwd
     shares = {name: cost.fwd for name, cost in unit_costs(model, x, units).items()}
     total_params = sum(p.numel() for p in model.parameters())
@@ -179,6 +180,8 @@ def cmd_units(args: argparse.Namespace) -> int:
               f"{100 * shares[u.name] / full:>10.2f}%")
     print(f"{'all units':<34}{sum(u.num_parameters(model) for u in units):>12,}"
           f"{100 * sum(shares.values()) / full:>10.2f}%")
+    for name, why in found.rejected.items():
+        print(f"not droppable: {name} {why}")
     return 0
 
 
