@@ -45,7 +45,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--subset", type=int, default=d.subset,
                       help="class-balanced, seeded training subset; 0 = the whole training set")
-    data.add_argument("--test-subset", type=int, default=None)
+    data.add_argument("--test-subset", type=int, default=None,
+                      help="class-balanced, seeded test subset; 0 = the whole test set (default)")
     data.add_argument("--image-size", type=int, default=None)
     data.add_argument("--data-dir", default=None)
     data.add_argument("--no-augment", dest="augment", action="store_false")
@@ -122,7 +123,6 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if hasattr(args, f.name)}
-    values["subset"] = args.subset or None
     values["units"] = args.units.split(",") if args.units else None
     values["policy"] = {f.name: getattr(args, f"policy_{f.name}")
                         for f in dataclasses.fields(DropPolicy)

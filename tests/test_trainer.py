@@ -168,3 +168,15 @@ def test_existing_run_is_not_overwritten_silently(tmp_path, capsys):
     code, err = run_cli("train", "--out", str(out), "--quiet", capsys=capsys)
     assert code != 0 and "--overwrite" in err
     assert (out / "summary.json").read_text() == "{}"
+
+
+def test_zero_means_the_whole_set_for_both_subsets():
+    from learndrop.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--subset", "0", "--test-subset", "0"])
+    config = config_from_args(args)
+    assert (config.subset, config.test_subset) == (None, None)
+    config.validate()
+    assert TrainConfig(subset=0, test_subset=0).test_subset is None
+    with pytest.raises(ValueError, match=r"--test-subset must be >= 1 \(or 0 for the whole"):
+        TrainConfig(test_subset=-1).validate()
