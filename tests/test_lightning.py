@@ -107,7 +107,7 @@ def test_wrong_checkpoint_still_fails_loudly(tmp_path, loader):
     assert callback.method.steps_per_check == 8 and callback.method.checks == 1  # one epoch
     ckpt = tmp_path / "one.ckpt"
     first.save_checkpoint(ckpt)
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     state["state_dict"].pop("model.fc.weight")  # not a dropped unit's key
     torch.save(state, ckpt)
     with pytest.raises(RuntimeError, match="does not fit the model"):
