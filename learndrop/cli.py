@@ -46,7 +46,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--subset", type=int, default=d.subset,
                       help="class-balanced, seeded training subset; 0 = the whole training set")
-    data.add_argument("--test-subset", type=int, default=None)
+    data.add_argument("--test-subset", type=int, default=None,
+                      help="class-balanced, seeded test subset; 0 = the whole test set (default)")
     data.add_argument("--image-size", type=int, default=None)
     data.add_argument("--data-dir", default=None)
     data.add_argument("--no-augment", dest="augment", action="store_false")
@@ -127,7 +128,6 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if hasattr(args, f.name)}
-    values["subset"] = args.subset or None
     values["units"] = args.units.split(",") if args.units else None
     values["policy"] = {f.name: getattr(args, f"policy_{f.name}")
                         for f in dataclasses.fields(DropPolicy)
@@ -166,13 +166,14 @@ def cmd_units(args: argparse.Namespace) -> int:
 
     from learndrop.flops import measure_cost, unit_costs
     from learndrop.models import create_model
-    from learndrop.units import find_units
+    from learndrop.units import discover
 
     with torch.device("meta"):  # shapes only: even ResNet-152 costs nothing
         model = create_model(args.model, num_classes=args.num_classes,
                              in_channels=args.in_channels)
     x = torch.zeros(2, args.in_channels, args.image_size, args.image_size)
-    units = find_units(model, x, args.units.split(",") if args.units else None)
+    found = discover(model, x, args.units.split(",") if args.units else None)
+    units = found.units
     full = measure_cost(model, x).fwd
     shares = {name: cost.fwd for name, cost in unit_costs(model, x, units).items()}
     total_params = sum(p.numel() for p in model.parameters())
@@ -184,6 +185,8 @@ def cmd_units(args: argparse.Namespace) -> int:
               f"{100 * shares[u.name] / full:>10.2f}%")
     print(f"{'all units':<34}{sum(u.num_parameters(model) for u in units):>12,}"
           f"{100 * sum(shares.values()) / full:>10.2f}%")
+    for name, why in found.rejected.items():
+        print(f"not droppable: {name} {why}")
     return 0
 
 

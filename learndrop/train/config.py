@@ -27,8 +27,8 @@ class TrainConfig:
     epochs: int = 8
     out: str | None = None
     # data
-    subset: int | None = 5000
-    test_subset: int | None = None
+    subset: int | None = 5000  # None (or 0) = the whole training set
+    test_subset: int | None = None  # None (or 0) = the whole test set
     image_size: int | None = None
     data_dir: str | None = None
     augment: bool = True
@@ -70,6 +70,13 @@ class TrainConfig:
     plots: bool = True
     eval_batch_size: int = 500
 
+    def __post_init__(self) -> None:
+        # One convention for both subsets: 0 (the CLI's way to say it) means the whole set.
+        if self.subset == 0:
+            self.subset = None
+        if self.test_subset == 0:
+            self.test_subset = None
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` (one line) for impossible values."""
         def need(ok: bool, message: str) -> None:
@@ -85,7 +92,7 @@ class TrainConfig:
         need(self.subset is None or self.subset >= 1,
              f"--subset must be >= 1 (or 0 for the whole training set), got {self.subset}")
         need(self.test_subset is None or self.test_subset >= 1,
-             f"--test-subset must be >= 1, got {self.test_subset}")
+             f"--test-subset must be >= 1 (or 0 for the whole test set), got {self.test_subset}")
         need(self.image_size is None or self.image_size >= 8,
              f"--image-size must be >= 8, got {self.image_size}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),

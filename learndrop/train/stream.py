@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from learndrop.checkpoint import save_slim
 from learndrop.data import DeviceLoader, ImageDataset, load_dataset, make_loaders
 from learndrop.methods import Event, Method, create_method
 from learndrop.precision import resolve_precision
@@ -313,7 +314,8 @@ def train_stream(
     summary = _summary(config, data, method, report, train_time, device, ended, total,
                        user_stream)
     summary.update(precision.describe())
-    run.save_torch("model.pt", model.to("cpu"))
+    save_slim(run.file("model.pt"), model.to("cpu"), architecture=config.model,
+              num_classes=classes, in_channels=x0.shape[1])
     run.write_json("summary.json", summary)
     if config.plots:
         plot_stream(metrics_path, summary, run.path)

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from learndrop import distributed
+from learndrop.checkpoint import CheckpointError, read_state_dict, safe_load, save_slim
 from learndrop.data import ImageDataset, load_dataset, make_loaders
 from learndrop.distributed import DistContext
 from learndrop.methods import Event, Method, StochasticDepth, create_method
@@ -103,19 +104,10 @@ def _weights_classes(config: TrainConfig) -> int:
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if not Path(path).is_file():
-        raise ConfigError(f"--weights {path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ConfigError(f"--weights {path} is not a readable PyTorch file ({err})") from err
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]  # a learndrop checkpoint
-    if not isinstance(obj, dict):
-        raise ConfigError(f"--weights {path} holds no state dict")
-    return obj
+        return read_state_dict(path)  # weights_only: a downloaded file cannot run code
+    except CheckpointError as err:
+        raise ConfigError(f"--weights {err}") from err
 
 
 def load_weights(model: nn.Module, path: str) -> None:
@@ -296,7 +288,7 @@ def _train(config: TrainConfig, log) -> dict:
         # A resumed run continues with the configuration it started with; only how it reports
         # and where it runs may change.
         resume_from = _checkpoint_path(config.resume)
-        ckpt = torch.load(resume_from, map_location="cpu", weights_only=False)
+        ckpt = safe_load(resume_from)
         config = TrainConfig.from_dict({
             **ckpt["config"], "resume": str(resume_from), "quiet": config.quiet,
             "device": config.device, "precision": config.precision, "plots": config.plots,
@@ -476,9 +468,10 @@ def _train(config: TrainConfig, log) -> dict:
     summary["world_size"] = ctx.world_size
     summary.update(precision.describe())
     if config.compile:
-        torch.compiler.reset()  # model.pt must not carry dynamo's caches (or their backends)
+        torch.compiler.reset()  # free dynamo's caches of this model (the bench trains on)
     if ctx.is_main:
-        run.save_torch("model.pt", model.to("cpu"))
+        save_slim(run.file("model.pt"), model.to("cpu"), architecture=config.model,
+                  num_classes=data.num_classes, in_channels=data.in_channels)
         run.write_json("summary.json", summary)
         if config.plots:
             plot_run(metrics, summary, run.path)
