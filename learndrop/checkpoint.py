@@ -58,11 +58,15 @@ def safe_load(path: str | os.PathLike) -> object:
     """
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: no such file")
+    if Path(path).stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         detail = str(err).partition("WeightsUnpickler error:")[2] or str(err)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", detail)
+        # PyTorch words a refused global in several ways ("Unsupported global: GLOBAL x",
+        # "Trying to load unsupported GLOBAL x whose module y is blocked", ...).
+        refused = re.search(r"GLOBAL (\S+)", detail)
         if refused is None:  # not a pickle at all, or a damaged one
             raise CheckpointError(f"{path} is not a readable PyTorch file "
                                   f"({_one_line(detail.split('Check the documentation')[0])})"
@@ -72,15 +76,25 @@ def safe_load(path: str | os.PathLike) -> object:
             "learndrop never runs code from a file (torch.load weights_only=True); if you trust "
             "it, re-save its weights with torch.save(model.state_dict(), PATH)") from err
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+        message = _one_line(err).split(" Please file an issue")[0]
         raise CheckpointError(
-            f"{path} is not a readable PyTorch file ({_one_line(err)[:200]})") from err
+            f"{path} is not a readable PyTorch file ({message[:200]})") from err
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
 def _tensors_only(obj: object, path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    if not isinstance(obj, Mapping) or not obj or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise CheckpointError(f"{path} holds no state dict (a mapping of names to tensors)")
+    if not _is_state_dict(obj):
+        nested = [k for k, v in obj.items() if _is_state_dict(v)] if isinstance(
+            obj, Mapping) else []
+        hint = (f"; it holds one under the key {nested[0]!r} (e.g. a Lightning checkpoint): "
+                f"save that entry alone with torch.save(ckpt[{nested[0]!r}], PATH)"
+                if nested else "")
+        raise CheckpointError(
+            f"{path} holds no state dict (a mapping of names to tensors){hint}")
     return dict(obj)
 
 
@@ -132,16 +146,32 @@ def load_slim(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Mod
         CheckpointError: not a slim-network file, or its weights do not fit the network.
     """
     obj = safe_load(path)
-    if not isinstance(obj, Mapping) or obj.get("format") != SLIM_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a learndrop slim network ({SLIM_FORMAT}); a plain state dict loads "
-            "with model.load_state_dict(torch.load(PATH, weights_only=True))")
+    found = obj.get("format") if isinstance(obj, Mapping) else None
+    if isinstance(found, str) and found.startswith("learndrop.slim/") and found != SLIM_FORMAT:
+        raise CheckpointError(f"{path} is a {found} file; this learndrop reads {SLIM_FORMAT}: "
+                              "upgrade learndrop")
+    if found != SLIM_FORMAT:
+        what = ("a learndrop checkpoint (last.ckpt); its run's model.pt is the slim network"
+                if isinstance(obj, Mapping) and "method" in obj and "model" in obj
+                else "a plain state dict or another file; a state dict of a full network "
+                     "loads with model.load_state_dict(torch.load(PATH, weights_only=True))")
+        raise CheckpointError(f"{path} is not a learndrop slim network ({SLIM_FORMAT}) but "
+                              f"{what}")
+    missing = [k for k in ("architecture", "identity_modules", "state_dict") if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path} is a damaged slim network: it lacks {missing[0]!r}")
     if model is None:
         from learndrop.models import create_model  # imports torchvision: only when needed
 
         arch = obj["architecture"]
-        model = create_model(arch["name"], num_classes=arch["num_classes"],
-                             in_channels=arch["in_channels"])
+        try:
+            model = create_model(arch["name"], num_classes=arch["num_classes"],
+                                 in_channels=arch["in_channels"])
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(
+                f"{path}: cannot build its architecture {arch.get('name')!r} "
+                f"({_one_line(err)}); pass the network it was saved from "
+                "(load_slim(path, model=...))") from err
     for name in obj["identity_modules"]:
         try:
             replace_module(model, name, nn.Identity())

@@ -102,3 +102,45 @@ def test_no_source_or_doc_teaches_unsafe_loading():
              *ROOT.glob("tests/**/*.py"), *ROOT.glob("docs/*.md"), ROOT / "README.md"]
     offenders = [str(f.relative_to(ROOT)) for f in files if unsafe in f.read_text()]
     assert offenders == []
+
+
+class _System:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_an_os_system_pickle_is_named_not_advised_to_unpickle(tmp_path):
+    """PyTorch words a blocked module ('... GLOBAL posix.system whose module posix is blocked')
+    differently from an unknown global; both get learndrop's one line, never PyTorch's advice
+    to turn weights_only off."""
+    path = tmp_path / "w.pt"
+    torch.save({"x": _System()}, path)
+    with pytest.raises(CheckpointError) as err:
+        safe_load(path)
+    message = str(err.value)
+    assert "not a plain tensor file: its pickle calls" in message and "system" in message
+    assert "weights_only` set to `False`" not in message and "\n" not in message
+
+
+def test_unreadable_files_say_what_they_are(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is empty$"):
+        safe_load(empty)
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    wrapped = tmp_path / "lightning.ckpt"
+    torch.save({"epoch": 3, "state_dict": model.state_dict()}, wrapped)
+    with pytest.raises(CheckpointError, match="under the key 'state_dict'"):
+        read_state_dict(wrapped)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"method": {}, "model": model.state_dict()}, ckpt)
+    with pytest.raises(CheckpointError, match=r"learndrop checkpoint \(last.ckpt\)"):
+        load_slim(ckpt)
+    newer = tmp_path / "newer.pt"
+    torch.save({"format": "learndrop.slim/9"}, newer)
+    with pytest.raises(CheckpointError, match="upgrade learndrop"):
+        load_slim(newer)
+    damaged = tmp_path / "damaged.pt"
+    torch.save({"format": "learndrop.slim/1", "state_dict": model.state_dict()}, damaged)
+    with pytest.raises(CheckpointError, match="lacks 'architecture'"):
+        load_slim(damaged)
