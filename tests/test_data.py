@@ -546,3 +546,16 @@ def test_a_dataset_with_one_class_is_refused(tmp_path, capsys):
     with pytest.raises(DatasetFormatError, match="raise --subset"):
         load_dataset(f"folder:{tmp_path / 'two'}", subset=1)
     assert load_dataset(f"folder:{tmp_path / 'two'}", subset=2).num_classes == 2
+
+
+def test_a_test_set_with_one_class_is_refused(tmp_path):
+    """A test set of one class reports accuracy 1.0 for any network."""
+    _make_tree(tmp_path / "two", classes=("a", "b"))
+    for f in (tmp_path / "two" / "test" / "b").iterdir():
+        f.unlink()
+    with pytest.raises(DatasetFormatError, match="the test set .* at least two classes: give"):
+        load_dataset(f"folder:{tmp_path / 'two'}")
+    _make_tree(tmp_path / "ok", classes=("a", "b"))
+    with pytest.raises(DatasetFormatError, match="raise --test-subset"):
+        load_dataset(f"folder:{tmp_path / 'ok'}", test_subset=1)
+    assert load_dataset(f"folder:{tmp_path / 'ok'}", test_subset=2).num_classes == 2

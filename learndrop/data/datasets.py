@@ -619,8 +619,8 @@ def load_dataset(
     images, chosen with `seed`. `mean` / `std` are those of the full training set.
 
     Raises `UnknownDatasetError`, `DatasetNotFoundError`, `CorruptDatasetError` or
-    `DatasetFormatError` (also for fewer than two classes, in the dataset or in the training
-    subset), each with a one-line message.
+    `DatasetFormatError` (also for fewer than two classes, in the dataset or in the training or
+    test set after subsetting), each with a one-line message.
     """
     key = _normalise_name(name)
     if image_size is not None and image_size <= 0:
@@ -648,11 +648,20 @@ def load_dataset(
         raise DatasetFormatError(
             f"{name} has {len(classes)} class ({', '.join(classes)}); classification needs at "
             "least two classes (e.g. train/<class>/ and test/<class>/ folders for two classes)")
-    present = int(torch.unique(train_y).numel())
-    if present < 2:
+    # A test set of one class reports accuracy 1.0 for any network: refuse it too.
+    for split, y, full_y, option, size in (
+        ("training", train_y, obj["train_y"], "--subset", subset),
+        ("test", test_y, obj["test_y"], "--test-subset", test_subset),
+    ):
+        if int(torch.unique(y).numel()) >= 2:
+            continue
+        if size is not None and int(torch.unique(full_y).numel()) >= 2:
+            fix = f"raise {option} (now {size})"
+        else:
+            fix = f"give its {split} split images of at least two classes"
         raise DatasetFormatError(
-            f"the training subset of {name} holds {len(train_y)} images of one class; "
-            "classification needs at least two: raise --subset (subset=...)")
+            f"the {split} set of {name} holds {len(y)} image(s) of at most one class; "
+            f"classification needs at least two classes: {fix}")
     return ImageDataset(
         name=key,
         train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
