@@ -289,6 +289,15 @@ def discover(
     owners = _owners(model)
 
     if names is not None:
+        names = list(names)
+        for i, name in enumerate(names):
+            for other in names[:i]:
+                if name == other or _is_descendant(name, other) or _is_descendant(other, name):
+                    what = "twice" if name == other else f"together with {other!r}, which " + (
+                        "contains it" if _is_descendant(name, other) else "it contains")
+                    raise NoDroppableUnitsError(
+                        f"unit {name!r} is named {what}; name each unit once, none inside "
+                        "another")
         units = []
         for name in names:
             if name not in first_index:

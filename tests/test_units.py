@@ -274,3 +274,14 @@ def test_no_unit_left_says_why():
     with pytest.raises(NoDroppableUnitsError, match="not droppable: 1 shares its parameter") as err:
         find_units(model, CIFAR)
     assert "\n" not in str(err.value)
+
+
+def test_units_named_twice_or_nested_are_refused():
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    x = torch.zeros(2, 1, 16, 16)
+    with pytest.raises(NoDroppableUnitsError, match="'layer1.1' is named twice"):
+        find_units(model, x, ["layer1.1", "layer1.1"])
+    with pytest.raises(NoDroppableUnitsError, match="inside another"):
+        find_units(model, x, ["layer1.1", "layer1.1.conv1"])
+    assert [u.name for u in find_units(model, x, ["layer1.2", "layer1.1"])] == [
+        "layer1.1", "layer1.2"]
