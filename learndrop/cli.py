@@ -29,7 +29,7 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Learn&Drop policy (see docs/method-card.md)")
     for f in dataclasses.fields(DropPolicy):
         kind = _drops_per_check if f.name == "max_drops_per_check" else f.type
-        kind = {"int": int, "float": float}.get(kind, kind)
+        kind = {"int": int, "float": float, "str": str}.get(kind, kind)
         group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
                            dest=f"policy_{f.name}", help=f"default {f.default}")
 

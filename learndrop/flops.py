@@ -5,6 +5,10 @@ once with ``torch.utils.flop_counter.FlopCounterMode``, on meta tensors shaped l
 the model's own code runs, but no memory is allocated, no arithmetic is done and no BatchNorm
 statistic moves. The cost per sample is multiplied by the samples trained in that configuration;
 the full network's cost over the same samples is the reference.
+
+A method's own extra forward passes (measuring drop costs, recalibrating BatchNorm statistics)
+are added with ``FlopsLedger.record_extra``: they are part of the executed forward FLOPs, so
+every comparison against the full network (and the budget frontier) charges them.
 """
 
 from __future__ import annotations
@@ -91,6 +95,8 @@ class FlopsLedger:
     ``record(key, samples)`` adds samples trained in configuration ``key`` (any hashable that
     identifies the network's structure); a new key is measured once on the model as it is at that
     moment. Costs may also be given directly with ``set_cost`` (e.g. additive per-unit costs).
+    ``record_extra(fwd_flops)`` adds forward work done outside the training steps (no samples
+    trained, no backward pass).
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
@@ -99,6 +105,7 @@ class FlopsLedger:
         self.full = measure_cost(model, example_input)
         self.costs: dict[Hashable, Cost] = {}
         self.samples: dict[Hashable, int] = {}
+        self.extra_fwd = 0.0
 
     def set_cost(self, key: Hashable, cost: Cost) -> None:
         self.costs[key] = cost
@@ -112,13 +119,24 @@ class FlopsLedger:
         self.cost(key)
         self.samples[key] = self.samples.get(key, 0) + samples
 
+    def record_extra(self, fwd_flops: float) -> None:
+        """Add ``fwd_flops`` FLOPs of forward passes outside the training steps (a method's
+        drop-cost measurement or BatchNorm recalibration); no samples are added."""
+        if not fwd_flops >= 0:
+            raise ValueError(f"extra forward FLOPs must be >= 0, got {fwd_flops}")
+        self.extra_fwd += float(fwd_flops)
+
     @property
     def samples_seen(self) -> int:
         return sum(self.samples.values())
 
     def totals(self) -> dict[str, float]:
-        """Cumulative FLOPs so far and their reductions against the full network."""
-        fwd = sum(self.costs[k].fwd * n for k, n in self.samples.items())
+        """Cumulative FLOPs so far and their reductions against the full network.
+
+        ``fwd_flops`` is everything executed forward: the training steps plus
+        ``extra_fwd_flops`` (the method's own passes, also given on their own).
+        """
+        fwd = sum(self.costs[k].fwd * n for k, n in self.samples.items()) + self.extra_fwd
         bwd = sum(self.costs[k].bwd * n for k, n in self.samples.items())
         n = self.samples_seen
         fwd_full, bwd_full = self.full.fwd * n, self.full.bwd * n
@@ -126,6 +144,7 @@ class FlopsLedger:
             "fwd_flops": fwd,
             "fwd_flops_full": fwd_full,
             "fwd_flops_reduction": 1 - fwd / fwd_full if fwd_full else 0.0,
+            "extra_fwd_flops": self.extra_fwd,
             "bwd_flops": bwd,
             "bwd_flops_full": bwd_full,
             "bwd_flops_reduction": 1 - bwd / bwd_full if bwd_full else 0.0,
@@ -136,12 +155,14 @@ class FlopsLedger:
             "full": (self.full.fwd, self.full.bwd),
             "costs": [(k, (c.fwd, c.bwd)) for k, c in self.costs.items()],
             "samples": list(self.samples.items()),
+            "extra_fwd": self.extra_fwd,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.full = Cost(*state["full"])
         self.costs = {_key(k): Cost(*c) for k, c in state["costs"]}
         self.samples = {_key(k): n for k, n in state["samples"]}
+        self.extra_fwd = state.get("extra_fwd", 0.0)  # checkpoints from before record_extra
 
 
 def _key(key: Hashable) -> Hashable:

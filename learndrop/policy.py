@@ -1,10 +1,23 @@
-"""Deciding: which live units to drop at a check.
+"""Deciding: which live units to drop (or freeze) at a check.
 
 A unit is a *candidate* when its change score has fallen to ``change_threshold`` of its own peak
-or below and its trend is not rising (``slope <= max_slope``). It is dropped once it has been a
-candidate for ``patience`` consecutive checks, lowest continuation score first, within the guards:
-no decision during the ``warmup_checks`` first checks, at most ``max_drops_per_check`` per check,
-and never more than ``max_dropped_fraction`` of all units in total. A unit is never dropped twice.
+or below and its trend is not rising (``slope <= max_slope``). It is *ready* once it has been a
+candidate for ``patience`` consecutive checks. Ready units are acted on cheapest measured drop
+cost first (lowest continuation score first when no cost was measured), within the guards: no
+decision during the ``warmup_checks`` first checks, none while training is unstable (below), at
+most ``max_drops_per_check`` per check, and never more than ``max_dropped_fraction`` of all units
+dropped or frozen in total. A unit is never acted on twice.
+
+The action (:meth:`DropPolicy.action`): a ready unit whose measured drop cost (the training-loss
+increase with it bypassed, :mod:`learndrop.drop_cost`) is at most ``max_drop_cost`` nats is
+dropped; one that has stopped learning but still matters is frozen (it keeps running forward and
+saves its backward pass).
+
+Stability (:meth:`DropPolicy.is_stable`): the check loss (the mean training loss on the recent
+batches, measured at every check) must not exceed the lowest of the previous ``trend_window``
+check losses by more than the fraction ``max_loss_rise``. A rising loss means the network is
+still moving between basins (deep networks at a high learning rate in their first epochs), and
+what it does without a unit now says little about what it will do later.
 
 The defaults come from the prototype recorded in DESIGN.md section 6 (drop below half of the own
 running maximum while still falling, at most a quarter of the units per check, none in the first
@@ -14,10 +27,10 @@ epoch); ``docs/method-card.md`` holds the benchmark evidence behind them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from learndrop.scores import UnitScore
+from learndrop.scores import NORMALIZATIONS, UnitScore
 
 __all__ = ["DropPolicy", "PolicyError"]
 
@@ -38,7 +51,20 @@ class DropPolicy:
         patience: consecutive candidate checks needed before a drop (>= 1).
         max_drops_per_check: an int >= 1 is a count; a float in (0, 1] a fraction of all units
             (at least one unit).
-        max_dropped_fraction: cap on the fraction of all units ever dropped (0 <= x <= 1).
+        max_dropped_fraction: cap on the fraction of all units ever dropped or frozen
+            (0 <= x <= 1).
+        normalization: ``"median"`` divides each change score by the median of the live units
+            at the same check (the schedule alone decides nothing); ``"per-unit"`` keeps each
+            unit's own learning-rate normalised reading (:mod:`learndrop.scores`).
+        cost_batches: recent training batches on which the check loss and the drop costs are
+            measured (>= 0; 0 turns cost measurement, freezing fallback and the stability
+            guard off: ready units are then dropped, lowest continuation first).
+        max_drop_cost: a ready unit whose drop cost is at most this (nats per sample) is
+            dropped, a costlier one frozen (>= 0; ``inf`` drops every ready unit).
+        max_loss_rise: no decision while the check loss exceeds the lowest of the previous
+            ``trend_window`` ones by more than this fraction (>= 0; ``inf`` turns it off).
+        recalibration_batches: recent training batches from which the BatchNorm statistics
+            are recomputed after a drop (>= 0; 0 = no recalibration).
     """
 
     warmup_checks: int = 1
@@ -48,6 +74,11 @@ class DropPolicy:
     patience: int = 1
     max_drops_per_check: int | float = 0.25
     max_dropped_fraction: float = 0.75
+    normalization: str = "median"
+    cost_batches: int = 4
+    max_drop_cost: float = 0.1
+    max_loss_rise: float = 0.1
+    recalibration_batches: int = 4
 
     def __post_init__(self) -> None:
         def fail(name: str, rule: str) -> None:
@@ -70,6 +101,21 @@ class DropPolicy:
             fail("max_drops_per_check", "an integer >= 1 or a fraction in (0, 1]")
         if not 0 <= self.max_dropped_fraction <= 1:
             fail("max_dropped_fraction", "in [0, 1]")
+        if self.normalization not in NORMALIZATIONS:
+            fail("normalization", " or ".join(NORMALIZATIONS))
+        for name in ("cost_batches", "recalibration_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                fail(name, "an integer >= 0")
+        for name in ("max_drop_cost", "max_loss_rise"):
+            if not getattr(self, name) >= 0:  # NaN fails too; inf is allowed (= off)
+                fail(name, ">= 0 (inf turns it off)")
+        if self.cost_batches == 0:
+            for name in ("max_drop_cost", "max_loss_rise"):
+                if math.isfinite(getattr(self, name)):
+                    raise PolicyError(
+                        f"{name}={getattr(self, name)!r} needs cost_batches >= 1 (it is measured "
+                        f"on recent batches); set {name}=inf, or cost_batches to e.g. 4")
 
     def is_candidate(self, score: UnitScore) -> bool:
         return score.ratio <= self.change_threshold and score.slope <= self.max_slope
@@ -81,6 +127,29 @@ class DropPolicy:
         cap = math.floor(self.max_dropped_fraction * units_total + 1e-9)
         return max(0, min(per_check, cap - units_dropped))
 
+    def is_stable(self, losses: Sequence[float]) -> bool:
+        """Whether the last of the check losses ``losses`` (oldest first) allows decisions: it
+        is at most ``1 + max_loss_rise`` times the lowest of the ``trend_window`` before it
+        (always true with fewer than two losses)."""
+        if len(losses) < 2 or math.isinf(self.max_loss_rise):
+            return True
+        previous = min(losses[-1 - self.trend_window:-1])
+        return losses[-1] <= (1 + self.max_loss_rise) * previous
+
+    def ready(self, scores: Mapping[str, UnitScore], streaks: Mapping[str, int], *,
+              check: int) -> list[str]:
+        """Units that have been candidates for ``patience`` checks, after the warm-up, lowest
+        continuation score first (ties keep execution order)."""
+        if check <= self.warmup_checks:
+            return []
+        ready = [n for n, s in scores.items() if streaks.get(n, 0) >= self.patience]
+        return sorted(ready, key=lambda n: scores[n].continuation)
+
+    def action(self, cost: float | None) -> str:
+        """``"drop"`` when the measured drop cost is at most ``max_drop_cost`` (or was not
+        measured), else ``"freeze"``."""
+        return "drop" if cost is None or cost <= self.max_drop_cost else "freeze"
+
     def decide(
         self,
         scores: Mapping[str, UnitScore],
@@ -89,20 +158,25 @@ class DropPolicy:
         check: int,
         units_total: int,
         units_dropped: int,
+        costs: Mapping[str, float] | None = None,
+        losses: Sequence[float] = (),
     ) -> list[str]:
-        """Names of the units to drop now, in order.
+        """Names of the units to act on now, in order (each one's action: :meth:`action`).
 
         Args:
             scores: this check's scores of the live units (execution order).
             streaks: consecutive checks (this one included) each unit has been a candidate.
             check: 1-based index of this check.
-            units_total: all units, dropped ones included.
-            units_dropped: units already dropped.
+            units_total: all units, dropped and frozen ones included.
+            units_dropped: units already dropped or frozen.
+            costs: measured drop costs of (at least) the ready units; they go cheapest first.
+            losses: the check losses so far, this check's last (:meth:`is_stable`).
         """
-        if check <= self.warmup_checks:
+        if not self.is_stable(losses):
             return []
-        ready = [n for n, s in scores.items() if streaks.get(n, 0) >= self.patience]
-        ready.sort(key=lambda n: scores[n].continuation)  # stable: ties keep execution order
+        ready = self.ready(scores, streaks, check=check)
+        if costs:
+            ready.sort(key=lambda n: costs.get(n, math.inf))  # stable: ties keep the order above
         return ready[: self.drops_allowed(units_total, units_dropped)]
 
     def to_dict(self) -> dict:

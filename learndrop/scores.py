@@ -8,8 +8,13 @@ Our reading of the paper (DESIGN.md section 1), made precise here:
                                                               to the unit's param group since t-1
 
   Dividing by the summed learning rate makes it a relative speed *per unit of learning rate and
-  step*: a decaying schedule, a small fine-tuning learning rate or a longer check interval alone
-  do not make a unit look converged.
+  step*, comparable across param groups with different learning rates.
+* **normalised across units** (``normalization="median"``, the default): ``change(t)`` is then
+  divided by the median ``change(t)`` of the live units at the same check. Whatever moves every
+  unit alike (a learning rate decaying to zero, a small fine-tuning rate, a longer interval; the
+  learning-rate normalised speed *rises* again near the end of a cosine schedule, DESIGN.md
+  section 6) cancels, and a unit scores low only when it slows down *relative to the others*.
+  ``normalization="per-unit"`` keeps each unit's own learning-rate normalised reading.
 * **ratio**: ``change(t)`` over the unit's own running maximum, taken over the checks after the
   warm-up (the warm-up's large early moves would inflate it).
 * **slope**: least-squares slope of ``log change`` over the last ``window`` checks after the
@@ -32,6 +37,7 @@ transfer for all units together, and nothing is done per step except adding a Py
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +46,10 @@ from torch import nn
 
 from learndrop.units import Unit
 
-__all__ = ["UnitScore", "ScoreTracker", "log_slope"]
+__all__ = ["NORMALIZATIONS", "UnitScore", "ScoreTracker", "log_slope"]
+
+#: How change scores are compared (see the module docstring).
+NORMALIZATIONS = ("median", "per-unit")
 
 #: Checks of score history kept per unit (older entries are discarded; see ScoreTracker.check).
 HISTORY_KEEP = 64
@@ -87,7 +96,12 @@ class ScoreTracker:
         *,
         window: int = 3,
         warmup_checks: int = 1,
+        normalization: str = "median",
     ) -> None:
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, "
+                             f"got {normalization!r}")
+        self.normalization = normalization
         self.model = model
         self.optimizer = optimizer
         self.window = window
@@ -152,11 +166,18 @@ class ScoreTracker:
         in_warmup = self.checks < self.warmup_checks
         self.checks += 1
 
-        scores = {}
+        changes = []
         for name, r in zip(names, rel_values):
             group = learning[name]
             lr_sum = lr_sums[group] if group < len(lr_sums) else 0.0
-            change = r / lr_sum if lr_sum > 0 else float("nan")
+            changes.append(r / lr_sum if lr_sum > 0 else float("nan"))
+        if self.normalization == "median":
+            finite = [c for c in changes if math.isfinite(c)]
+            median = statistics.median(finite) if finite else 0.0
+            changes = [c / median if median > 0 else float("nan") for c in changes]
+
+        scores = {}
+        for name, change in zip(names, changes):
             history = self.history[name]
             history.append(change)
             # Bounded memory on endless streams: only the last HISTORY_KEEP checks are kept (the

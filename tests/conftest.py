@@ -12,3 +12,45 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def fashion16():
+    """Fashion-MNIST at 16x16: 640 training images (10 batches of 64, augmented), 500 test."""
+    import os
+
+    from learndrop.data import load_dataset, make_loaders
+
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get(
+            "LEARNDROP_DATA"):
+        pytest.skip("Fashion-MNIST not installed (make test installs dataset-fashion-mnist)")
+    data = load_dataset("fashion-mnist", None, 16, 640, 0, 500)
+    return make_loaders(data, 64, "cpu", 0)
+
+
+@pytest.fixture(scope="session")
+def trained_resnet20(fashion16):
+    """ResNet-20 after 2 epochs on ``fashion16`` (SGD 0.05, momentum): the model, its last 4
+    training batches and the test loader. Shared: deep-copy the model before changing it."""
+    from collections import deque
+
+    from torch import nn
+
+    from learndrop.models import create_model
+
+    train_loader, test_loader = fashion16
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    train_loader.set_epoch(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    recent = deque(maxlen=4)
+    for _ in range(2):
+        for x, y in train_loader:
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            recent.append((x, y))
+    torch.set_num_threads(threads)
+    return model, list(recent), test_loader

@@ -89,7 +89,7 @@ def train_step(method, model: nn.Module, optimizer) -> list[Event]:
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return method.step(BATCH)
+    return method.step(BATCH, batch=(x, y))
 
 
 def checkpoint(obj: object) -> object:
@@ -405,10 +405,12 @@ REFERENCE = [  # summary["drops"] of a reference run on TinyResNet
 ]
 
 
-def run_random_drop(seed: int, steps: int = 8, schedule=REFERENCE) -> RandomDrop:
+def run_random_drop(seed: int, steps: int = 8, schedule=REFERENCE,
+                    recalibration_batches: int = 0) -> RandomDrop:
     model = tiny()
     optimizer = sgd(model)
-    method = RandomDrop(model, optimizer, X, schedule=schedule, seed=seed, steps_per_check=3)
+    method = RandomDrop(model, optimizer, X, schedule=schedule, seed=seed, steps_per_check=3,
+                        recalibration_batches=recalibration_batches)
     for _ in range(steps):
         train_step(method, model, optimizer)
     return method
@@ -431,6 +433,20 @@ def test_random_drop_reproduces_the_reference_timing():
     # A (step, count) schedule gives the same run.
     pairs = run_random_drop(seed=0, schedule=[(3, 2), (6, 1)])
     assert pairs.summary()["drops"] == drops
+
+
+def test_random_drop_recalibrates_batchnorm_after_its_drops_and_counts_it():
+    method = run_random_drop(seed=0, recalibration_batches=2)
+    # Drops at steps 3 (two units) and 6 (one): each time 2 batches of 4 run forward through
+    # the network as it is after the drops.
+    assert sorted(method.ledger.costs) == [0, 2, 3]  # structure versions: one per drop
+    costs = [method.ledger.costs[v].fwd for v in (2, 3)]  # after each step's drops
+    assert method.ledger.extra_fwd == pytest.approx(2 * BATCH * sum(costs))
+    norms = [m for m in method.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    # Reset at step 6, then 2 recalibration batches and the training steps 7 and 8.
+    assert all(int(m.num_batches_tracked) == 2 + 2 and m.momentum == 0.1 for m in norms)
+    with pytest.raises(ValueError, match="recalibration_batches must be"):
+        RandomDrop(tiny(), sgd(tiny()), X, schedule=REFERENCE, recalibration_batches=-1)
 
 
 def test_random_drop_seeds():
@@ -506,7 +522,8 @@ def test_slim_from_scratch_trains_the_reference_final_network():
 
 def test_random_drop_applies_the_synced_decision():
     model = tiny()
-    method = RandomDrop(model, sgd(model), X, schedule=[(1, 2)], seed=0)
+    method = RandomDrop(model, sgd(model), X, schedule=[(1, 2)], seed=0,
+                        recalibration_batches=0)
     method.sync = lambda names: ["blocks.0", "blocks.5"]  # e.g. rank 0's choice
     events = method.step(BATCH)
     assert [e.unit for e in events] == ["blocks.0", "blocks.5"]

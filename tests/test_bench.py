@@ -21,15 +21,20 @@ METHOD_NAMES = [m for m in ("full", "learndrop", "random-drop", "slim-from-scrat
 TINY = ["--model", "resnet20", "--dataset", "fashion-mnist", "--subset", "192",
         "--test-subset", "100", "--image-size", "16", "--epochs", "3", "--batch-size", "64",
         "--lr", "0.05", "--change-threshold", "1", "--max-slope", "100",
-        "--max-drops-per-check", "2", "--quiet", "--no-plots"]
+        "--max-drops-per-check", "2", "--cost-batches", "0", "--max-drop-cost", "inf",
+        "--max-loss-rise", "inf", "--recalibration-batches", "0", "--quiet", "--no-plots"]
 
 
 def tiny(**overrides) -> TrainConfig:
     """The TrainConfig of TINY: ResNet-20, 192 images at 16x16, 3 epochs of 3 steps, a policy
-    that drops at every check after the first (so that the copies of its drops are tested)."""
+    that drops at every check after the first (so that the copies of its drops are tested),
+    without cost measurement or recalibration (with 3 steps per check, their forward passes
+    would outweigh what the drops save)."""
     values = dict(model="resnet20", dataset="fashion-mnist", subset=192, test_subset=100,
                   image_size=16, epochs=3, batch_size=64, lr=0.05, quiet=True, plots=False,
-                  policy={"change_threshold": 1.0, "max_slope": 100.0, "max_drops_per_check": 2})
+                  policy={"change_threshold": 1.0, "max_slope": 100.0, "max_drops_per_check": 2,
+                          "cost_batches": 0, "max_drop_cost": float("inf"),
+                          "max_loss_rise": float("inf"), "recalibration_batches": 0})
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -26,7 +26,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 TINY = ["--model", "resnet20", "--dataset", "fashion-mnist", "--subset", "256",
         "--test-subset", "200", "--image-size", "16", "--batch-size", "32", "--lr", "0.05",
-        "--change-threshold", "0.9", "--max-drops-per-check", "2", "--quiet", "--no-plots"]
+        "--change-threshold", "0.9", "--max-drops-per-check", "2", "--max-drop-cost", "inf",
+        "--quiet", "--no-plots"]
 
 # Loaded by every Python process of the run (PYTHONPATH): in the torchrun workers (RANK set) it
 # saves what only a test needs at exit, every rank's final model state; the trainer's own files
@@ -73,11 +74,13 @@ def test_sync_hook_makes_the_global_decision():
 
     model = create_model("resnet20", num_classes=10, in_channels=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    method = LearnDrop(model, optimizer, torch.zeros(2, 1, 8, 8))
+    x = torch.zeros(2, 1, 8, 8)
+    method = LearnDrop(model, optimizer, x)
+    method.step(batch=(x, torch.zeros(2, dtype=torch.long)))
     seen = []
-    method.sync = lambda names: seen.append(names) or ["layer2.1"]  # "rank 0 decided"
+    method.sync = lambda entries: seen.append(entries) or ["drop:layer2.1"]  # rank 0 decided
     events = method.check()  # the first check is warm-up: locally nothing is chosen
-    assert seen == [[]] and [e.unit for e in events] == ["layer2.1"]
+    assert seen == [[]] and [(e.unit, e.action) for e in events] == [("layer2.1", "drop")]
     assert isinstance(model.layer2[1], torch.nn.Identity)
 
 

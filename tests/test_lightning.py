@@ -22,7 +22,11 @@ pytestmark = [
     ),
 ]
 
-POLICY = DropPolicy(change_threshold=0.9, max_drops_per_check=2)
+# Two checks per epoch of 8 steps: no cost measurement and a 1-batch recalibration (the default
+# 4 batches would outweigh the training between checks).
+POLICY = DropPolicy(change_threshold=0.9, max_drops_per_check=2, cost_batches=0,
+                    max_drop_cost=float("inf"), max_loss_rise=float("inf"),
+                    recalibration_batches=1)
 
 
 class Classifier(pl.LightningModule):
@@ -78,6 +82,7 @@ def test_callback_drops_logs_and_resumes(tmp_path, loader):
     assert callback.method.checks == 8
     assert summary["samples_seen"] == 4 * 256
     assert summary["fwd_flops_reduction"] > 0
+    assert summary["extra_fwd_flops"] > 0  # recalibrated: the callback passed the batches
     params = sum(p.numel() for p in module.parameters())
     assert params == summary["params_final"] < summary["params_initial"]
     # The optimizer holds exactly the live parameters.

@@ -52,7 +52,7 @@ except ImportError as err:  # the optional extra
 from learndrop.methods import Method, create_method
 from learndrop.units import Unit
 
-__all__ = ["LearnDropCallback", "default_input"]
+__all__ = ["LearnDropCallback", "default_input", "default_target"]
 
 
 def default_input(batch: Any) -> torch.Tensor:
@@ -70,6 +70,19 @@ def default_input(batch: Any) -> torch.Tensor:
                     "pass input_fn=... to LearnDropCallback")
 
 
+def default_target(batch: Any) -> torch.Tensor:
+    """The target tensor of a batch: its second element (``(x, y)``) or its
+    ``"y"``/``"target"``/``"label"``/``"labels"`` entry."""
+    if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], torch.Tensor):
+        return batch[1]
+    if isinstance(batch, dict):
+        for key in ("y", "target", "label", "labels"):
+            if isinstance(batch.get(key), torch.Tensor):
+                return batch[key]
+    raise TypeError(f"cannot find the target tensor in a batch of type {type(batch).__name__}; "
+                    "pass target_fn=... to LearnDropCallback")
+
+
 class LearnDropCallback(Callback):
     """Scores and drops the units of a LightningModule's network while it trains.
 
@@ -80,6 +93,10 @@ class LearnDropCallback(Callback):
         example_input: an input batch (only shape and dtype are used); default the first
             training batch's input.
         input_fn: picks the input tensor out of a batch (default :func:`default_input`).
+        target_fn: picks the target tensor out of a batch (default :func:`default_target`);
+            with ``input_fn`` it gives the ``(x, y)`` batches from which Learn&Drop measures
+            drop costs and recalibrates BatchNorm (the method's loss is ``loss_fn=...``,
+            default cross-entropy).
         steps_per_check: optimizer steps between checks; default one epoch.
         log_metrics: log ``learndrop/*`` metrics at the end of every training epoch.
         **method_kwargs: passed to the method (e.g. ``policy=DropPolicy(...)``, ``unit_names``).
@@ -95,6 +112,7 @@ class LearnDropCallback(Callback):
         model_attr: str | None = None,
         example_input: torch.Tensor | None = None,
         input_fn: Callable[[Any], torch.Tensor] = default_input,
+        target_fn: Callable[[Any], torch.Tensor] = default_target,
         steps_per_check: int | None = None,
         log_metrics: bool = True,
         **method_kwargs: Any,
@@ -104,6 +122,7 @@ class LearnDropCallback(Callback):
         self.model_attr = model_attr
         self.example_input = example_input
         self.input_fn = input_fn
+        self.target_fn = target_fn
         self.steps_per_check = steps_per_check
         self.log_metrics = log_metrics
         self.method_kwargs = method_kwargs
@@ -257,7 +276,8 @@ class LearnDropCallback(Callback):
             return  # accumulating gradients: no optimizer step yet
         self._last_global_step = trainer.global_step
         # Every rank trains on its own batch: the FLOPs ledger counts them all.
-        self.method.step(self._samples * trainer.world_size)
+        self.method.step(self._samples * trainer.world_size,
+                         batch=(self.input_fn(batch), self.target_fn(batch)))
         self._samples = 0
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

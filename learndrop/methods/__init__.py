@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from learndrop.methods.base import Event, Full, Method
+from learndrop.methods.base import Event, Full, Method, MissingBatchesError
 from learndrop.methods.freezeout import FreezeOut
 from learndrop.methods.learndrop import LearnDrop
 from learndrop.methods.random_drop import RandomDrop
@@ -19,7 +19,7 @@ from learndrop.methods.slim import SlimFromScratch
 from learndrop.methods.stochastic_depth import StochasticDepth
 
 __all__ = [
-    "Event", "Full", "LearnDrop", "Method", "METHODS", "UnknownMethodError",
+    "Event", "Full", "LearnDrop", "Method", "METHODS", "MissingBatchesError", "UnknownMethodError",
     "create_method", "register_method",
     "FreezeOut", "RandomDrop", "SlimFromScratch", "StochasticDepth",
 ]

@@ -1,12 +1,24 @@
-"""Learn&Drop: score every unit at each check and drop the ones that have stopped learning."""
+"""Learn&Drop: score every unit at each check and drop the ones that have stopped learning.
+
+At each check (after the warm-up): score the live units (:mod:`learndrop.scores`); measure the
+check loss on the recent training batches and hold back while it rises
+(:meth:`DropPolicy.is_stable`); measure the drop cost of the units that are ready
+(:mod:`learndrop.drop_cost`); drop the cheap ones, freeze the costly ones, cheapest first
+(:meth:`DropPolicy.decide`); after a drop, recompute the BatchNorm statistics from the recent
+batches (:mod:`learndrop.recalibrate`, :meth:`Method.after_change`). Every extra forward pass
+is charged to the FLOPs ledger and its time to ``check_time_s``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from learndrop.drop_cost import LossFn, drop_costs
+from learndrop.flops import unit_costs
 from learndrop.methods.base import Event, Method
 from learndrop.policy import DropPolicy
 from learndrop.scores import ScoreTracker, UnitScore
@@ -24,7 +36,7 @@ class LearnDrop(Method):
         for epoch in range(epochs):
             for x, y in loader:
                 loss_fn(model(x), y).backward(); optimizer.step(); optimizer.zero_grad()
-                ld.step(len(x))      # scores and drops once per epoch; returns the drop events
+                ld.step(len(x), batch=(x, y))   # scores and drops once per epoch
         ld.summary()
 
     Only units that learn are scored and can be dropped (a unit the user froze is left alone;
@@ -32,12 +44,20 @@ class LearnDrop(Method):
     the model's last trainable parameters (:meth:`~learndrop.methods.base.Method.keep_trainable`),
     even with ``max_dropped_fraction=1.0``.
 
+    The last ``max(policy.cost_batches, policy.recalibration_batches)`` batches passed to
+    :meth:`step` are kept for the check; a loop that passes none gets a one-line
+    :class:`~learndrop.methods.base.MissingBatchesError` at the first check (turn both off in
+    the policy to run without batches: ``cost_batches=0, max_drop_cost=inf, max_loss_rise=inf,
+    recalibration_batches=0``).
+
     Args:
-        mode: ``"drop"`` removes units from the network; ``"freeze"`` keeps them in the forward
-            pass without gradients (the baseline of the same scores).
+        mode: ``"drop"`` removes units from the network (or freezes those too costly to drop);
+            ``"freeze"`` freezes every unit it acts on (the baseline of the same scores).
         policy: the drop decision's hyperparameters (:class:`DropPolicy`).
         total_steps: the run's length in steps, when known: no unit is dropped at the last
             check (nothing would be saved, and the network would end untrained after the drop).
+        loss_fn: ``loss_fn(logits, y)`` of the check loss and the drop costs, a batch mean
+            (default cross-entropy; it should be the training loss).
         Other arguments: see :class:`learndrop.methods.base.Method`.
     """
 
@@ -55,6 +75,7 @@ class LearnDrop(Method):
         unit_names: Iterable[str] | None = None,
         steps_per_check: int | None = None,
         total_steps: int | None = None,
+        loss_fn: LossFn = F.cross_entropy,
     ) -> None:
         if mode not in ("drop", "freeze"):
             raise ValueError(f"mode must be 'drop' or 'freeze', got {mode!r}")
@@ -67,20 +88,38 @@ class LearnDrop(Method):
         if mode == "freeze":
             self.name = "freeze"
         self.policy = policy or DropPolicy()
+        self.loss_fn = loss_fn
+        # Freezing keeps the forward pass as it is: nothing to recalibrate.
+        self.recalibration_batches = self.policy.recalibration_batches if mode == "drop" else 0
         self.tracker = ScoreTracker(
             model, self.units, optimizer,
             window=self.policy.trend_window, warmup_checks=self.policy.warmup_checks,
+            normalization=self.policy.normalization,
         )
         self.streaks: dict[str, int] = {}
         self.last_scores: dict[str, UnitScore] = {}
+        self.last_costs: dict[str, float] = {}  # drop costs measured at the last check
+        self.check_losses: list[float] = []  # the check loss of every check so far
+        # Forward FLOPs per sample of each unit, to charge the bypassed passes to the ledger.
+        self._unit_fwd = ({n: c.fwd for n, c in unit_costs(model, example_input,
+                                                           self.units).items()}
+                          if self.policy.cost_batches else {})
+
+    @property
+    def batches_needed(self) -> int:
+        return max(self.policy.cost_batches, self.recalibration_batches)
 
     def on_step(self) -> list[Event]:
         self.tracker.accumulate_lr()
         return []
 
     def on_check(self) -> list[Event]:
+        if self.batches_needed:
+            self.require_batches("measure the check loss and drop costs and recalibrate "
+                                 "BatchNorm")
         scores = self.tracker.check()
         self.last_scores = scores
+        self.last_costs = {}
         for name, score in scores.items():
             candidate = self.policy.is_candidate(score)
             self.streaks[name] = self.streaks.get(name, 0) + 1 if candidate else 0
@@ -88,28 +127,58 @@ class LearnDrop(Method):
             # A drop after the last step saves nothing and leaves the final network with stale
             # BatchNorm statistics downstream: score, but do not act.
             return []
+        if self.policy.cost_batches:
+            self._measure(self.policy.ready(scores, self.streaks, check=self.checks))
         # Never the last trainable unit: with every parameter gone, backward() would fail.
-        chosen = self.keep_trainable(self.sync_decision(self.policy.decide(
-            scores, self.streaks,
-            check=self.checks, units_total=len(self.units), units_dropped=len(self.removed),
-        )))
+        decided = self.keep_trainable(self.policy.decide(
+            scores, self.streaks, check=self.checks, units_total=len(self.units),
+            units_dropped=len(self.removed), costs=self.last_costs, losses=self.check_losses,
+        ))
+        actions = [self._action(name) for name in decided]
+        # Every data-parallel process applies rank 0's decision, actions included (each
+        # process measured the costs on its own batches): "action:unit" entries.
+        synced = self.sync_decision([f"{a}:{n}" for a, n in zip(actions, decided)])
         by_name = {u.name: u for u in self.units}
         events = []
-        for name in chosen:
+        for entry in synced:
+            action, _, name = entry.partition(":")
+            if action not in ("drop", "freeze") or name not in by_name:
+                raise ValueError(f"the synced decision holds {entry!r}; Learn&Drop's entries "
+                                 "are 'drop:UNIT' or 'freeze:UNIT'")
             score = scores.get(name)  # None only if another process's scores differed
             events.append(self.apply(
-                by_name[name], self.mode,
+                by_name[name], action,
                 change_score=score.change if score else None,
                 continuation_score=score.continuation if score else None,
+                drop_cost=self.last_costs.get(name),
             ))
             self.tracker.forget(name)
         return events
 
+    def _action(self, name: str) -> str:
+        return "freeze" if self.mode == "freeze" else self.policy.action(self.last_costs.get(name))
+
+    def _measure(self, names: list[str]) -> None:
+        """Measure the check loss (appended to ``check_losses``) and the drop costs of the
+        units ``names`` on the recent batches; charge the passes to the ledger."""
+        batches = self.require_batches("measure the check loss and drop costs")
+        batches = batches[-self.policy.cost_batches:]
+        by_name = {u.name: u for u in self.units}
+        loss, self.last_costs = drop_costs(self.model, [by_name[n] for n in names], batches,
+                                           self.loss_fn)
+        self.check_losses.append(loss)
+        fwd = self.ledger.cost(self.flops_key()).fwd
+        samples = sum(len(y) for _, y in batches)
+        self.ledger.record_extra(samples * sum(
+            (fwd, *(fwd - self._unit_fwd[n] for n in names))))
+
     def state_dict(self) -> dict:
         return {**super().state_dict(), "tracker": self.tracker.state_dict(),
-                "streaks": dict(self.streaks), "policy": self.policy.to_dict()}
+                "streaks": dict(self.streaks), "policy": self.policy.to_dict(),
+                "check_losses": list(self.check_losses)}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.tracker.load_state_dict(state["tracker"])
         self.streaks = dict(state["streaks"])
+        self.check_losses = list(state.get("check_losses", []))

@@ -15,6 +15,10 @@ Our reading:
   ``self.steps`` reaches it, so the drop comes after the same optimizer step and the step's
   samples are counted in the FLOPs ledger under the configuration before the drop, as in the
   reference run. Drops scheduled at step 0 happen at construction.
+* After each step's drops the BatchNorm statistics are recomputed from the last
+  ``recalibration_batches`` training batches, as Learn&Drop does after its drops
+  (:meth:`~learndrop.methods.base.Method.after_change`), so that the comparison isolates the
+  choice of units. The drivers pass the batches (``step(n, batch=(x, y))``).
 * The units of a step are drawn with a ``torch.Generator`` seeded from ``(seed, step)``: the
   choice depends only on the seed, the step and the units still live, so a resumed run, and
   every data-parallel process, makes the same choices (they also go through
@@ -31,6 +35,7 @@ from torch import nn
 
 from learndrop.methods.base import Event, Method
 from learndrop.methods.stochastic_depth import step_generator
+from learndrop.policy import DropPolicy
 from learndrop.units import Unit
 
 __all__ = ["RandomDrop", "drop_events", "schedule_from"]
@@ -98,6 +103,8 @@ class RandomDrop(Method):
     Args:
         schedule: ``(step, count)`` pairs, or a reference run's drop events / summary.
         seed: seed of the choices.
+        recalibration_batches: recent training batches from which the BatchNorm statistics
+            are recomputed after a drop (0 = none; default as :class:`~learndrop.DropPolicy`).
         Other arguments: see :class:`learndrop.methods.base.Method`.
 
     Attributes:
@@ -114,12 +121,18 @@ class RandomDrop(Method):
         *,
         schedule: EventsLike | Sequence[tuple[int, int]],
         seed: int = 0,
+        recalibration_batches: int = DropPolicy.recalibration_batches,
         units: list[Unit] | None = None,
         unit_names: Iterable[str] | None = None,
         steps_per_check: int | None = None,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
+        if isinstance(recalibration_batches, bool) or not isinstance(
+                recalibration_batches, int) or recalibration_batches < 0:
+            raise ValueError(f"recalibration_batches must be an integer >= 0, got "
+                             f"{recalibration_batches!r}")
+        self.recalibration_batches = recalibration_batches
         pairs = schedule_from(schedule)
         super().__init__(
             model, optimizer, example_input,

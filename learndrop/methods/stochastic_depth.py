@@ -167,8 +167,11 @@ class StochasticDepth(Method):
     def flops_key(self) -> tuple[str, int]:
         return ("skipped", len(self.skipped))
 
-    def step(self, batch_size: int | None = None) -> list[Event]:
-        samples = int(batch_size if batch_size is not None else self.example_input.shape[0])
+    def step(self, batch_size: int | None = None, *,
+             batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Event]:
+        if batch_size is None:
+            batch_size = len(batch[0]) if batch is not None else self.example_input.shape[0]
+        samples = int(batch_size)
         full = self.ledger.full
         fwd = full.fwd - sum(self.unit_costs[n].fwd for n in self.skipped)
         bwd = full.bwd - sum(self.unit_costs[n].bwd for n in self.skipped)
@@ -178,7 +181,7 @@ class StochasticDepth(Method):
         sums[2] += samples
         if sums[2]:
             self.ledger.set_cost(self.flops_key(), Cost(sums[0] / sums[2], sums[1] / sums[2]))
-        return super().step(batch_size)
+        return super().step(batch_size, batch=batch)
 
     def on_step(self) -> list[Event]:
         self.restore()

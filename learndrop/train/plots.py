@@ -71,12 +71,22 @@ def _score_heatmap(metrics: list[dict], summary: dict, out: Path) -> Path | None
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(rows) + 3), max(3, 0.22 * len(units) + 1.5)))
     image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="log10 continuation score")
+    # Drop costs measured at a check (training-loss increase without the unit, nats).
+    for j, m in enumerate(rows):
+        for i, unit in enumerate(units):
+            cost = (m["scores"].get(unit) or {}).get("drop_cost")
+            if cost is not None:
+                ax.text(j, i + 0.32, f"{cost:+.2f}", ha="center", va="center", fontsize=6,
+                        color="white")
     col = {m["epoch"]: j for j, m in enumerate(rows)}
-    for drop in summary.get("drops", []):
-        j = col.get(round(drop["epoch"]) if drop.get("epoch") is not None else None)
-        if drop["unit"] in units and j is not None:
-            ax.plot(j, units.index(drop["unit"]), marker="x", color="red", markersize=9, mew=2)
+    marks = {"drop": {"marker": "x", "color": "red", "mew": 2},
+             "freeze": {"marker": "s", "color": "cyan", "mew": 1.5, "fillstyle": "none"}}
+    for event in summary.get("drops", []):
+        j = col.get(round(event["epoch"]) if event.get("epoch") is not None else None)
+        if event["unit"] in units and j is not None and event["action"] in marks:
+            ax.plot(j, units.index(event["unit"]) - 0.1, markersize=9, **marks[event["action"]])
     ax.set_xticks(range(len(rows)), [str(m["epoch"]) for m in rows])
     ax.set_yticks(range(len(units)), units, fontsize=7)
-    ax.set(xlabel="check (epoch)", title="Unit scores (x = dropped)")
+    ax.set(xlabel="check (epoch)",
+           title="Unit scores (x = dropped, square = frozen; numbers: drop cost, nats)")
     return _save(fig, out / "unit_scores.png")

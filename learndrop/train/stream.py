@@ -328,6 +328,8 @@ def _announce(events: list[Event], method: Method, log) -> None:
         scores = ""
         if e.change_score is not None:
             scores = f" (change {e.change_score:.3g}, continuation {e.continuation_score:.3g})"
+        if e.drop_cost is not None:
+            scores += f", drop cost {e.drop_cost:+.3f} nats"
         log(f"step {e.step}: {e.action} {e.unit}{scores}; {len(method.live_units)}/"
             f"{len(method.units)} units live, forward FLOPs per step now "
             f"{100 * (1 - cost.fwd / method.ledger.full.fwd):.1f}% below full")

@@ -194,7 +194,7 @@ def train_step(method: Method, forward, optimizer, scheduler, x: torch.Tensor,
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    events = method.step(samples)
+    events = method.step(samples, batch=(x, y))
     scheduler.step()
     return loss, out, events
 
@@ -237,6 +237,8 @@ def _announce(events: list[Event], method: Method, log) -> None:
         scores = ""
         if e.change_score is not None:
             scores = f" (change {e.change_score:.3g}, continuation {e.continuation_score:.3g})"
+        if e.drop_cost is not None:
+            scores += f", drop cost {e.drop_cost:+.3f} nats"
         log(f"epoch {e.epoch:g}: {e.action} {e.unit}{scores}")
     log(f"  {len(method.live_units)}/{len(method.units)} units live; forward FLOPs per step "
         f"now {100 * (1 - cost.fwd / method.ledger.full.fwd):.1f}% below full, "
@@ -516,13 +518,16 @@ def _checkpoint_path(resume: str) -> Path:
 
 
 def method_metrics(method: Method) -> dict:
-    """The method's part of a metrics row: live units, last scores, cumulative FLOPs."""
+    """The method's part of a metrics row: live units, last scores (with the drop cost, where
+    the last check measured it, and the action taken), cumulative FLOPs."""
     cost = method.ledger.cost(method.flops_key())
     scores = getattr(method, "last_scores", {}) or {}
+    costs = getattr(method, "last_costs", {}) or {}
     return {
         "units_live": len(method.live_units),
         "scores": {u: {"change": s.change, "ratio": s.ratio, "slope": s.slope,
-                       "continuation": s.continuation} for u, s in scores.items()},
+                       "continuation": s.continuation, "drop_cost": costs.get(u),
+                       "action": method.removed.get(u)} for u, s in scores.items()},
         "fwd_flops_per_sample": cost.fwd,
         "fwd_flops_per_sample_full": method.ledger.full.fwd,
         "bwd_flops_per_sample": cost.bwd,
@@ -560,7 +565,7 @@ def _summary(config, data, method, metrics, train_time, device) -> dict:
         "final_test_acc": accs[-1] if accs else None,
         "best_test_acc": max(accs) if accs else None,
         **{k: info[k] for k in (
-            "fwd_flops", "fwd_flops_full", "fwd_flops_reduction",
+            "fwd_flops", "fwd_flops_full", "fwd_flops_reduction", "extra_fwd_flops",
             "bwd_flops", "bwd_flops_full", "bwd_flops_reduction",
             "params_initial", "params_final", "units_total", "units_dropped", "units_frozen",
             "check_time_s",
