@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from learndrop.train.config import TrainConfig  # noqa: E402
-from learndrop.train.stream import read_rows, train_stream  # noqa: E402
+from learndrop.train.report import read_rows  # noqa: E402
+from learndrop.train.stream import train_stream  # noqa: E402
 
 
 def machine() -> str:
@@ -97,7 +98,8 @@ def run_all(args: argparse.Namespace) -> dict:
                     image_size=args.image_size, subset=args.subset or None,
                     test_subset=args.test_subset or None, batch_size=args.batch_size,
                     lr=args.lr, check_every=args.check_every, eval_every=args.eval_every,
-                    policy=json.loads(args.policy), seed=args.seed, device=args.device,
+                    method_options=json.loads(args.policy) if method != "full" else {},
+                    seed=args.seed, device=args.device,
                     out=str(run), overwrite=True, quiet=True)
                 print(f"{run.name}: running")
                 summary = train_stream(config, log=lambda s, n=run.name: print(f"  [{n}] {s}"))

@@ -29,7 +29,8 @@ def tiny(**overrides) -> TrainConfig:
     that drops at every check after the first (so that the copies of its drops are tested)."""
     values = dict(model="resnet20", dataset="fashion-mnist", subset=192, test_subset=100,
                   image_size=16, epochs=3, batch_size=64, lr=0.05, quiet=True, plots=False,
-                  policy={"change_threshold": 1.0, "max_slope": 100.0, "max_drops_per_check": 2})
+                  method_options={"change_threshold": 1.0, "max_slope": 100.0,
+                                  "max_drops_per_check": 2})
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -58,7 +58,7 @@ def indices(x: torch.Tensor) -> list[int]:
 def test_dataset_stream_uses_each_sample_once():
     data = indexed_dataset(200, 4)
     seen = [i for x, _ in DatasetStream(data, 16, seed=3) for i in indices(x)]
-    assert len(seen) == 192 == len(set(seen))  # 12 full batches, no repeat
+    assert len(seen) == 200 == len(set(seen))  # 12 full batches and one of 8: each sample once
     assert seen != sorted(seen)  # shuffled
     assert len(list(DatasetStream(data, 16, length=5))) == 5
 
@@ -78,6 +78,23 @@ def test_class_incremental_stream_brings_classes_in_stages():
     assert even.batches_per_stage == [3, 2, 2] and len(list(even)) == 7
 
 
+def test_a_stream_trains_on_every_sample_once(tmp_path):
+    """203 samples in batches of 8: 25 full batches and a last one of 3, all trained on."""
+    data = indexed_dataset(203, 4)
+    stream = DatasetStream(data, 8, seed=1)
+    assert len(stream) == 26
+    summary = train_stream(stream_config(tmp_path, method="full", method_options={}), stream,
+                           test_batches=list(synthetic_batches(1)), num_classes=4,
+                           log=lambda s: None)
+    assert summary["steps"] == 26 and summary["samples_seen"] == 203
+    rows = [json.loads(line) for line in
+            (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["samples"] == 203  # the ledger's count (summary: method.summary())
+    assert summary["fwd_flops"] == pytest.approx(203 * rows[-1]["fwd_flops_per_sample_full"])
+    incremental = ClassIncrementalStream(data, 8, classes_per_stage=2)
+    assert sum(len(y) for _, y in incremental) == 203
+
+
 def synthetic_batches(count: int | None, batch: int = 8, classes: int = 4, seed: int = 0):
     """A generator (no len) of learnable batches: the class sets the mean brightness."""
     g = torch.Generator().manual_seed(seed)
@@ -91,7 +108,7 @@ def stream_config(tmp_path, name="run", **overrides) -> TrainConfig:
     values = dict(model="tiny_stream_net", method="learndrop", batch_size=8, lr=0.05,
                   check_every=5, eval_every=10, out=str(tmp_path / name), quiet=True,
                   plots=False, device="cpu",
-                  policy={"change_threshold": 0.95, "max_drops_per_check": 1})
+                  method_options={"change_threshold": 0.95, "max_drops_per_check": 1})
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -130,7 +147,7 @@ def test_stream_length_caps_an_endless_stream(tmp_path):
             yield batch
 
     summary = train_stream(stream_config(tmp_path, stream_length=12, method="full",
-                                         plots=True),
+                                         method_options={}, plots=True),
                            endless(), test_batches=list(synthetic_batches(1)), num_classes=4,
                            log=lambda s: None)
     assert summary["steps"] == 12 and pulled == 12
@@ -150,7 +167,7 @@ def test_long_stream_memory_stays_flat(tmp_path):
 
     config = stream_config(tmp_path, stream_length=1200, eval_every=200, batch_size=4,
                            check_every=2,
-                           policy={"change_threshold": 0.05})  # keep both units live
+                           method_options={"change_threshold": 0.05})  # keep both units live
     tracemalloc.start()
     try:
         summary = train_stream(config, synthetic_batches(None, batch=4),

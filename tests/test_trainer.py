@@ -30,7 +30,7 @@ def small(tmp_path, name="run", **overrides) -> TrainConfig:
     values = dict(
         model="resnet20", dataset="fashion-mnist", epochs=4, subset=640, test_subset=500,
         batch_size=64, lr=0.05, image_size=16, out=str(tmp_path / name), quiet=True,
-        plots=False, policy={"change_threshold": 0.9, "max_drops_per_check": 2},
+        plots=False, method_options={"change_threshold": 0.9, "max_drops_per_check": 2},
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -92,7 +92,8 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
 
 
 def test_full_and_freeze_methods(tmp_path):
-    full = train(small(tmp_path, "full", method="full", epochs=2), log=lambda s: None)
+    full = train(small(tmp_path, "full", method="full", epochs=2, method_options={}),
+                 log=lambda s: None)
     assert full["fwd_flops_reduction"] == 0 and full["units_dropped"] == 0
     frozen = train(small(tmp_path, "freeze", method="freeze", epochs=4), log=lambda s: None)
     assert frozen["units_frozen"] > 0 and frozen["units_dropped"] == 0
@@ -168,3 +169,39 @@ def test_existing_run_is_not_overwritten_silently(tmp_path, capsys):
     code, err = run_cli("train", "--out", str(out), "--quiet", capsys=capsys)
     assert code != 0 and "--overwrite" in err
     assert (out / "summary.json").read_text() == "{}"
+
+
+def test_resume_refuses_what_would_change_the_experiment_and_extends_epochs(tmp_path, capsys):
+    """--resume keeps the experiment: options that change it are refused in one line, a longer
+    --epochs is applied (and said) while the learning rate is above zero."""
+    tiny = dict(epochs=2, subset=128, test_subset=100, batch_size=64)
+
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch 1/2:"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        train(small(tmp_path, "cut", **tiny), log=stop_after_epoch_1)
+    run = tmp_path / "cut"
+    config_before = (run / "config.json").read_text()
+    for argv, message in ((["--lr", "0.01"], "--lr 0.01"), (["--model", "resnet32"], "--model"),
+                          (["--change-threshold", "0.5"], "--change-threshold 0.5"),
+                          (["--epochs", "1"], "can only get longer"),
+                          (["--overwrite"], "contradict")):
+        code, err = run_cli("train", "--resume", str(run), *argv, capsys=capsys)
+        assert code != 0 and message in err and len(err.splitlines()) == 1, err
+    assert (run / "config.json").read_text() == config_before
+
+    code = main(["train", "--resume", str(run), "--epochs", "3", "--quiet", "--no-plots"])
+    out = capsys.readouterr().out
+    assert code == 0 and "extending" in out and "from 2 to 3 epochs" in out
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert summary["epochs"] == 3 and [r["epoch"] for r in rows] == [1, 2, 3]
+    assert summary["samples_seen"] == 3 * 128
+    assert rows[1]["lr"] > 0 and rows[-1]["lr"] == pytest.approx(0, abs=1e-12)  # decays to zero
+
+    code, err = run_cli("train", "--resume", str(run), capsys=capsys)
+    assert code != 0 and "already finished" in err
+    code, err = run_cli("train", "--resume", str(run), "--epochs", "5", capsys=capsys)
+    assert code != 0 and "decayed to zero" in err and len(err.splitlines()) == 1

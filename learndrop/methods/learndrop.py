@@ -7,14 +7,16 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from learndrop.methods.base import Event, Method
+from learndrop.methods.base import Event, Method, RunInfo
+from learndrop.methods.registry import register_method
 from learndrop.policy import DropPolicy
 from learndrop.scores import ScoreTracker, UnitScore
 from learndrop.units import Unit
 
-__all__ = ["LearnDrop"]
+__all__ = ["Freeze", "LearnDrop"]
 
 
+@register_method("learndrop", options=DropPolicy)
 class LearnDrop(Method):
     """Learn&Drop as a driver of an ordinary training loop.
 
@@ -34,9 +36,9 @@ class LearnDrop(Method):
         total_steps: the run's length in steps, when known: no unit is dropped at the last
             check (nothing would be saved, and the network would end untrained after the drop).
         Other arguments: see :class:`learndrop.methods.base.Method`.
-    """
 
-    name = "learndrop"
+    Options (``--method learndrop``): the fields of :class:`DropPolicy`.
+    """
 
     def __init__(
         self,
@@ -58,9 +60,9 @@ class LearnDrop(Method):
             units=units, unit_names=unit_names, steps_per_check=steps_per_check,
         )
         self.mode = mode
-        self.total_steps = total_steps
         if mode == "freeze":
-            self.name = "freeze"
+            self.name = "freeze"  # its checkpoints resume as --method freeze
+        self.total_steps = total_steps
         self.policy = policy or DropPolicy()
         self.tracker = ScoreTracker(
             model, self.units, optimizer,
@@ -68,6 +70,17 @@ class LearnDrop(Method):
         )
         self.streaks: dict[str, int] = {}
         self.last_scores: dict[str, UnitScore] = {}
+
+    @classmethod
+    def option_kwargs(cls, options: DropPolicy, run: RunInfo) -> dict:
+        return {"policy": options, "total_steps": run.total_steps}
+
+    def metrics(self) -> dict:
+        """The base row plus each live unit's last scores (change, ratio, slope,
+        continuation)."""
+        return {**super().metrics(), "scores": {
+            u: {"change": s.change, "ratio": s.ratio, "slope": s.slope,
+                "continuation": s.continuation} for u, s in self.last_scores.items()}}
 
     def on_step(self) -> list[Event]:
         self.tracker.accumulate_lr()
@@ -107,3 +120,12 @@ class LearnDrop(Method):
         super().load_state_dict(state)
         self.tracker.load_state_dict(state["tracker"])
         self.streaks = dict(state["streaks"])
+
+
+@register_method("freeze", options=DropPolicy)
+class Freeze(LearnDrop):
+    """Learn&Drop's scores and policy, freezing units instead of dropping them (the baseline
+    that keeps the forward pass and saves only weight gradients)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, mode="freeze", **kwargs)

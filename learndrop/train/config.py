@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from learndrop.policy import DropPolicy
+from learndrop.methods import parse_options
 
 __all__ = ["TrainConfig", "ConfigError"]
 
@@ -45,10 +46,9 @@ class TrainConfig:
     replace_head: int | None = None
     # the method
     units: list[str] | None = None
-    policy: dict = field(default_factory=dict)
-    reference: str | None = None
-    freezeout_t0: float = 0.5
-    drop_rate: float = 0.5
+    # Options of --method, by field name of its options dataclass (e.g. DropPolicy's for
+    # learndrop); only those given: the others take the dataclass's defaults.
+    method_options: dict = field(default_factory=dict)
     # streaming (learndrop train --stream; see docs/streaming-and-finetuning.md)
     stream: bool = False
     stream_order: str = "dataset"  # "dataset" or "class-incremental"
@@ -83,15 +83,13 @@ class TrainConfig:
         need(self.subset is None or self.subset >= 1,
              f"--subset must be >= 1 (or 0 for the whole training set), got {self.subset}")
         need(self.test_subset is None or self.test_subset >= 1,
-             f"--test-subset must be >= 1, got {self.test_subset}")
+             f"--test-subset must be >= 1 (or 0 for the whole test set), got {self.test_subset}")
         need(self.image_size is None or self.image_size >= 8,
              f"--image-size must be >= 8, got {self.image_size}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"--device must be auto, cpu or cuda, got {self.device!r}")
         need(self.replace_head is None or self.replace_head >= 2,
              f"--replace-head must be >= 2 classes, got {self.replace_head}")
-        need(self.method not in ("random-drop", "slim-from-scratch") or bool(self.reference),
-             f"--method {self.method} needs --reference RUN_DIR (a finished learndrop run)")
         if self.stream:
             need(self.stream_order in ("dataset", "class-incremental"),
                  f"--stream-order must be dataset or class-incremental, got {self.stream_order!r}")
@@ -108,12 +106,34 @@ class TrainConfig:
             need(not self.resume, "--resume is not available for streams (a stream is consumed "
                                   "once); start a new run")
         need(self.dist_timeout > 0, f"--dist-timeout must be > 0 seconds, got {self.dist_timeout}")
-        DropPolicy(**self.policy)  # raises PolicyError with the offending option
+        try:
+            parse_options(self.method, self.method_options)
+        except (TypeError, ValueError) as err:  # unknown method or option, impossible value
+            raise ConfigError(str(err)) from err
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        """A config from ``config.json`` (or a checkpoint's), also of runs made before methods
+        owned their options (``policy``, ``reference``, ``freezeout_t0``, ``drop_rate``)."""
+        values = dict(values)
+        legacy = dict(values.pop("policy", None) or {})
+        for old, new in _LEGACY_OPTIONS.items():
+            if old in values:
+                legacy[new] = values.pop(old)
+        if legacy and "method_options" not in values:
+            from learndrop.methods import METHODS
+
+            known = METHODS.get(values.get("method", cls.method))
+            names = ({f.name for f in dataclasses.fields(known.options_type)}
+                     if known is not None and known.options_type is not None else set())
+            values["method_options"] = {k: v for k, v in legacy.items()
+                                        if k in names and v is not None}
+        known_fields = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known_fields})
+
+
+# Config fields of earlier versions -> the option (of the method's dataclass) they became.
+_LEGACY_OPTIONS = {"reference": "reference", "freezeout_t0": "t0", "drop_rate": "drop_rate"}
