@@ -13,6 +13,7 @@ import os
 import sys
 from argparse import SUPPRESS
 
+from learndrop.precision import PRECISIONS
 from learndrop.train.config import TrainConfig
 
 EXIT_USAGE = 2
@@ -92,6 +93,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     arg(opt, "--warmup-epochs", "learning-rate warm-up", type=float)
     arg(opt, "--seed", type=int)
     arg(opt, "--device", "auto, cpu or cuda")
+    arg(opt, "--precision", "auto: bf16 autocast where the hardware has native bf16 (CUDA with "
+                            "bf16, CPUs with AVX512_BF16 or AMX), fp32 elsewhere; channels_last "
+                            "always", choices=PRECISIONS)
     start = parser.add_argument_group("starting point")
     arg(start, "--weights", "a local state dict to start from")
     arg(start, "--pretrained", "torchvision's ImageNet weights (needs the internet)",

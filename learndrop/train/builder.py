@@ -9,7 +9,6 @@ only adds how it feeds the data.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from learndrop import distributed
 from learndrop.distributed import DistContext
 from learndrop.methods import Method, RunInfo, build_method
 from learndrop.models import create_model, replace_head
+from learndrop.precision import Precision, resolve_precision
 from learndrop.train.config import ConfigError, TrainConfig
 from learndrop.train.weights import head_classes, load_weights, weights_classes
 
@@ -141,19 +141,27 @@ class Forward:
 
 @dataclass
 class Parts:
-    """The trainable parts of a run, built in the order that keeps resume exact."""
+    """The trainable parts of a run, built in the order that keeps resume exact, and the one
+    decision on precision and memory format that both loops follow."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     method: Method
     scheduler: torch.optim.lr_scheduler.LambdaLR
     forward: Forward
-    channels_last: bool
+    precision: Precision
 
     def autocast(self):
-        """The autocast context of the training and test forwards: bf16 on CUDA."""
-        cuda = next(self.model.parameters(), torch.empty(0)).device.type == "cuda"
-        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        """A fresh autocast context for one training or test forward (``--precision``)."""
+        return self.precision.autocast()
+
+    def use_memory_format(self, *loaders: object) -> None:
+        """Make those ``loaders`` that convert their own batches (``DeviceLoader`` does it on
+        uint8, the cheapest place) give them in the model's memory format; other inputs are
+        converted by the model's first convolution."""
+        for loader in loaders:
+            if hasattr(loader, "channels_last"):
+                loader.channels_last = self.precision.channels_last
 
 
 def build_parts(
@@ -179,10 +187,10 @@ def build_parts(
         dry_run: build only to check (on the meta device, say): see :class:`RunInfo`.
     """
     device = ctx.device
+    precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     model = build_model(config, data, device)
-    channels_last = device.type == "cuda"
-    if channels_last:
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, model)
     example = torch.zeros(example_shape, device=device)
@@ -195,4 +203,4 @@ def build_parts(
     # Created after the method, which may split param groups (FreezeOut).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     forward = Forward(model, method, ctx, compile=config.compile and not dry_run)
-    return Parts(model, optimizer, method, scheduler, forward, channels_last)
+    return Parts(model, optimizer, method, scheduler, forward, precision)

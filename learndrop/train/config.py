@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from learndrop.methods import parse_options
+from learndrop.precision import PRECISIONS
 
 __all__ = ["TrainConfig", "ConfigError"]
 
@@ -40,6 +41,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto (bf16 where native, else fp32), fp32 or bf16
     # starting point
     weights: str | None = None
     pretrained: bool = False
@@ -88,6 +90,8 @@ class TrainConfig:
              f"--image-size must be >= 8, got {self.image_size}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"--device must be auto, cpu or cuda, got {self.device!r}")
+        need(self.precision in PRECISIONS,
+             f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.replace_head is None or self.replace_head >= 2,
              f"--replace-head must be >= 2 classes, got {self.replace_head}")
         if self.stream:

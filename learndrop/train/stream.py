@@ -200,10 +200,7 @@ def train_stream(
                         steps_per_check=config.check_every, total_steps=total,
                         lr_factor=_lr_factor(config, total))
     method = parts.method
-    if isinstance(test_batches, DeviceLoader):
-        test_batches.channels_last = parts.channels_last
-    if isinstance(batches, DatasetStream):
-        batches.loader.channels_last = parts.channels_last
+    parts.use_memory_format(test_batches, getattr(batches, "loader", None))
 
     run.write_json("config.json", config.to_dict())
     metrics = MetricsLog(run, tensorboard=config.tensorboard)
@@ -211,7 +208,8 @@ def train_stream(
     log(f"{config.method} stream: {config.model}, {source}, "
         f"{total if total else 'unknown number of'} batches of {config.batch_size}, "
         f"check every {config.check_every} steps, test every {config.eval_every} steps, "
-        f"{len(method.units)} droppable units, on {device}")
+        f"{len(method.units)} droppable units, on {device}, {parts.precision.name} "
+        f"{parts.precision.memory_format}")
 
     stats = RunningStats(device, classes)
     best = final = None
@@ -288,6 +286,7 @@ def train_stream(
         stream_end=ended,  # "exhausted" (or length reached) or "interrupted"
         stream_batches_expected=total, steps=method.steps, checks=method.checks,
         check_every=config.check_every, eval_every=config.eval_every)
+    summary.update(parts.precision.describe())
     if config.compile:
         torch.compiler.reset()  # model.pt must not carry dynamo's caches (or their backends)
     run.save_torch("model.pt", parts.model.to("cpu"))

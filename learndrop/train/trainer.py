@@ -42,8 +42,8 @@ CHECKPOINT = "last.ckpt"
 
 #: Fields that only change where a run executes and how it reports: a resumed run takes them
 #: from the new command; every other field is the experiment's and must not change.
-REPORTING_FIELDS = frozenset({"out", "resume", "quiet", "device", "plots", "compile",
-                              "tensorboard", "dist_timeout", "eval_batch_size"})
+REPORTING_FIELDS = frozenset({"out", "resume", "quiet", "device", "precision", "plots",
+                              "compile", "tensorboard", "dist_timeout", "eval_batch_size"})
 
 
 class TrainingDivergedError(RuntimeError):
@@ -215,7 +215,7 @@ class Training:
             config, data, (config.batch_size, data.in_channels, data.image_size, data.image_size),
             ctx, steps_per_check=steps, total_steps=self.total_steps,
             lr_factor=lr_schedule(self.total_steps, warmup, self.lr_extensions))
-        self.train_loader.channels_last = self.test_loader.channels_last = parts.channels_last
+        parts.use_memory_format(self.train_loader, self.test_loader)
         self.method = method = parts.method
 
         self.rows: list[dict] = []
@@ -242,7 +242,8 @@ class Training:
                  f"{len(data.test_y)} test images, {data.in_channels}x{data.image_size}x"
                  f"{data.image_size}), {len(method.units)} droppable units, {config.epochs} "
                  f"epochs on {ctx.device}"
-                 + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
+                 + (f" x {ctx.world_size} processes" if ctx.distributed else "")
+                 + f", {parts.precision.name} {parts.precision.memory_format}")
 
     def _extend_schedule(self, ckpt: dict) -> None:
         """Apply a longer ``--epochs`` to a resumed run, or refuse it (see :func:`lr_schedule`)."""
@@ -369,6 +370,7 @@ class Training:
             config, self.data.name, self.method, self.train_time, ctx.device,
             accs[-1] if accs else None, max(accs) if accs else None, epochs=config.epochs)
         summary["world_size"] = ctx.world_size
+        summary.update(self.parts.precision.describe())
         if config.compile:
             torch.compiler.reset()  # model.pt must not carry dynamo's caches (or their backends)
         if ctx.is_main:
