@@ -42,7 +42,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         "method options (each applies to the methods named in its help; docs/method-card.md)")
     for flag, (f, owners, options) in flags.items():
         text = f"{field_help(options, f)} [{', '.join(owners)}; default {f.default}]"
-        kind = str(f.type)
+        # The annotation as written (a string under ``from __future__ import annotations``).
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         if kind == "bool":
             group.add_argument(flag, dest=f.name, action="store_true", default=SUPPRESS,
                                help=text)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,7 +90,11 @@ def test_strip_option():
 def test_two_processes_train_in_lockstep(tmp_path):
     (tmp_path / "hook").mkdir()
     (tmp_path / "hook" / "sitecustomize.py").write_text(HOOK)
-    env = {**ENV, "PYTHONPATH": str(tmp_path / "hook"), "HOOK_OUT": str(tmp_path)}
+    # The hook runs before the working directory joins sys.path: the checkout under test must
+    # come first, or the hook (and with it the whole run) imports an installed learndrop.
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hook"), root]),
+           "HOOK_OUT": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-m", "learndrop", "train", "--nproc", "2", "--epochs", "4",
          "--out", str(tmp_path / "run"), *TINY],

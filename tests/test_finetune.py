@@ -12,8 +12,8 @@ from learndrop.models import create_model
 from learndrop.scores import ScoreTracker
 from learndrop.surgery import drop_unit
 from learndrop.train import TrainConfig
+from learndrop.train.builder import build_model
 from learndrop.train.config import ConfigError
-from learndrop.train.trainer import build_model
 from learndrop.units import find_units
 
 HAVE_FASHION = os.path.isdir("/usr/share/datasets/fashion-mnist") or bool(

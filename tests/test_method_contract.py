@@ -194,3 +194,21 @@ def test_a_broadcast_decision_is_honoured(name, reference):
     if name in DECIDING:
         assert any(decisions), "the method never decided anything: the test proved nothing"
         assert {u for d in decisions for u in d} <= set(method.removed)
+
+
+def test_config_files_of_earlier_versions_still_load():
+    """Run directories written before methods owned their options resume: their config.json
+    fields (policy, freezeout_t0, drop_rate, reference) become the method's options."""
+    from learndrop.train import TrainConfig
+
+    old = {"method": "freezeout", "policy": {}, "freezeout_t0": 0.3, "drop_rate": 0.5,
+           "reference": None, "epochs": 3}
+    config = TrainConfig.from_dict(old)
+    assert config.method_options == {"t0": 0.3} and config.epochs == 3
+    config.validate()
+    learndrop = TrainConfig.from_dict({"method": "learndrop", "policy": {"patience": 2},
+                                       "freezeout_t0": 0.5, "drop_rate": 0.5})
+    assert learndrop.method_options == {"patience": 2}
+    copy = TrainConfig.from_dict({"method": "random-drop", "reference": "runs/x"})
+    assert copy.method_options == {"reference": "runs/x"}
+    assert TrainConfig.from_dict(config.to_dict()) == config  # and new ones round-trip

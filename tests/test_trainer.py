@@ -205,3 +205,25 @@ def test_resume_refuses_what_would_change_the_experiment_and_extends_epochs(tmp_
     assert code != 0 and "already finished" in err
     code, err = run_cli("train", "--resume", str(run), "--epochs", "5", capsys=capsys)
     assert code != 0 and "decayed to zero" in err and len(err.splitlines()) == 1
+
+
+def test_trainings_in_lockstep_match_separate_runs(tmp_path):
+    """Training(config).epochs() lets another loop run several trainings one epoch at a time in
+    one process (as the bench's lockstep runs do): each ends as it would alone."""
+    from learndrop.train import Training
+    from learndrop.train.steps import StopFlag
+
+    tiny = dict(epochs=2, subset=128, test_subset=100, batch_size=64)
+    with StopFlag() as stop:  # one Ctrl-C flag for both
+        a = Training(small(tmp_path, "a", **tiny), log=lambda s: None, stop=stop)
+        b = Training(small(tmp_path, "b", method="full", method_options={}, **tiny),
+                     log=lambda s: None, stop=stop)
+        order = []
+        for row_a, row_b in zip(a.epochs(), b.epochs(), strict=True):
+            order += [("a", row_a["epoch"]), ("b", row_b["epoch"])]
+        together = a.finish()
+        b.finish()
+    assert order == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    alone = train(small(tmp_path, "alone", **tiny), log=lambda s: None)
+    for key in ("final_test_acc", "fwd_flops", "drops", "samples_seen"):
+        assert together[key] == alone[key], key

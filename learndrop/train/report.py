@@ -82,7 +82,8 @@ class MetricsLog:
     Args:
         run: the run directory.
         rows: the rows of an earlier attempt to keep (a resumed run's checkpoint); the file is
-            rewritten with them first, so rows written after that checkpoint disappear.
+            rewritten with them first, so rows written after that checkpoint disappear. Without
+            rows there is no file until the first row.
         tensorboard: also write TensorBoard scalars.
         resume_step: when resuming, the step the run continues from (TensorBoard points of the
             earlier attempt at or after it are discarded).
@@ -91,7 +92,10 @@ class MetricsLog:
     def __init__(self, run: RunDir, *, rows: list[dict] | None = None, tensorboard: bool = False,
                  resume_step: int | None = None) -> None:
         self.run = run
-        run.write_metrics(rows or [])
+        if rows:
+            run.write_metrics(rows)
+        else:  # the file appears with the first row (an earlier attempt's rows are stale)
+            run.file(METRICS).unlink(missing_ok=True)
         self.tensorboard = None
         if tensorboard:
             from learndrop.train.tensorboard import TensorBoardLog
