@@ -4,6 +4,7 @@ The functional core (``units``, ``scores``, ``policy``, ``surgery``, ``flops``) 
 ``nn.Module`` and optimizer; :class:`LearnDrop` drives it from any training loop.
 """
 
+from learndrop.checkpoint import load_slim
 from learndrop.flops import FlopsLedger, measure_cost
 from learndrop.methods import Event, LearnDrop, Method, create_method
 from learndrop.policy import DropPolicy, PolicyError
@@ -15,5 +16,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DropPolicy", "Event", "FlopsLedger", "LearnDrop", "Method", "NoDroppableUnitsError",
     "PolicyError", "Unit", "create_method", "drop_unit", "find_units", "freeze_unit",
-    "measure_cost",
+    "load_slim", "measure_cost",
 ]

@@ -82,7 +82,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     arg(data, "--subset", "class-balanced, seeded training subset; 0 = the whole training set",
         type=int)
-    arg(data, "--test-subset", "test subset; 0 = the whole test set", type=int)
+    arg(data, "--test-subset", "class-balanced, seeded test subset; 0 = the whole test set",
+        type=int)
     arg(data, "--image-size", type=int)
     arg(data, "--data-dir")
     arg(data, "--no-augment", dest="augment", action="store_false")
@@ -158,10 +159,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of the given options (the others keep its defaults)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if hasattr(args, f.name)}
-    if "subset" in values:
-        values["subset"] = values["subset"] or None
-    if "test_subset" in values:
-        values["test_subset"] = values["test_subset"] or None
     if "units" in values:
         values["units"] = values["units"].split(",") if values["units"] else None
     values["method_options"] = {k: getattr(args, k) for k in sorted(_option_names())
@@ -200,13 +197,14 @@ def cmd_units(args: argparse.Namespace) -> int:
 
     from learndrop.flops import measure_cost, unit_costs
     from learndrop.models import create_model
-    from learndrop.units import find_units
+    from learndrop.units import discover
 
     with torch.device("meta"):  # shapes only: even ResNet-152 costs nothing
         model = create_model(args.model, num_classes=args.num_classes,
                              in_channels=args.in_channels)
     x = torch.zeros(2, args.in_channels, args.image_size, args.image_size)
-    units = find_units(model, x, args.units.split(",") if args.units else None)
+    found = discover(model, x, args.units.split(",") if args.units else None)
+    units = found.units
     full = measure_cost(model, x).fwd
     shares = {name: cost.fwd for name, cost in unit_costs(model, x, units).items()}
     total_params = sum(p.numel() for p in model.parameters())
@@ -218,6 +216,8 @@ def cmd_units(args: argparse.Namespace) -> int:
               f"{100 * shares[u.name] / full:>10.2f}%")
     print(f"{'all units':<34}{sum(u.num_parameters(model) for u in units):>12,}"
           f"{100 * sum(shares.values()) / full:>10.2f}%")
+    for name, why in found.rejected.items():
+        print(f"not droppable: {name} {why}")
     return 0
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from learndrop.meta import meta_call
+from learndrop.meta import meta_batch, meta_call
 from learndrop.surgery import replace_module
 from learndrop.units import Unit
 
@@ -33,16 +33,18 @@ class Cost:
 
 def measure_cost(model: nn.Module, example_input: torch.Tensor) -> Cost:
     """Forward and backward FLOPs per sample of ``model`` as it is now (train/eval mode,
-    dropped and frozen units included), for inputs shaped like ``example_input``."""
+    dropped and frozen units included), for inputs shaped like ``example_input``. Any example
+    batch size gives the same cost per sample (the meta pass runs on at least two samples)."""
+    batch = meta_batch(example_input)
     with FlopCounterMode(display=False) as forward:
-        out = meta_call(model, example_input)
+        out = meta_call(model, batch)
     bwd = 0
     if isinstance(out, torch.Tensor) and out.requires_grad:
         with FlopCounterMode(display=False) as backward:
             out.float().sum().backward()
         bwd = backward.get_total_flops()
-    batch = max(1, example_input.shape[0])
-    return Cost(forward.get_total_flops() / batch, bwd / batch)
+    n = batch.shape[0]
+    return Cost(forward.get_total_flops() / n, bwd / n)
 
 
 def unit_costs(model: nn.Module, example_input: torch.Tensor, units: Sequence[Unit]
@@ -54,13 +56,14 @@ def unit_costs(model: nn.Module, example_input: torch.Tensor, units: Sequence[Un
     naming the counter does not follow) is measured by difference instead: the full cost minus
     the cost with the unit replaced by the identity.
     """
+    batch = meta_batch(example_input)
     with FlopCounterMode(display=False) as counter:
-        out = meta_call(model, example_input)
+        out = meta_call(model, batch)
         forward = counter.get_flop_counts()
         if isinstance(out, torch.Tensor) and out.requires_grad:
             out.float().sum().backward()
         total = counter.get_flop_counts()
-    batch = max(1, example_input.shape[0])
+    n = batch.shape[0]
     root = type(model).__name__
     costs: dict[str, Cost] = {}
     full: Cost | None = None
@@ -69,7 +72,7 @@ def unit_costs(model: nn.Module, example_input: torch.Tensor, units: Sequence[Un
         if all(k in forward for k in keys):
             fwd = sum(sum(forward[k].values()) for k in keys)
             both = sum(sum(total.get(k, {}).values()) for k in keys)
-            costs[unit.name] = Cost(fwd / batch, (both - fwd) / batch)
+            costs[unit.name] = Cost(fwd / n, (both - fwd) / n)
             continue
         full = full or measure_cost(model, example_input)
         old = [replace_module(model, m, nn.Identity()) for m in unit.modules]

@@ -18,6 +18,13 @@ Our reading of the paper (DESIGN.md section 1), made precise here:
   trend holds, relative to the unit's peak. Low means "has stopped learning and is not about to
   resume".
 
+Only a unit that learns is scored: one with a parameter that requires grad and that one of the
+optimizer's param groups holds. A unit the user froze is not scored,
+so the policy never sees it as a candidate; a unit whose parameters join the optimizer later (an
+"unfreeze the backbone at epoch k" recipe: ``requires_grad_(True)`` plus
+``optimizer.add_param_group``) gets its first snapshot at the next check and is scored from the
+check after. Param groups added later get their own learning-rate sums from then on.
+
 Snapshots live on the parameters' device; a check costs a handful of vector norms and one host
 transfer for all units together, and nothing is done per step except adding a Python float.
 """
@@ -25,7 +32,7 @@ transfer for all units together, and nothing is done per step except adding a Py
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,7 +74,7 @@ def _flat(params: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class ScoreTracker:
-    """Keeps a snapshot and the score history of every live unit.
+    """Keeps a snapshot and the score history of every live unit that learns.
 
     Call :meth:`accumulate_lr` after every optimizer step and :meth:`check` at every check.
     """
@@ -89,29 +96,46 @@ class ScoreTracker:
         self.history: dict[str, list[float]] = {u.name: [] for u in units}
         self.peak: dict[str, float] = {u.name: 0.0 for u in units}
         self.checks = 0
-        self._group_of = {u.name: self._group_index(u) for u in units}
         self._lr_sum = [0.0] * len(optimizer.param_groups)
-        self._snapshots = {u.name: _flat(u.parameters(model)) for u in units}
+        self._snapshots: dict[str, torch.Tensor] = {}
+        self._take_snapshots(self._learning())
 
-    def _group_index(self, unit: Unit) -> int:
-        params = {id(p) for p in unit.parameters(self.model)}
-        for i, group in enumerate(self.optimizer.param_groups):
-            if any(id(p) in params for p in group["params"]):
-                return i
-        raise ValueError(f"unit {unit.name!r} has no parameter in the optimizer")
+    def _learning(self) -> dict[str, int]:
+        """Live units that learn now -> the index of the param group of their first trainable
+        parameter (whose learning rate normalises their change)."""
+        group_of = {id(p): i for i, g in enumerate(self.optimizer.param_groups)
+                    for p in g["params"]}
+        out = {}
+        for name, unit in self.units.items():
+            trainable = [p for p in unit.parameters(self.model)
+                         if p.requires_grad and id(p) in group_of]
+            if trainable:
+                out[name] = group_of[id(trainable[0])]
+        return out
+
+    def _take_snapshots(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._snapshots[name] = _flat(self.units[name].parameters(self.model))
 
     def accumulate_lr(self) -> None:
         """Add the learning rates of the step just taken (a Python add per param group)."""
-        for i, group in enumerate(self.optimizer.param_groups):
+        groups = self.optimizer.param_groups
+        if len(groups) > len(self._lr_sum):  # groups added since: they start from zero
+            self._lr_sum += [0.0] * (len(groups) - len(self._lr_sum))
+        for i, group in enumerate(groups):
             self._lr_sum[i] += group["lr"]
 
     def forget(self, name: str) -> None:
-        """Stop tracking a dropped or frozen unit (its snapshot is released)."""
+        """Stop tracking a dropped or frozen unit for good (its snapshot is released)."""
         self._snapshots.pop(name, None)
+        self.units.pop(name, None)
 
     def check(self) -> dict[str, UnitScore]:
-        """Score every live unit, take new snapshots and reset the learning-rate sums."""
-        names = list(self._snapshots)
+        """Score every live unit that learned since the last check, take new snapshots and
+        reset the learning-rate sums. A unit that does not learn now loses its snapshot; one
+        that started learning gets its first one (it is scored from the next check on)."""
+        learning = self._learning()
+        names = [n for n in self._snapshots if n in learning]
         rel = []
         new_snapshots = {}
         for name in names:
@@ -122,20 +146,21 @@ class ScoreTracker:
             new_snapshots[name] = now
         rel_values = torch.stack(rel).tolist() if rel else []  # one host transfer per check
         lr_sums = [float(s) for s in self._lr_sum]
-        self._lr_sum = [0.0] * len(self._lr_sum)
+        self._lr_sum = [0.0] * len(self.optimizer.param_groups)
         self._snapshots = new_snapshots
+        self._take_snapshots(n for n in learning if n not in new_snapshots)
         in_warmup = self.checks < self.warmup_checks
         self.checks += 1
 
         scores = {}
         for name, r in zip(names, rel_values):
-            lr_sum = lr_sums[self._group_of[name]]
+            group = learning[name]
+            lr_sum = lr_sums[group] if group < len(lr_sums) else 0.0
             change = r / lr_sum if lr_sum > 0 else float("nan")
             history = self.history[name]
             history.append(change)
             # Bounded memory on endless streams: only the last HISTORY_KEEP checks are kept (the
-            # trend needs ``window`` of them; the running peak is kept separately). Every live
-            # unit gets one entry per check, so ``self.checks - len(history)`` were trimmed.
+            # trend needs ``window`` of them; the running peak is kept separately).
             keep = max(HISTORY_KEEP, self.window + self.warmup_checks)
             if len(history) > keep:
                 del history[: len(history) - keep]
@@ -143,6 +168,7 @@ class ScoreTracker:
                 continue
             if not in_warmup:
                 self.peak[name] = max(self.peak[name], change)
+            # The warm-up's entries are the first ones of the run; those still kept are skipped.
             skip = max(0, self.warmup_checks - (self.checks - len(history)))
             recent = [v for v in history[skip:] if not math.isnan(v)]
             recent = recent[-self.window:]
@@ -166,5 +192,6 @@ class ScoreTracker:
         self.peak = dict(state["peak"])
         self.checks = state["checks"]
         self._lr_sum = list(state["lr_sum"])
-        device = next(iter(self._snapshots.values())).device if self._snapshots else "cpu"
-        self._snapshots = {k: v.to(device) for k, v in state["snapshots"].items()}
+        device = next(self.model.parameters()).device
+        self._snapshots = {k: v.to(device) for k, v in state["snapshots"].items()
+                           if k in self.units}

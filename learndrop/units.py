@@ -13,21 +13,37 @@ Discovery runs the model once on a *meta* copy of the example input (no memory, 
 side effects on BatchNorm statistics) and records which modules actually run, in which order and
 with which shapes: module registration order is not execution order. Residual blocks are
 recognised by tracing each shape-preserving block with ``torch.fx`` and looking for an addition
-whose operand is the block's own input.
+whose operand is the block's own input, possibly through a shortcut module that computes the
+identity (``nn.Identity``, an empty ``nn.Sequential``, or any parameter-free module whose traced
+forward returns its input).
+
+Two rules keep a structurally droppable part out of the units, with the reason reported by
+:func:`discover` (and ``learndrop units``):
+
+* it has no parameter (nothing to score, nothing to save);
+* one of its parameters is shared with a module outside it (tied weights): dropping it would
+  remove that parameter from the optimizer and stop the other module from learning.
+
+Whether a unit's parameters are trainable *now* is not a discovery question (fine-tuning recipes
+freeze and unfreeze layers during training): a unit with no trainable parameter is never scored
+or dropped by Learn&Drop (see :mod:`learndrop.scores`).
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from learndrop.meta import meta_call
+from learndrop.meta import meta_batch, meta_call
 
-__all__ = ["Unit", "NoDroppableUnitsError", "find_units", "record_execution"]
+__all__ = [
+    "Discovery", "NoDroppableUnitsError", "Unit", "computes_identity", "discover", "find_units",
+    "record_execution",
+]
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Hardswish, nn.Mish)
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)
@@ -67,6 +83,19 @@ class Unit:
 
 
 @dataclass
+class Discovery:
+    """What :func:`discover` found.
+
+    Attributes:
+        units: the droppable units, in execution order.
+        rejected: qualified name -> why a structurally droppable part is not a unit.
+    """
+
+    units: list[Unit]
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class _Call:
     name: str
     module: nn.Module
@@ -96,7 +125,7 @@ def record_execution(model: nn.Module, example_input: torch.Tensor) -> list[_Cal
     model.eval()
     try:
         with torch.no_grad():
-            meta_call(model, example_input)
+            meta_call(model, meta_batch(example_input))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -105,10 +134,30 @@ def record_execution(model: nn.Module, example_input: torch.Tensor) -> list[_Cal
 
 
 def _through_identity(node: torch.fx.Node, module: nn.Module) -> torch.fx.Node:
-    """Follow ``nn.Identity`` calls back to the node they pass through."""
-    while node.op == "call_module" and isinstance(module.get_submodule(node.target), nn.Identity):
+    """Follow calls of identity submodules back to the node they pass through."""
+    while (node.op == "call_module" and node.args
+           and computes_identity(module.get_submodule(node.target))):
         node = node.args[0]
     return node
+
+
+def computes_identity(module: nn.Module) -> bool:
+    """True when ``module(x)`` returns ``x`` itself, however it is spelled: ``nn.Identity``, an
+    empty ``nn.Sequential`` (the widely copied CIFAR ResNet's shortcut), a ``Sequential`` of
+    such, or any parameter-free module whose traced forward returns its input."""
+    if isinstance(module, nn.Identity):
+        return True
+    if any(True for _ in module.parameters()):
+        return False
+    try:
+        graph = _ShallowTracer().trace(module)
+    except Exception:  # noqa: BLE001 - untraceable: not recognised as the identity
+        return False
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    output = next((n for n in graph.nodes if n.op == "output"), None)
+    if len(placeholders) != 1 or output is None or not isinstance(output.args[0], torch.fx.Node):
+        return False
+    return _through_identity(output.args[0], module) is placeholders[0]
 
 
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -193,26 +242,51 @@ def _conv_groups(model: nn.Module, calls: list[_Call]) -> list[Unit]:
     return units
 
 
-def find_units(
+def _owners(model: nn.Module) -> dict[int, list[str]]:
+    """``id`` of every parameter -> every qualified name it is held under (a tied weight, or a
+    module registered at two places, has several)."""
+    owners: dict[int, list[str]] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for param_name, p in module._parameters.items():
+            if p is not None:
+                full = f"{module_name}.{param_name}" if module_name else param_name
+                owners.setdefault(id(p), []).append(full)
+    return owners
+
+
+def _why_not(model: nn.Module, unit: Unit, owners: dict[int, list[str]]) -> str | None:
+    """Why ``unit`` cannot be dropped although its structure allows it; None when it can."""
+    params = unit.parameters(model)
+    if not params:
+        return "has no parameter (nothing to score, nothing to save)"
+    for p in params:
+        names = owners.get(id(p), [])
+        inside = [n for n in names if any(_is_descendant(n, m) for m in unit.modules)]
+        outside = [n for n in names if n not in inside]
+        if outside:
+            return (f"shares its parameter {inside[0] if inside else names[0]} with "
+                    f"{outside[0]} outside it (dropping it would stop that module learning)")
+    return None
+
+
+def discover(
     model: nn.Module,
     example_input: torch.Tensor,
     names: Iterable[str] | None = None,
-) -> list[Unit]:
-    """Find the droppable units of ``model``, in execution order.
+) -> Discovery:
+    """The droppable units of ``model`` and the reasons that keep other candidates out.
 
-    Args:
-        model: any ``nn.Module``; it is not modified and its statistics are not touched.
-        example_input: one input batch (any device; only its shape and dtype are used).
-        names: optional qualified module names to use as units instead of automatic discovery.
-            Each must run once in the forward pass and keep its input's shape.
+    Args: as :func:`find_units`.
 
     Raises:
-        NoDroppableUnitsError: no unit found (or a named module is not droppable).
+        NoDroppableUnitsError: no unit found, or a named module is not droppable (the message
+            says why).
     """
     calls = record_execution(model, example_input)
     first_index: dict[str, int] = {}
     for i, call in enumerate(calls):
         first_index.setdefault(call.name, i)
+    owners = _owners(model)
 
     if names is not None:
         units = []
@@ -229,8 +303,12 @@ def find_units(
                     "only shape-preserving modules can be dropped"
                 )
             kind = "residual" if is_residual_block(call.module) else "module"
-            units.append(Unit(name, kind, (name,), first_index[name]))
-        return sorted(units, key=lambda u: u.index)
+            unit = Unit(name, kind, (name,), first_index[name])
+            why = _why_not(model, unit, owners)
+            if why is not None:
+                raise NoDroppableUnitsError(f"module {name!r} cannot be a unit: it {why}")
+            units.append(unit)
+        return Discovery(sorted(units, key=lambda u: u.index))
 
     residual: list[Unit] = []
     seen: set[str] = set()
@@ -240,20 +318,42 @@ def find_units(
         seen.add(call.name)
         if call.in_shape is None or call.in_shape != call.out_shape:
             continue
-        if not any(p.requires_grad for p in call.module.parameters()):
-            continue
         # The outermost residual block is the unit: dropping it drops whatever it nests.
         if any(_is_descendant(call.name, u.name) for u in residual):
             continue
-        if is_residual_block(call.module):
+        if any(True for _ in call.module.parameters()) and is_residual_block(call.module):
             residual.append(Unit(call.name, "residual", (call.name,), i))
 
-    conv = _conv_groups(model, calls)
-    units = sorted(residual + conv, key=lambda u: u.index)
+    found = sorted(residual + _conv_groups(model, calls), key=lambda u: u.index)
+    rejected = {u.name: why for u in found if (why := _why_not(model, u, owners)) is not None}
+    units = [u for u in found if u.name not in rejected]
     if not units:
+        reasons = "; ".join(f"{n} {why}" for n, why in rejected.items())
         raise NoDroppableUnitsError(
             f"{type(model).__name__} has no droppable unit (no identity-shortcut residual block "
-            "and no shape-preserving stride-1 convolution in a plain stack); name units "
-            "explicitly with names=[...] / --units"
+            "and no shape-preserving stride-1 convolution in a plain stack"
+            + (f"; not droppable: {reasons}" if reasons else "")
+            + "); name units explicitly with names=[...] / --units"
         )
-    return units
+    return Discovery(units, rejected)
+
+
+def find_units(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    names: Iterable[str] | None = None,
+) -> list[Unit]:
+    """Find the droppable units of ``model``, in execution order.
+
+    Args:
+        model: any ``nn.Module``; it is not modified and its statistics are not touched.
+        example_input: one input batch (any device and batch size; only the shape of a sample
+            and the dtype are used).
+        names: optional qualified module names to use as units instead of automatic discovery.
+            Each must run once in the forward pass, keep its input's shape, have parameters and
+            share none with a module outside it.
+
+    Raises:
+        NoDroppableUnitsError: no unit found (or a named module is not droppable).
+    """
+    return discover(model, example_input, names).units

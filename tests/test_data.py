@@ -523,3 +523,29 @@ def test_real_cifar10_tarball(cifar_cache, monkeypatch):
     assert again.train_y.bincount().tolist() == [100] * 10
     assert cached_s < 5.0  # < 1 s on an idle machine; slack for shared CI cores
     assert ds.natural and ds.image_size == 32 and 0.45 < ds.mean[0] < 0.53
+
+
+# ------------------------------------------------------- one class is not a classification task
+
+
+def test_a_dataset_with_one_class_is_refused(tmp_path, capsys):
+    """A folder with only train/a/ and test/a/ used to train to loss 0 and accuracy 1."""
+    from learndrop.cli import main
+
+    _make_tree(tmp_path / "one", classes=("a",))
+    with pytest.raises(DatasetFormatError) as err:
+        load_dataset(f"folder:{tmp_path / 'one'}")
+    assert "at least two classes" in _one_line(err)
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", f"folder:{tmp_path / 'one'}", "--epochs", "1",
+                 "--quiet", "--no-plots", "--out", str(out)])
+    err_text = capsys.readouterr().err.strip()
+    assert code == 1 and len(err_text.splitlines()) == 1
+    assert "at least two classes" in err_text
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+    # The same kind: a training subset too small to hold two classes.
+    _make_tree(tmp_path / "two", classes=("a", "b"))
+    with pytest.raises(DatasetFormatError, match="raise --subset"):
+        load_dataset(f"folder:{tmp_path / 'two'}", subset=1)
+    assert load_dataset(f"folder:{tmp_path / 'two'}", subset=2).num_classes == 2

@@ -8,11 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from learndrop import load_slim
 from learndrop.data.loader import DeviceLoader
 from learndrop.distributed import strip_option
 
@@ -90,11 +90,9 @@ def test_strip_option():
 def test_two_processes_train_in_lockstep(tmp_path):
     (tmp_path / "hook").mkdir()
     (tmp_path / "hook" / "sitecustomize.py").write_text(HOOK)
-    # The hook runs before the working directory joins sys.path: the checkout under test must
-    # come first, or the hook (and with it the whole run) imports an installed learndrop.
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path / "hook"), root]),
-           "HOOK_OUT": str(tmp_path)}
+    # Keep the caller's PYTHONPATH after the hook: the workers import the learndrop under test.
+    path = os.pathsep.join(filter(None, [str(tmp_path / "hook"), os.environ.get("PYTHONPATH")]))
+    env = {**ENV, "PYTHONPATH": path, "HOOK_OUT": str(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-m", "learndrop", "train", "--nproc", "2", "--epochs", "4",
          "--out", str(tmp_path / "run"), *TINY],
@@ -116,7 +114,7 @@ def test_two_processes_train_in_lockstep(tmp_path):
     assert summary["samples_seen"] == 4 * 256
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and rows[-1]["step"] == 4 * 8
-    model = torch.load(run / "model.pt", weights_only=False)
+    model = load_slim(run / "model.pt")
     assert sum(p.numel() for p in model.parameters()) == summary["params_final"]
     assert model.state_dict().keys() == a.keys()
     assert all(torch.equal(model.state_dict()[k], a[k]) for k in a)

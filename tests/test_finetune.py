@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from learndrop.checkpoint import save_slim
 from learndrop.cli import main
 from learndrop.models import create_model
 from learndrop.scores import ScoreTracker
@@ -42,9 +43,13 @@ def test_weights_with_a_replaced_head(tmp_path):
     torch.manual_seed(0)
     source = create_model("resnet20", num_classes=10, in_channels=1)
     state = source.state_dict()
-    # Three file formats: a state dict, a pickled module (model.pt), a learndrop checkpoint.
-    for i, obj in enumerate((state, source, {"model": state, "method": {}})):
-        model = build(saved(tmp_path, obj, f"w{i}.pt"), classes=5, replace_head=5)
+    # Three file formats: a state dict, a learndrop checkpoint, a slim network (model.pt).
+    slim = tmp_path / "model.pt"
+    save_slim(slim, source, architecture="resnet20", num_classes=10, in_channels=1)
+    files = [saved(tmp_path, obj, f"w{i}.pt") for i, obj in
+             enumerate((state, {"model": state, "method": {}}))] + [str(slim)]
+    for path in files:
+        model = build(path, classes=5, replace_head=5)
         assert model.fc.out_features == 5
         assert torch.equal(model.conv1.weight, source.conv1.weight)
         assert torch.equal(model.layer3[2].conv2.weight, source.layer3[2].conv2.weight)
@@ -74,8 +79,12 @@ def test_wrong_weights_are_one_clear_line(tmp_path):
     slim = create_model("resnet20", num_classes=10, in_channels=1)
     unit = find_units(slim, torch.zeros(2, 1, 16, 16))[0]
     drop_unit(slim, unit)
+    save_slim(tmp_path / "slim.pt", slim, architecture="resnet20", num_classes=10, in_channels=1)
     with pytest.raises(ConfigError, match="keys missing .*full-structure state dict"):
-        build(saved(tmp_path, slim, "slim.pt"), classes=10)
+        build(str(tmp_path / "slim.pt"), classes=10)
+    # A pickled module is code, not weights: refused (weights_only), with what to do instead.
+    with pytest.raises(ConfigError, match="not a plain tensor file.*state_dict"):
+        build(saved(tmp_path, slim, "pickled.pt"), classes=10)
 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file")

@@ -1,5 +1,6 @@
 """Scores, policy and the LearnDrop driver on real small networks."""
 
+import io
 import math
 
 import pytest
@@ -152,3 +153,147 @@ def test_freeze_mode_uses_the_same_scores():
     assert summary["params_final"] == summary["params_initial"]
     with pytest.raises(ValueError, match="mode must be"):
         LearnDrop(model, optimizer, X, mode="prune")
+
+
+# ---- optimizers that change, layers the user froze, the last trainable unit (issue 14) -------
+
+EAGER = DropPolicy(warmup_checks=0, change_threshold=1.0, max_slope=1e9,
+                   max_drops_per_check=1.0, max_dropped_fraction=1.0)
+
+
+def classification_steps(model, optimizer, method, steps, x_shape=(8, 3, 16, 16), classes=10,
+                         seed=0):
+    """Real training steps (cross-entropy on random data), each driven by ``method``."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(*x_shape, generator=g)
+        y = torch.randint(0, classes, (x_shape[0],), generator=g)
+        method.before_step()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        method.step(x_shape[0])
+
+
+def _fine_tuning_setup(seed=0):
+    """ResNet-20 with layer1 and layer2 frozen; the optimizer holds the trainable rest."""
+    torch.manual_seed(seed)
+    model = create_model("resnet20")
+    for stage in (model.layer1, model.layer2):
+        stage.requires_grad_(False)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    return model, optimizer
+
+
+def _unfreeze_layer2(model, optimizer):
+    model.layer2.requires_grad_(True)
+    optimizer.add_param_group({"params": list(model.layer2.parameters()), "lr": 0.01})
+
+
+def test_param_groups_added_later_are_scored_from_then_on(one_thread):
+    model, optimizer = _fine_tuning_setup()
+    ld = LearnDrop(model, optimizer, X, steps_per_check=2, policy=DropPolicy(warmup_checks=9))
+    classification_steps(model, optimizer, ld, 4)
+    assert set(ld.last_scores) == {"layer3.1", "layer3.2"}
+    _unfreeze_layer2(model, optimizer)  # "unfreeze the backbone at epoch k"
+    classification_steps(model, optimizer, ld, 2, seed=1)  # the join: first snapshot
+    assert set(ld.last_scores) == {"layer3.1", "layer3.2"}
+    classification_steps(model, optimizer, ld, 2, seed=2)
+    assert set(ld.last_scores) == {"layer2.1", "layer2.2", "layer3.1", "layer3.2"}
+    assert all(math.isfinite(s.change) and s.change > 0 for s in ld.last_scores.values())
+
+    # The state dict round-trips into the same setup, rebuilt.
+    buffer = io.BytesIO()
+    torch.save(ld.state_dict(), buffer)
+    buffer.seek(0)
+    model2, optimizer2 = _fine_tuning_setup()
+    _unfreeze_layer2(model2, optimizer2)
+    model2.load_state_dict(model.state_dict())
+    ld2 = LearnDrop(model2, optimizer2, X, steps_per_check=2, policy=DropPolicy(warmup_checks=9))
+    ld2.load_state_dict(torch.load(buffer, weights_only=True))
+    state, state2 = ld.state_dict(), ld2.state_dict()
+    snapshots, snapshots2 = state["tracker"].pop("snapshots"), state2["tracker"].pop("snapshots")
+    assert state == state2
+    assert snapshots.keys() == snapshots2.keys()
+    assert all(torch.equal(snapshots[k], snapshots2[k]) for k in snapshots)
+    classification_steps(model, optimizer, ld, 2, seed=3)
+    classification_steps(model2, optimizer2, ld2, 2, seed=3)
+    assert ld.last_scores == ld2.last_scores
+
+
+def test_units_the_user_froze_are_never_candidates(one_thread):
+    """One rule for plain convs and residual blocks: no trainable parameter, no score."""
+    torch.manual_seed(0)
+    vgg = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    vgg[4].requires_grad_(False)  # the second 8->8 conv
+    resnet = create_model("resnet20")
+    resnet.layer1[1].requires_grad_(False)
+    for model, frozen in ((vgg, "4"), (resnet, "layer1.1")):
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        ld = LearnDrop(model, optimizer, X, steps_per_check=2, policy=EAGER)
+        assert frozen in {u.name for u in ld.units}
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        scored = set()
+        for _ in range(3):
+            classification_steps(model, optimizer, ld, 2)
+            scored |= set(ld.last_scores)
+        assert scored == {u.name for u in ld.units} - {frozen}
+        assert frozen not in ld.removed and len(ld.removed) > 0
+        assert all(torch.equal(p, before[f"{frozen}.{n}"]) and not p.requires_grad
+                   for n, p in model.get_submodule(frozen).named_parameters())
+
+
+class AllInUnits(nn.Module):
+    """Every parameter sits in a droppable residual block; the head has none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(Residual3() for _ in range(3)))
+
+    def forward(self, x):
+        return self.blocks(x).mean((2, 3))  # 3 channels = 3 logits
+
+
+class Residual3(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(x + self.conv(x))
+
+
+def test_the_last_trainable_unit_is_never_removed(one_thread):
+    from learndrop.methods import create_method
+    from learndrop.methods.base import LastTrainableUnitError
+
+    for mode in ("drop", "freeze"):
+        torch.manual_seed(0)
+        model = AllInUnits()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        ld = LearnDrop(model, optimizer, X, steps_per_check=2, policy=EAGER, mode=mode)
+        classification_steps(model, optimizer, ld, 10, classes=3)  # backward() never fails
+        assert len(ld.removed) == 2 and len(ld.live_units) == 1
+        assert any(p.requires_grad for p in model.parameters())
+
+    model = AllInUnits()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(LastTrainableUnitError, match="last trainable parameters") as err:
+        create_method("slim-from-scratch", model, optimizer, X,
+                      dropped=["blocks.0", "blocks.1", "blocks.2"])
+    assert "\n" not in str(err.value)
+
+
+def test_stochastic_depth_never_skips_the_last_trainable_unit(one_thread):
+    from learndrop.methods import create_method
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Residual3(), nn.AdaptiveAvgPool2d(1), nn.Flatten())  # one unit: all
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = create_method("stochastic-depth", model, optimizer, X, drop_rate=0.9)
+    assert [method.sample(step) for step in range(20)].count(("0",)) > 10  # drawn, not run
+    classification_steps(model, optimizer, method, 20, classes=3)  # backward() never fails
+    assert method.ledger.totals()["fwd_flops_reduction"] == 0

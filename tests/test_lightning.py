@@ -107,8 +107,52 @@ def test_wrong_checkpoint_still_fails_loudly(tmp_path, loader):
     assert callback.method.steps_per_check == 8 and callback.method.checks == 1  # one epoch
     ckpt = tmp_path / "one.ckpt"
     first.save_checkpoint(ckpt)
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     state["state_dict"].pop("model.fc.weight")  # not a dropped unit's key
     torch.save(state, ckpt)
     with pytest.raises(RuntimeError, match="does not fit the model"):
         fit(tmp_path, loader, epochs=2, ckpt_path=str(ckpt), name="b")
+
+
+class NetInAttribute(pl.LightningModule):
+    """The common style: the network in ``self.net``, called in training_step, no forward()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = create_model("resnet20", num_classes=10, in_channels=1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+class TwoNets(NetInAttribute):
+    def __init__(self) -> None:
+        super().__init__()
+        self.teacher = create_model("resnet20", num_classes=10, in_channels=1)
+
+
+def _fit_module(tmp_path, loader, module, **callback_kwargs):
+    callback = LearnDropCallback(policy=POLICY, steps_per_check=4, **callback_kwargs)
+    trainer = pl.Trainer(
+        max_epochs=1, callbacks=[callback], accelerator="cpu", devices=1, logger=False,
+        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, limit_train_batches=4)
+    trainer.fit(module, loader)
+    return callback
+
+
+def test_a_module_without_forward_uses_its_network_attribute(tmp_path, loader):
+    module = NetInAttribute()
+    callback = _fit_module(tmp_path, loader, module)
+    assert callback.method.model is module.net
+    assert callback.method.steps == 4 and len(callback.method.units) == 7
+
+    with pytest.raises(ValueError, match=r"no forward\(\).*teacher.*model_attr") as err:
+        _fit_module(tmp_path, loader, TwoNets())
+    assert "\n" not in str(err.value)
+    two = TwoNets()
+    assert _fit_module(tmp_path, loader, two, model_attr="net").method.model is two.net

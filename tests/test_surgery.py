@@ -143,3 +143,19 @@ def test_freeze_leaves_weights_and_statistics_bit_identical():
     assert any(not torch.equal(v, others[k]) for k, v in model.layer3.state_dict().items())
     cost = measure_cost(model, X)
     assert cost.fwd == measure_cost(create_model("resnet20"), X).fwd
+
+
+def test_flops_per_sample_do_not_depend_on_the_example_batch_size():
+    """A batch of one before BatchNorm1d: training-mode BatchNorm refuses one value per
+    channel, and FLOPs are measured in training mode (issue 14, item 6)."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(8), nn.Linear(8, 10)).train()
+    x = torch.randn(16, 3, 16, 16)
+    one, sixteen = measure_cost(model, x[:1]), measure_cost(model, x)
+    assert one == sixteen and one.fwd > 0 and one.bwd > 0
+    method = LearnDrop(model, sgd(model), x[:1], steps_per_check=1)
+    assert [u.name for u in method.units] == ["3"]
+    assert method.ledger.full == sixteen
+    assert model.training  # the model is left as it was

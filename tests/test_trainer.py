@@ -8,6 +8,7 @@ import tarfile
 import pytest
 import torch
 
+from learndrop import load_slim
 from learndrop.cli import main
 from learndrop.train import TrainConfig, TrainingInterrupted, train
 from learndrop.train.rundir import RunDirExistsError
@@ -55,8 +56,9 @@ def test_run_directory_contents(tmp_path):
                                         "continuation_score"}
     assert summary["params_final"] < summary["params_initial"]
     assert summary["final_test_acc"] > 0.3  # it learned something in 4 short epochs
-    # model.pt is the slim network, usable with plain torch.
-    model = torch.load(run / "model.pt", weights_only=False)
+    # model.pt is the slim network, rebuilt without unpickling code.
+    assert torch.load(run / "model.pt", weights_only=True)["format"] == "learndrop.slim/1"
+    model = load_slim(run / "model.pt")
     assert sum(p.numel() for p in model.parameters()) == summary["params_final"]
     assert model.eval()(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
     for png in ("accuracy_loss.png", "flops_per_step.png", "unit_scores.png"):
@@ -77,7 +79,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
 
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train(small(tmp_path, "resumed"), log=interrupt_after_epoch_2)
-    ckpt = torch.load(tmp_path / "resumed" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "resumed" / "last.ckpt", weights_only=True)
     assert (ckpt["epoch"], ckpt["batch"]) == (2, 1)  # stopped one step into epoch 3
     assert not (tmp_path / "resumed" / "summary.json").exists()
 
@@ -227,3 +229,15 @@ def test_trainings_in_lockstep_match_separate_runs(tmp_path):
     alone = train(small(tmp_path, "alone", **tiny), log=lambda s: None)
     for key in ("final_test_acc", "fwd_flops", "drops", "samples_seen"):
         assert together[key] == alone[key], key
+
+
+def test_zero_means_the_whole_set_for_both_subsets():
+    from learndrop.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--subset", "0", "--test-subset", "0"])
+    config = config_from_args(args)
+    assert (config.subset, config.test_subset) == (None, None)
+    config.validate()
+    assert TrainConfig(subset=0, test_subset=0).test_subset is None
+    with pytest.raises(ValueError, match=r"--test-subset must be >= 1 \(or 0 for the whole"):
+        TrainConfig(test_subset=-1).validate()

@@ -157,3 +157,120 @@ def test_explicit_names():
         find_units(model, CIFAR, names=["layer2.0"])
     with pytest.raises(NoDroppableUnitsError, match="does not run"):
         find_units(model, CIFAR, names=["layer9"])
+
+
+# ---- identity shortcuts however spelled; tied parameters (issue 14, items 2 and 3) ----------
+
+class PassThrough(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class CopiedBlock(nn.Module):
+    """The widely copied CIFAR ResNet block: its identity shortcut is an empty Sequential and
+    it adds in place (``out += self.shortcut(x)``)."""
+
+    def __init__(self, c: int, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c)
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return torch.relu(out)
+
+
+def copied_resnet(shortcut) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), CopiedBlock(8, shortcut()),
+                         CopiedBlock(8, shortcut()), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("shortcut", [
+    nn.Sequential, nn.Identity, PassThrough, lambda: nn.Sequential(nn.Identity(), PassThrough()),
+], ids=["empty-sequential", "identity", "custom-module", "nested"])
+def test_every_spelling_of_an_identity_shortcut_is_recognised(shortcut):
+    found = find_units(copied_resnet(shortcut), CIFAR)
+    assert [(u.name, u.kind) for u in found] == [("1", "residual"), ("2", "residual")]
+
+
+def test_a_shortcut_that_computes_something_is_not_the_identity():
+    model = copied_resnet(lambda: nn.Sequential(nn.Conv2d(8, 8, 1, bias=False)))
+    with pytest.raises(NoDroppableUnitsError):
+        find_units(model, CIFAR)
+    dropout = copied_resnet(lambda: nn.Dropout(0.5))  # parameter-free, but not the identity
+    with pytest.raises(NoDroppableUnitsError):
+        find_units(dropout, CIFAR)
+
+
+class TiedNet(nn.Module):
+    """Three residual blocks; a conv after them reuses the first block's weight (tied)."""
+
+    def __init__(self, num_classes: int = 3, in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, 2, 1)
+        self.blocks = nn.Sequential(Residual(8), Residual(8), Residual(8))
+        self.extra = nn.Conv2d(8, 8, 3, padding=1)
+        self.extra.weight = self.blocks[0].conv.weight
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.extra(self.blocks(self.stem(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def test_units_sharing_parameters_with_other_modules_are_not_droppable():
+    from learndrop.units import discover
+
+    model = TiedNet()
+    found = discover(model, CIFAR)
+    assert [u.name for u in found.units] == ["blocks.1", "blocks.2"]
+    assert set(found.rejected) == {"blocks.0", "extra"}
+    assert "shares its parameter blocks.0.conv.weight with extra.weight" in found.rejected[
+        "blocks.0"]
+    with pytest.raises(NoDroppableUnitsError, match="cannot be a unit: it shares"):
+        find_units(model, CIFAR, names=["blocks.0"])
+    assert [u.name for u in find_units(model, CIFAR, names=["blocks.2"])] == ["blocks.2"]
+
+
+def test_methods_and_flops_work_with_tied_weights():
+    import copy
+
+    from learndrop.flops import measure_cost, unit_costs
+    from learndrop.methods import create_method
+
+    model = TiedNet()
+    untied = copy.deepcopy(model)
+    untied.extra.weight = nn.Parameter(untied.extra.weight.detach().clone())
+    assert untied.extra.weight is not untied.blocks[0].conv.weight
+    assert measure_cost(model, CIFAR) == measure_cost(untied, CIFAR)
+    units = find_units(model, CIFAR)
+    assert unit_costs(model, CIFAR, units) == unit_costs(untied, CIFAR, units)
+    for name in ("full", "learndrop", "stochastic-depth"):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        method = create_method(name, model, optimizer, CIFAR)
+        assert [u.name for u in method.units] == ["blocks.1", "blocks.2"]
+
+
+def test_learndrop_units_says_why_a_part_is_not_droppable(capsys):
+    from learndrop.cli import main
+    from learndrop.models import register_model
+
+    register_model(TiedNet, name="test-tied-net")
+    assert main(["units", "test-tied-net", "--num-classes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "test-tied-net: 2 droppable units" in out
+    assert "not droppable: blocks.0 shares its parameter blocks.0.conv.weight with extra" in out
+    assert "not droppable: extra shares" in out
+
+
+def test_no_unit_left_says_why():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.Conv2d(8, 8, 3, padding=1))
+    model[2].weight = model[1].weight  # both square convs share one weight
+    with pytest.raises(NoDroppableUnitsError, match="not droppable: 1 shares its parameter") as err:
+        find_units(model, CIFAR)
+    assert "\n" not in str(err.value)

@@ -574,7 +574,8 @@ def load_dataset(
     images, chosen with `seed`. `mean` / `std` are those of the full training set.
 
     Raises `UnknownDatasetError`, `DatasetNotFoundError`, `CorruptDatasetError` or
-    `DatasetFormatError`, each with a one-line message.
+    `DatasetFormatError` (also for fewer than two classes, in the dataset or in the training
+    subset), each with a one-line message.
     """
     key = _normalise_name(name)
     if image_size is not None and image_size <= 0:
@@ -596,6 +597,17 @@ def load_dataset(
     if test_subset is not None:
         idx = balanced_subset(test_y, test_subset, len(classes), seed)
         test_x, test_y = test_x[idx], test_y[idx]
+    # One class "trains" to loss 0 and accuracy 1 and learns nothing: refuse it, whichever the
+    # source (a folder with one class directory, or a training subset too small for two).
+    if len(classes) < 2:
+        raise DatasetFormatError(
+            f"{name} has {len(classes)} class ({', '.join(classes)}); classification needs at "
+            "least two classes (e.g. train/<class>/ and test/<class>/ folders for two classes)")
+    present = int(torch.unique(train_y).numel())
+    if present < 2:
+        raise DatasetFormatError(
+            f"the training subset of {name} holds {len(train_y)} images of one class; "
+            "classification needs at least two: raise --subset (subset=...)")
     return ImageDataset(
         name=key,
         train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,

@@ -75,8 +75,8 @@ class LearnDropCallback(Callback):
 
     Args:
         method: a registered method name (``"learndrop"``, ``"freeze"``, ``"freezeout"``...).
-        model_attr: attribute of the LightningModule holding the network; default its
-            ``model`` attribute when that is an ``nn.Module``, else the module itself.
+        model_attr: attribute of the LightningModule holding the network (e.g. ``"net"``);
+            by default, see :meth:`network`.
         example_input: an input batch (only shape and dtype are used); default the first
             training batch's input.
         input_fn: picks the input tensor out of a batch (default :func:`default_input`).
@@ -119,11 +119,38 @@ class LearnDropCallback(Callback):
 
     # ---- building -----------------------------------------------------------------------------
     def network(self, pl_module: pl.LightningModule) -> nn.Module:
-        """The network whose units are dropped."""
+        """The network whose units are dropped: the ``model_attr`` attribute when given; else
+        the module's ``model`` attribute when that is an ``nn.Module``; else the module itself
+        when it defines ``forward``; else (the common style that keeps the network in an
+        attribute such as ``self.net`` and calls it in ``training_step``) the one child module
+        that holds all of its parameters.
+
+        Raises:
+            ValueError: none of these applies (one line naming the children to choose from).
+        """
+        name = type(pl_module).__name__
         if self.model_attr is not None:
-            return getattr(pl_module, self.model_attr)
+            inner = getattr(pl_module, self.model_attr, None)
+            if not isinstance(inner, nn.Module):
+                raise ValueError(f"{name}.{self.model_attr} is not an nn.Module; pass "
+                                 "model_attr=<the attribute holding the network>")
+            return inner
         inner = getattr(pl_module, "model", None)
-        return inner if isinstance(inner, nn.Module) else pl_module
+        if isinstance(inner, nn.Module):
+            return inner
+        if type(pl_module).forward is not pl.LightningModule.forward:
+            return pl_module
+        params = {id(p) for p in pl_module.parameters()}
+        holders = [(n, c) for n, c in pl_module.named_children()
+                   if params and {id(p) for p in c.parameters()} == params]
+        if len(holders) == 1:
+            return holders[0][1]
+        children = [n for n, c in pl_module.named_children() if any(True for _ in c.parameters())]
+        raise ValueError(
+            f"{name} has no forward() and no single child module holding all its parameters "
+            f"(children with parameters: {', '.join(children) or 'none'}); pass "
+            f"LearnDropCallback(model_attr=...) naming the network, e.g. "
+            f"model_attr={children[0] if children else 'net'!r}")
 
     def _build(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                example: torch.Tensor, units: list[Unit] | None = None) -> None:

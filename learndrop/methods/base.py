@@ -15,9 +15,13 @@ from learndrop.flops import FlopsLedger
 from learndrop.surgery import drop_unit, freeze_unit
 from learndrop.units import NoDroppableUnitsError, Unit, find_units
 
-__all__ = ["Event", "Method", "MethodOptionError", "RunInfo"]
+__all__ = ["Event", "LastTrainableUnitError", "Method", "MethodOptionError", "RunInfo"]
 
 _ACTIONS = {"drop": drop_unit, "freeze": freeze_unit}
+
+
+class LastTrainableUnitError(ValueError):
+    """Dropping or freezing a unit would leave the model with no trainable parameter."""
 
 
 @dataclass(frozen=True)
@@ -207,10 +211,42 @@ class Method:
     def epoch(self) -> float | None:
         return self.steps / self.steps_per_check if self.steps_per_check else None
 
+    def _trainable_ids(self) -> set[int]:
+        """Parameters that learn now: ``requires_grad`` and held by a param group."""
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        return {id(p) for p in self.model.parameters() if p.requires_grad and id(p) in held}
+
+    def keep_trainable(self, names: list[str]) -> list[str]:
+        """``names`` without the units whose removal (after the ones before them) would leave
+        the model with no trainable parameter: the next ``loss.backward()`` would fail and
+        nothing would learn. Decisions go through this, so at least one trainable unit (or a
+        trainable part outside the units) always stays."""
+        left = self._trainable_ids()
+        by_name = {u.name: u for u in self.units}
+        kept = []
+        for name in names:
+            ids = {id(p) for p in by_name[name].parameters(self.model)}
+            if left and not left - ids:
+                continue
+            left -= ids
+            kept.append(name)
+        return kept
+
     def apply(self, unit: Unit, action: str, **scores: float | None) -> Event:
-        """Drop or freeze ``unit`` now and record the event."""
+        """Drop or freeze ``unit`` now and record the event.
+
+        Raises:
+            LastTrainableUnitError: the model would have no trainable parameter left (methods
+                with a fixed plan, e.g. slim-from-scratch told to drop every unit, end here;
+                Learn&Drop's decisions pass through :meth:`keep_trainable` first).
+        """
         if unit.name in self.removed:
             raise ValueError(f"unit {unit.name!r} is already {self.removed[unit.name]}")
+        left = self._trainable_ids()
+        if left and not left - {id(p) for p in unit.parameters(self.model)}:
+            raise LastTrainableUnitError(
+                f"{action} {unit.name}: it holds the last trainable parameters of "
+                f"{type(self.model).__name__}, and training needs at least one; drop fewer units")
         _ACTIONS[action](self.model, unit, self.optimizer)
         self.removed[unit.name] = action
         self.structure_version += 1

@@ -29,6 +29,11 @@ class LearnDrop(Method):
                 ld.step(len(x))      # scores and drops once per epoch; returns the drop events
         ld.summary()
 
+    Only units that learn are scored and can be dropped (a unit the user froze is left alone;
+    one unfrozen later is scored from then on), and a decision never removes the unit that holds
+    the model's last trainable parameters (:meth:`~learndrop.methods.base.Method.keep_trainable`),
+    even with ``max_dropped_fraction=1.0``.
+
     Args:
         mode: ``"drop"`` removes units from the network; ``"freeze"`` keeps them in the forward
             pass without gradients (the baseline of the same scores).
@@ -96,10 +101,11 @@ class LearnDrop(Method):
             # A drop after the last step saves nothing and leaves the final network with stale
             # BatchNorm statistics downstream: score, but do not act.
             return []
-        chosen = self.sync_decision(self.policy.decide(
+        # Never the last trainable unit: with every parameter gone, backward() would fail.
+        chosen = self.keep_trainable(self.sync_decision(self.policy.decide(
             scores, self.streaks,
             check=self.checks, units_total=len(self.units), units_dropped=len(self.removed),
-        ))
+        )))
         by_name = {u.name: u for u in self.units}
         events = []
         for name in chosen:

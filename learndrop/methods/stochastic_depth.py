@@ -35,6 +35,9 @@ Our reading:
   general, exact for residual units behind a trainable stem) for backward FLOPs. The ledger
   keys are ``("skipped", k)`` with ``k`` the number of skipped units, each holding the
   sample-weighted mean cost of the steps with ``k`` skips: at most ``n + 1`` keys, same totals.
+* A step never skips the units that hold the model's last trainable parameters (possible only
+  with a single unit and nothing trainable outside it): that unit runs
+  (:meth:`~learndrop.methods.base.Method.keep_trainable`).
 * Temporary skips are not structural changes (``structure_version`` does not move); under DDP
   use ``find_unused_parameters=True``, and expect ``torch.compile`` to recompile per pattern.
 """
@@ -172,7 +175,9 @@ class StochasticDepth(Method):
 
     def before_step(self) -> None:
         self.restore()
-        self.skipped = self.sample(self.steps) if self.model.training else ()
+        skipped = self.sample(self.steps) if self.model.training else ()
+        # A step that skipped every trainable parameter would fail in backward().
+        self.skipped = tuple(self.keep_trainable(list(skipped))) if skipped else ()
         by_name = {u.name: u for u in self.units}
         for name in self.skipped:
             for module_name in by_name[name].modules:

@@ -28,8 +28,8 @@ class TrainConfig:
     epochs: int = 8
     out: str | None = None
     # data
-    subset: int | None = 5000
-    test_subset: int | None = None
+    subset: int | None = 5000  # None (or 0) = the whole training set
+    test_subset: int | None = None  # None (or 0) = the whole test set
     image_size: int | None = None
     data_dir: str | None = None
     augment: bool = True
@@ -69,6 +69,13 @@ class TrainConfig:
     dist_timeout: float = 600.0  # seconds a collective waits for the other ranks (DDP)
     plots: bool = True
     eval_batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        # One convention for both subsets: 0 (the CLI's way to say it) means the whole set.
+        if self.subset == 0:
+            self.subset = None
+        if self.test_subset == 0:
+            self.test_subset = None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` (one line) for impossible values."""

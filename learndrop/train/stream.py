@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from learndrop.checkpoint import save_slim
 from learndrop.data import DeviceLoader, ImageDataset, load_dataset, make_loaders
 from learndrop.distributed import DistContext
 from learndrop.train import report
@@ -288,8 +289,9 @@ def train_stream(
         check_every=config.check_every, eval_every=config.eval_every)
     summary.update(parts.precision.describe())
     if config.compile:
-        torch.compiler.reset()  # model.pt must not carry dynamo's caches (or their backends)
-    run.save_torch("model.pt", parts.model.to("cpu"))
+        torch.compiler.reset()  # free dynamo's caches of this model
+    save_slim(run.file("model.pt"), parts.model.to("cpu"), architecture=config.model,
+              num_classes=classes, in_channels=x0.shape[1])
     run.write_json("summary.json", summary)
     if config.plots:
         report.plot(run, summary)

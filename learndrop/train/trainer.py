@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from learndrop import distributed
+from learndrop.checkpoint import safe_load, save_slim
 from learndrop.data import load_dataset, make_loaders
 from learndrop.distributed import DistContext
 from learndrop.train import report
@@ -168,7 +169,7 @@ class Training:
         ckpt = None
         if config.resume:
             resume_from = _checkpoint_path(config.resume)
-            ckpt = torch.load(resume_from, map_location="cpu", weights_only=False)
+            ckpt = safe_load(resume_from)
             config = resume_config(config, ckpt["config"], given, resume_from)
         config.validate()
         if config.out is None:
@@ -372,9 +373,11 @@ class Training:
         summary["world_size"] = ctx.world_size
         summary.update(self.parts.precision.describe())
         if config.compile:
-            torch.compiler.reset()  # model.pt must not carry dynamo's caches (or their backends)
+            torch.compiler.reset()  # free dynamo's caches of this model (the bench trains on)
         if ctx.is_main:
-            self.run.save_torch("model.pt", self.parts.model.to("cpu"))
+            save_slim(self.run.file("model.pt"), self.parts.model.to("cpu"),
+                      architecture=config.model, num_classes=self.data.num_classes,
+                      in_channels=self.data.in_channels)
             self.run.write_json("summary.json", summary)
             if config.plots:
                 report.plot(self.run, summary)

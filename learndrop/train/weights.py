@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
+from learndrop.checkpoint import CheckpointError, read_state_dict
 from learndrop.train.config import ConfigError
 
 __all__ = ["head_classes", "load_weights", "weights_classes"]
@@ -28,19 +27,10 @@ def weights_classes(path: str | None) -> int:
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if not Path(path).is_file():
-        raise ConfigError(f"--weights {path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ConfigError(f"--weights {path} is not a readable PyTorch file ({err})") from err
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]  # a learndrop checkpoint
-    if not isinstance(obj, dict):
-        raise ConfigError(f"--weights {path} holds no state dict")
-    return obj
+        return read_state_dict(path)  # weights_only: a downloaded file cannot run code
+    except CheckpointError as err:
+        raise ConfigError(f"--weights {err}") from err
 
 
 def load_weights(model: nn.Module, path: str) -> None:
