@@ -138,10 +138,10 @@ def add_stream_arguments(parser: argparse.ArgumentParser, arg) -> None:
         type=int, metavar="BATCHES")
     arg(group, "--classes-per-stage", "class-incremental: classes that arrive together",
         type=int)
-    arg(group, "--check-every", "steps between score checks and drop decisions", type=int,
+    arg(group, "--steps-per-check", "steps between score checks and drop decisions", type=int,
         metavar="N")
     arg(group, "--eval-every", "steps between test-set evaluations", type=int, metavar="M")
-    arg(group, "--warmup-steps", "linear LR warm-up steps (default: --check-every)", type=int)
+    arg(group, "--warmup-steps", "linear LR warm-up steps (default: --steps-per-check)", type=int)
     arg(group, "--stream-schedule", "LR after warm-up; cosine needs a known length",
         choices=("constant", "cosine"))
 

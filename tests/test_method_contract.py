@@ -211,4 +211,5 @@ def test_config_files_of_earlier_versions_still_load():
     assert learndrop.method_options == {"patience": 2}
     copy = TrainConfig.from_dict({"method": "random-drop", "reference": "runs/x"})
     assert copy.method_options == {"reference": "runs/x"}
+    assert TrainConfig.from_dict({"check_every": 7}).steps_per_check == 7
     assert TrainConfig.from_dict(config.to_dict()) == config  # and new ones round-trip

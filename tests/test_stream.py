@@ -106,7 +106,7 @@ def synthetic_batches(count: int | None, batch: int = 8, classes: int = 4, seed:
 
 def stream_config(tmp_path, name="run", **overrides) -> TrainConfig:
     values = dict(model="tiny_stream_net", method="learndrop", batch_size=8, lr=0.05,
-                  check_every=5, eval_every=10, out=str(tmp_path / name), quiet=True,
+                  steps_per_check=5, eval_every=10, out=str(tmp_path / name), quiet=True,
                   plots=False, device="cpu",
                   method_options={"change_threshold": 0.95, "max_drops_per_check": 1})
     values.update(overrides)
@@ -166,7 +166,7 @@ def test_long_stream_memory_stays_flat(tmp_path):
             samples.append((tracemalloc.get_traced_memory()[0], tensors))
 
     config = stream_config(tmp_path, stream_length=1200, eval_every=200, batch_size=4,
-                           check_every=2,
+                           steps_per_check=2,
                            method_options={"change_threshold": 0.05})  # keep both units live
     tracemalloc.start()
     try:
@@ -188,7 +188,7 @@ def test_score_history_is_capped_without_changing_the_scores(monkeypatch):
         model = tiny_stream_net()
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         units = find_units(model, torch.zeros(2, 1, 8, 8))
-        tracker = ScoreTracker(model, units, opt, window=3, warmup_checks=2)
+        tracker = ScoreTracker(model, units, opt, trend_window=3, warmup_checks=2)
         out = []
         for x, y in synthetic_batches(40):
             nn.functional.cross_entropy(model(x), y).backward()
@@ -209,7 +209,7 @@ def test_score_history_is_capped_without_changing_the_scores(monkeypatch):
                     and not os.environ.get("LEARNDROP_DATA"), reason="Fashion-MNIST missing")
 def test_cli_class_incremental_stream(tmp_path, capsys):
     code = main(["train", "--stream", "--stream-order", "class-incremental",
-                 "--classes-per-stage", "5", "--stream-length", "8", "--check-every", "2",
+                 "--classes-per-stage", "5", "--stream-length", "8", "--steps-per-check", "2",
                  "--eval-every", "4", "--subset", "640", "--test-subset", "200",
                  "--image-size", "16", "--batch-size", "16", "--out", str(tmp_path / "r"),
                  "--quiet", "--no-plots"])
@@ -220,6 +220,6 @@ def test_cli_class_incremental_stream(tmp_path, capsys):
             for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["classes_seen"] for r in rows] == [5, 10]  # the second stage starts at step 4
 
-    code = main(["train", "--stream", "--check-every", "0", "--out", str(tmp_path / "bad")])
+    code = main(["train", "--stream", "--steps-per-check", "0", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err.strip()
-    assert code != 0 and "--check-every must be >= 1" in err and len(err.splitlines()) == 1
+    assert code != 0 and "--steps-per-check must be >= 1" in err and len(err.splitlines()) == 1

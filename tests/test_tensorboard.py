@@ -56,7 +56,7 @@ def test_a_stream_writes_its_metrics_as_scalars(tmp_path, one_thread):
     batches = [(torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g))
                for _ in range(6)]
     train_stream(TrainConfig(model="resnet20", method="full", batch_size=8, eval_every=3,
-                             check_every=3, out=str(tmp_path / "run"), quiet=True, plots=False,
+                             steps_per_check=3, out=str(tmp_path / "run"), quiet=True, plots=False,
                              device="cpu", tensorboard=True),
                  batches, test_batches=batches[:1], num_classes=10, log=lambda s: None)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))

@@ -71,7 +71,7 @@ class LearnDrop(Method):
         self.policy = policy or DropPolicy()
         self.tracker = ScoreTracker(
             model, self.units, optimizer,
-            window=self.policy.trend_window, warmup_checks=self.policy.warmup_checks,
+            trend_window=self.policy.trend_window, warmup_checks=self.policy.warmup_checks,
         )
         self.streaks: dict[str, int] = {}
         self.last_scores: dict[str, UnitScore] = {}

@@ -56,9 +56,9 @@ class TrainConfig:
     stream_order: str = "dataset"  # "dataset" or "class-incremental"
     stream_length: int | None = None  # batches; None = one pass over the training set
     classes_per_stage: int = 2
-    check_every: int = 50  # steps between score checks / drop decisions
+    steps_per_check: int = 50  # steps between score checks / drop decisions
     eval_every: int = 100  # steps between test evaluations
-    warmup_steps: int | None = None  # linear LR warm-up; None = check_every
+    warmup_steps: int | None = None  # linear LR warm-up; None = steps_per_check
     stream_schedule: str = "constant"  # "constant" after warm-up, or "cosine" over the length
     # run control
     resume: str | None = None
@@ -108,7 +108,8 @@ class TrainConfig:
                  f"--stream-length must be >= 1 batches, got {self.stream_length}")
             need(self.classes_per_stage >= 1,
                  f"--classes-per-stage must be >= 1, got {self.classes_per_stage}")
-            need(self.check_every >= 1, f"--check-every must be >= 1, got {self.check_every}")
+            need(self.steps_per_check >= 1,
+                 f"--steps-per-check must be >= 1, got {self.steps_per_check}")
             need(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
             need(self.warmup_steps is None or self.warmup_steps >= 0,
                  f"--warmup-steps must be >= 0, got {self.warmup_steps}")
@@ -128,8 +129,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """A config from ``config.json`` (or a checkpoint's), also of runs made before methods
-        owned their options (``policy``, ``reference``, ``freezeout_t0``, ``drop_rate``)."""
+        owned their options (``policy``, ``reference``, ``freezeout_t0``, ``drop_rate``) or the
+        stream's ``check_every`` became ``steps_per_check``."""
         values = dict(values)
+        if "check_every" in values:  # renamed: one name (Method's) for one idea
+            values["steps_per_check"] = values.pop("check_every")
         legacy = dict(values.pop("policy", None) or {})
         for old, new in _LEGACY_OPTIONS.items():
             if old in values:

@@ -4,7 +4,7 @@
 dataset's training set in a seeded shuffled order (``stream_order="dataset"``), the same set
 with classes arriving a few at a time (``"class-incremental"``), or any Python iterator of
 ``(x, y)`` batches given through the API. The method checks (scores and drop decisions) every
-``check_every`` steps; the model is tested on the held-out set every ``eval_every`` steps.
+``steps_per_check`` steps; the model is tested on the held-out set every ``eval_every`` steps.
 
 Learning rate: linear warm-up over ``warmup_steps`` (default: one check interval), then
 constant (``stream_schedule="constant"``, the default, since a stream has no known end), or
@@ -135,7 +135,7 @@ class _Spec:
 
 
 def _lr_factor(config: TrainConfig, total: int | None):
-    warmup = config.check_every if config.warmup_steps is None else config.warmup_steps
+    warmup = config.steps_per_check if config.warmup_steps is None else config.warmup_steps
     if config.stream_schedule == "cosine":
         if not total:
             raise ConfigError("--stream-schedule cosine needs a known stream length; pass "
@@ -155,7 +155,7 @@ def train_stream(
     """Train on one pass of a stream; returns the summary (also written to summary.json).
 
     Args:
-        config: the run's options (the ``stream*``, ``check_every``, ``eval_every`` fields).
+        config: the run's options (the ``stream*``, ``steps_per_check``, ``eval_every`` fields).
         batches: any iterable of ``(x, y)`` batches, iterated once; default: the stream that
             ``config.stream_order`` makes of ``config.dataset``. ``config.stream_length`` caps
             it in either case.
@@ -198,7 +198,7 @@ def train_stream(
 
     parts = build_parts(config, data or _Spec(classes, x0.shape[1]),
                         (config.batch_size, *x0.shape[1:]), ctx,
-                        steps_per_check=config.check_every, total_steps=total,
+                        steps_per_check=config.steps_per_check, total_steps=total,
                         lr_factor=_lr_factor(config, total))
     method = parts.method
     parts.use_memory_format(test_batches, getattr(batches, "loader", None))
@@ -208,7 +208,7 @@ def train_stream(
     source = "user iterator" if user_stream else f"{config.stream_order} order of {data.name}"
     log(f"{config.method} stream: {config.model}, {source}, "
         f"{total if total else 'unknown number of'} batches of {config.batch_size}, "
-        f"check every {config.check_every} steps, test every {config.eval_every} steps, "
+        f"check every {config.steps_per_check} steps, test every {config.eval_every} steps, "
         f"{len(method.units)} droppable units, on {device}, {parts.precision.name} "
         f"{parts.precision.memory_format}")
 
@@ -226,7 +226,7 @@ def train_stream(
         seen_count = int(test["count"][seen].sum())
         row = report.metrics_row(
             method, stats, parts.optimizer, train_time, test,
-            epoch=method.steps / config.check_every,  # = checks so far (for the score plot)
+            epoch=method.steps / config.steps_per_check,  # = checks so far (for the score plot)
             checks=method.checks, samples=method.ledger.samples_seen)
         row["test_acc_seen"] = (int(test["correct"][seen].sum()) / seen_count
                                 if seen_count else None)
@@ -286,7 +286,7 @@ def train_stream(
         stream_order="user" if user_stream else config.stream_order,
         stream_end=ended,  # "exhausted" (or length reached) or "interrupted"
         stream_batches_expected=total, steps=method.steps, checks=method.checks,
-        check_every=config.check_every, eval_every=config.eval_every)
+        steps_per_check=config.steps_per_check, eval_every=config.eval_every)
     summary.update(parts.precision.describe())
     if config.compile:
         torch.compiler.reset()  # free dynamo's caches of this model
