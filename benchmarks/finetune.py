@@ -116,11 +116,12 @@ def main(argv: list[str] | None = None) -> None:
                           lr=args.pretrain_lr, out=str(out / "pretrain"), **common))
     weights = str(out / "pretrain" / "model.pt")
     tune = dict(dataset=f"folder:{task_b}", epochs=args.epochs, lr=args.lr,
-                weights=weights, replace_head=5, policy=json.loads(args.policy), **common)
+                weights=weights, replace_head=5, **common)
     results = {"pretrain": pre}
     for method in ("full", "learndrop"):
+        options = json.loads(args.policy) if method == "learndrop" else {}  # full has none
         results[method] = run(TrainConfig(method=method, out=str(out / f"finetune-{method}"),
-                                          **tune))
+                                          method_options=options, **tune))
     if args.scratch:
         results["scratch"] = run(TrainConfig(
             dataset=f"folder:{task_b}", method="full", epochs=args.epochs, lr=args.pretrain_lr,

@@ -17,7 +17,7 @@ CPU-sized defaults (about 3-5 minutes on 2 shared cores)::
 Full-size settings on a GPU, e.g.::
 
     python benchmarks/streaming.py --dataset cifar10 --model resnet56 --image-size 32 \\
-        --subset 0 --batch-size 128 --lr 0.1 --check-every 100 --eval-every 100 \\
+        --subset 0 --batch-size 128 --lr 0.1 --steps-per-check 100 --eval-every 100 \\
         --test-subset 0 --device cuda --threads 0 --out benchmarks/results/streaming-gpu
 """
 
@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from learndrop.train.config import TrainConfig  # noqa: E402
-from learndrop.train.stream import read_rows, train_stream  # noqa: E402
+from learndrop.train.report import read_rows  # noqa: E402
+from learndrop.train.stream import train_stream  # noqa: E402
 
 
 def machine() -> str:
@@ -65,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-subset", type=int, default=1000, help="0 = the whole test set")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--check-every", type=int, default=25)
+    p.add_argument("--steps-per-check", type=int, default=25)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--classes-per-stage", type=int, default=2)
     p.add_argument("--orders", default="dataset,class-incremental")
@@ -96,8 +97,9 @@ def run_all(args: argparse.Namespace) -> dict:
                     stream_order=order, classes_per_stage=args.classes_per_stage,
                     image_size=args.image_size, subset=args.subset or None,
                     test_subset=args.test_subset or None, batch_size=args.batch_size,
-                    lr=args.lr, check_every=args.check_every, eval_every=args.eval_every,
-                    policy=json.loads(args.policy), seed=args.seed, device=args.device,
+                    lr=args.lr, steps_per_check=args.steps_per_check, eval_every=args.eval_every,
+                    method_options=json.loads(args.policy) if method != "full" else {},
+                    seed=args.seed, device=args.device,
                     out=str(run), overwrite=True, quiet=True)
                 print(f"{run.name}: running")
                 summary = train_stream(config, log=lambda s, n=run.name: print(f"  [{n}] {s}"))
@@ -116,7 +118,8 @@ def write_report(args: argparse.Namespace, results: dict) -> None:
         f"Setup: {args.model} on a one-pass stream of {args.dataset} "
         f"({args.subset or 'all'} training images at {args.image_size}x{args.image_size}, "
         f"batches of {args.batch_size}, each used once), SGD lr {args.lr} constant after a "
-        f"{args.check_every}-step warm-up, scores and drop decisions every {args.check_every} "
+        f"{args.steps_per_check}-step warm-up, scores and drop decisions every "
+        f"{args.steps_per_check} "
         f"steps, test accuracy on {args.test_subset or 'all'} held-out images every "
         f"{args.eval_every} steps. Policy: {args.policy}.",
         "",

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from learndrop.atomic import atomic_write
+from learndrop.methods import METHODS
 from learndrop.train.config import ConfigError, TrainConfig
 
 __all__ = [
@@ -39,8 +40,8 @@ __all__ = [
 BENCH_JSON = "bench.json"
 BENCH_MD = "bench.md"
 REFERENCE_METHOD = "learndrop"
-# Methods that copy the drops of the Learn&Drop run of the same seed (``config.reference``).
-NEEDS_REFERENCE = ("random-drop", "slim-from-scratch")
+# Methods that copy the drops of the Learn&Drop run of the same seed (their ``reference``).
+NEEDS_REFERENCE = tuple(name for name, cls in METHODS.items() if cls.needs_reference)
 # Config fields that may differ between an existing run directory and the bench's plan without
 # making its result a different experiment (where and how it reports, where it ran).
 _IGNORED_FIELDS = {"out", "resume", "overwrite", "quiet", "plots", "device", "tensorboard",
@@ -55,8 +56,6 @@ Log = Callable[[str], None]
 def parse_methods(text: str | Sequence[str]) -> list[str]:
     """Method names from ``"full,learndrop,..."``; ``full`` (the reference of every ratio) and,
     when random-drop or slim-from-scratch is asked for, ``learndrop`` are added when missing."""
-    from learndrop.methods import METHODS
-
     names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
     names = [m for m in names if m]
     unknown = [m for m in names if m not in METHODS]
@@ -98,12 +97,15 @@ def run_dir_name(method: str, seed: int) -> str:
 
 def run_config(base: TrainConfig, method: str, seed: int, out: Path) -> TrainConfig:
     """The configuration of one run of the bench."""
+    option_type = METHODS[method].options_type
+    names = {f.name for f in dataclasses.fields(option_type)} if option_type else set()
+    options = {k: v for k, v in base.method_options.items() if k in names}
+    if method in NEEDS_REFERENCE:
+        options["reference"] = str(out / run_dir_name(REFERENCE_METHOD, seed))
     config = dataclasses.replace(
         base, method=method, seed=seed, out=str(out / run_dir_name(method, seed)),
-        resume=None, policy=dict(base.policy),
+        resume=None, method_options=options,
         units=list(base.units) if base.units else None,
-        reference=(str(out / run_dir_name(REFERENCE_METHOD, seed))
-                   if method in NEEDS_REFERENCE else None),
     )
     return config
 
@@ -161,6 +163,11 @@ def run_bench(
     seed_list = [base.seed + i for i in range(seeds)]
     order = plan_runs(methods, seed_list)
     configs = {(m, s): run_config(base, m, s, out) for m, s in order}
+    used = {k for c in configs.values() for k in c.method_options}
+    unused = sorted(set(base.method_options) - used)
+    if unused:  # no option is silently ignored
+        raise ConfigError(f"--{unused[0].replace('_', '-')} is an option of none of the bench's "
+                          f"methods ({', '.join(methods)})")
     for (m, s), config in configs.items():
         config.validate()
         if not base.overwrite:
@@ -208,8 +215,8 @@ def dry_run_check(base: TrainConfig, methods: list[str], order: list[tuple[str, 
     """Load the data, build every method on a meta copy of the model (units, FLOPs, options)
     and take one real training step; print the plan. Writes nothing."""
     from learndrop.data import load_dataset, make_loaders
-    from learndrop.methods import create_method
-    from learndrop.train.trainer import build_model, method_options, pick_device
+    from learndrop.distributed import DistContext
+    from learndrop.train.builder import build_parts, pick_device
 
     started = time.perf_counter()
     device = pick_device(base.device)
@@ -223,24 +230,19 @@ def dry_run_check(base: TrainConfig, methods: list[str], order: list[tuple[str, 
     total_steps = steps_per_epoch * base.epochs
     shape = (base.batch_size, data.in_channels, data.image_size, data.image_size)
     units = 0
+    meta = DistContext(0, 1, 0, torch.device("meta"))
     for m in methods:
-        config = configs[(m, base.seed)]
         with torch.device("meta"):  # shapes only: no memory, no compute
-            model = build_model(config, data, torch.device("meta"))
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
-        # The reference run does not exist yet: check the method with an empty copy of it.
-        options = ({"schedule": [], "seed": config.seed} if m == "random-drop" else
-                   {"dropped": []} if m == "slim-from-scratch" else
-                   method_options(config, total_steps))
-        method = create_method(m, model, optimizer, torch.zeros(shape, device="meta"),
-                               unit_names=config.units, steps_per_check=steps_per_epoch,
-                               **options)
-        units = max(units, len(method.units))
+            parts = build_parts(configs[(m, base.seed)], data, shape, meta,
+                                steps_per_check=steps_per_epoch, total_steps=total_steps,
+                                lr_factor=lambda step: 1.0, dry_run=True)
+        units = max(units, len(parts.method.units))
 
     # One real step (plus one to time, after the first's one-off costs) of the full network.
-    torch.manual_seed(base.seed)
-    model = build_model(configs[("full", base.seed)], data, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=base.lr, momentum=base.momentum)
+    full = build_parts(configs[("full", base.seed)], data, shape, DistContext(0, 1, 0, device),
+                       steps_per_check=steps_per_epoch, total_steps=total_steps,
+                       lr_factor=lambda step: 1.0)
+    model, optimizer = full.model, full.optimizer
     x, y = next(iter(train_loader))
     step_s = 0.0
     for _ in range(2):

@@ -11,8 +11,8 @@ import dataclasses
 import json
 import os
 import sys
+from argparse import SUPPRESS
 
-from learndrop.policy import DropPolicy
 from learndrop.precision import PRECISIONS
 from learndrop.train.config import TrainConfig
 
@@ -20,118 +20,149 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _drops_per_check(text: str) -> int | float:
+def _number(text: str) -> int | float:
+    """An int, or a float when the text has a decimal point or an exponent."""
     return float(text) if any(c in text for c in ".eE") else int(text)
 
 
-def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
-    """One option per DropPolicy field, with its documented default."""
-    group = parser.add_argument_group("Learn&Drop policy (see docs/method-card.md)")
-    for f in dataclasses.fields(DropPolicy):
-        kind = _drops_per_check if f.name == "max_drops_per_check" else f.type
-        kind = {"int": int, "float": float, "str": str}.get(kind, kind)
-        group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None,
-                           dest=f"policy_{f.name}", help=f"default {f.default}")
+_PARSERS = {"int": int, "float": float, "str": str, "str | None": str, "int | float": _number,
+            "float | None": float, "int | None": int}
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of every registered method's options dataclass (help from the
+    field's metadata or docstring); a field that several methods share is one flag."""
+    from learndrop.methods import METHODS, field_help, option_flag
+
+    flags: dict[str, tuple[dataclasses.Field, list[str], type]] = {}
+    for name, cls in METHODS.items():
+        for f in dataclasses.fields(cls.options_type) if cls.options_type else ():
+            flags.setdefault(option_flag(f), (f, [], cls.options_type))[1].append(name)
+    group = parser.add_argument_group(
+        "method options (each applies to the methods named in its help; docs/method-card.md)")
+    for flag, (f, owners, options) in flags.items():
+        text = f"{field_help(options, f)} [{', '.join(owners)}; default {f.default}]"
+        # The annotation as written (a string under ``from __future__ import annotations``).
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if kind == "bool":
+            group.add_argument(flag, dest=f.name, action="store_true", default=SUPPRESS,
+                               help=text)
+        else:
+            group.add_argument(flag, dest=f.name, type=_PARSERS.get(kind, str), default=SUPPRESS,
+                               help=text)
+
+
+def _option_names() -> set[str]:
+    from learndrop.methods import METHODS
+
+    return {f.name for cls in METHODS.values()
+            for f in (dataclasses.fields(cls.options_type) if cls.options_type else ())}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every option of ``learndrop train``. Options left out stay out of the namespace
+    (``argparse.SUPPRESS``): :class:`TrainConfig` holds the defaults, and the CLI knows which
+    options were given (``--resume`` refuses those that would change the experiment)."""
+    from learndrop.methods import METHODS
+
     d = TrainConfig()
+
+    def arg(group, flag: str, help: str = "", **kwargs) -> None:
+        dest = kwargs.pop("dest", flag.lstrip("-").replace("-", "_"))
+        default = getattr(d, dest, None)
+        shown = "" if default is None or isinstance(default, bool) else f" (default {default})"
+        group.add_argument(flag, dest=dest, default=SUPPRESS, help=help + shown, **kwargs)
+
     what = parser.add_argument_group("what to train")
-    what.add_argument("--model", default=d.model, help="a name from `learndrop models`")
-    what.add_argument("--dataset", default=d.dataset,
-                      help="mnist, fashion-mnist, cifar10, imagenette or folder:PATH "
+    arg(what, "--model", "a name from `learndrop models`")
+    arg(what, "--dataset", "mnist, fashion-mnist, cifar10, imagenette or folder:PATH "
                            "(a directory or .tar/.tar.gz of train|test/<class>/ images)")
-    what.add_argument("--epochs", type=int, default=d.epochs)
+    arg(what, "--epochs", type=int)
     what.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA-METHOD)")
     data = parser.add_argument_group("data")
-    data.add_argument("--subset", type=int, default=d.subset,
-                      help="class-balanced, seeded training subset; 0 = the whole training set")
-    data.add_argument("--test-subset", type=int, default=None,
-                      help="class-balanced, seeded test subset; 0 = the whole test set (default)")
-    data.add_argument("--image-size", type=int, default=None)
-    data.add_argument("--data-dir", default=None)
-    data.add_argument("--no-augment", dest="augment", action="store_false")
+    arg(data, "--subset", "class-balanced, seeded training subset; 0 = the whole training set",
+        type=int)
+    arg(data, "--test-subset", "class-balanced, seeded test subset; 0 = the whole test set",
+        type=int)
+    arg(data, "--image-size", type=int)
+    arg(data, "--data-dir")
+    arg(data, "--no-augment", dest="augment", action="store_false")
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--batch-size", type=int, default=d.batch_size)
-    opt.add_argument("--lr", type=float, default=d.lr)
-    opt.add_argument("--momentum", type=float, default=d.momentum)
-    opt.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    opt.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    opt.add_argument("--seed", type=int, default=d.seed)
-    opt.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    opt.add_argument("--precision", default=d.precision, choices=PRECISIONS,
-                     help="auto: bf16 autocast where the hardware has native bf16 (CUDA with "
-                          "bf16, CPUs with AVX512_BF16 or AMX), fp32 elsewhere; channels_last "
-                          "always (default: %(default)s)")
+    arg(opt, "--batch-size", type=int)
+    arg(opt, "--lr", type=float)
+    arg(opt, "--momentum", type=float)
+    arg(opt, "--weight-decay", type=float)
+    arg(opt, "--warmup-epochs", "learning-rate warm-up", type=float)
+    arg(opt, "--seed", type=int)
+    arg(opt, "--device", "auto, cpu or cuda")
+    arg(opt, "--precision", "auto: bf16 autocast where the hardware has native bf16 (CUDA with "
+                            "bf16, CPUs with AVX512_BF16 or AMX), fp32 elsewhere; channels_last "
+                            "always", choices=PRECISIONS)
     start = parser.add_argument_group("starting point")
-    start.add_argument("--weights", default=None, help="a local state dict to start from")
-    start.add_argument("--pretrained", action="store_true",
-                       help="torchvision's ImageNet weights (needs the internet)")
-    start.add_argument("--replace-head", type=int, default=None, metavar="N",
-                       help="a new classifier head for N classes")
+    arg(start, "--weights", "a local state dict to start from")
+    arg(start, "--pretrained", "torchvision's ImageNet weights (needs the internet)",
+        action="store_true")
+    arg(start, "--replace-head", "a new classifier head for N classes", type=int, metavar="N")
     method = parser.add_argument_group("method")
-    method.add_argument("--method", default=d.method,
-                        help="learndrop, full, freeze, freezeout, stochastic-depth, random-drop, "
-                             "slim-from-scratch")
-    method.add_argument("--units", default=None,
-                        help="comma-separated module names to use as units (default: found)")
-    method.add_argument("--reference", default=None,
-                        help="run directory of the learndrop run that random-drop and "
-                             "slim-from-scratch copy")
-    method.add_argument("--freezeout-t0", type=float, default=d.freezeout_t0)
-    method.add_argument("--drop-rate", type=float, default=d.drop_rate,
-                        help="stochastic depth: drop probability of the last unit")
-    add_policy_arguments(parser)
+    arg(method, "--method", ", ".join(METHODS))
+    arg(method, "--units", "comma-separated module names to use as units (default: found)")
+    add_method_arguments(parser)
     run = parser.add_argument_group("run control")
-    run.add_argument("--resume", default=None, metavar="CKPT",
-                     help="a run directory or its last.ckpt; continues with its configuration")
-    run.add_argument("--overwrite", action="store_true")
-    run.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
-    run.add_argument("--compile", action="store_true",
-                     help="torch.compile the model (rebuilt once after each drop)")
-    run.add_argument("--tensorboard", action="store_true",
-                     help="also write the metrics as TensorBoard scalars to RUN_DIR/tensorboard "
-                          "(needs learndrop[tensorboard])")
-    run.add_argument("--no-plots", dest="plots", action="store_false")
+    arg(run, "--resume", "a run directory or its last.ckpt; continues with its configuration "
+                         "(--epochs N extends it while its learning rate is not yet zero)",
+        metavar="CKPT")
+    arg(run, "--overwrite", action="store_true")
+    arg(run, "--quiet", "log lines instead of progress bars", action="store_true")
+    arg(run, "--compile", "torch.compile the model (rebuilt once after each drop)",
+        action="store_true")
+    arg(run, "--tensorboard", "also write the metrics as TensorBoard scalars to "
+                              "RUN_DIR/tensorboard (needs learndrop[tensorboard])",
+        action="store_true")
+    arg(run, "--no-plots", dest="plots", action="store_false")
     par = parser.add_argument_group("data parallel (docs/scaling.md)")
     par.add_argument("--nproc", type=int, default=1, metavar="N",
                      help="train in N processes with DistributedDataParallel (re-runs this "
                           "command under torchrun; --batch-size is the global batch)")
-    par.add_argument("--dist-timeout", type=float, default=d.dist_timeout, metavar="SECONDS",
-                     help="how long a process waits for the others before failing")
-    add_stream_arguments(parser)
+    arg(par, "--dist-timeout", "how long a process waits for the others before failing",
+        type=float, metavar="SECONDS")
+    add_stream_arguments(parser, arg)
 
 
-def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+def add_stream_arguments(parser: argparse.ArgumentParser, arg) -> None:
     """``--stream`` and its options (docs/streaming-and-finetuning.md)."""
-    d = TrainConfig()
     group = parser.add_argument_group("streaming (online training: each batch used once)")
-    group.add_argument("--stream", action="store_true",
-                       help="train on one pass of a stream of batches instead of epochs")
-    group.add_argument("--stream-order", default=d.stream_order,
-                       choices=("dataset", "class-incremental"))
-    group.add_argument("--stream-length", type=int, default=None, metavar="BATCHES",
-                       help="stop after this many batches (default: one pass of the data)")
-    group.add_argument("--classes-per-stage", type=int, default=d.classes_per_stage,
-                       help="class-incremental: classes that arrive together")
-    group.add_argument("--check-every", type=int, default=d.check_every, metavar="N",
-                       help="steps between score checks and drop decisions")
-    group.add_argument("--eval-every", type=int, default=d.eval_every, metavar="M",
-                       help="steps between test-set evaluations")
-    group.add_argument("--warmup-steps", type=int, default=None,
-                       help="linear LR warm-up steps (default: --check-every)")
-    group.add_argument("--stream-schedule", default=d.stream_schedule,
-                       choices=("constant", "cosine"),
-                       help="LR after warm-up; cosine needs a known length")
+    arg(group, "--stream", "train on one pass of a stream of batches instead of epochs",
+        action="store_true")
+    arg(group, "--stream-order", choices=("dataset", "class-incremental"))
+    arg(group, "--stream-length", "stop after this many batches (default: one pass of the data)",
+        type=int, metavar="BATCHES")
+    arg(group, "--classes-per-stage", "class-incremental: classes that arrive together",
+        type=int)
+    arg(group, "--steps-per-check", "steps between score checks and drop decisions", type=int,
+        metavar="N")
+    arg(group, "--eval-every", "steps between test-set evaluations", type=int, metavar="M")
+    arg(group, "--warmup-steps", "linear LR warm-up steps (default: --steps-per-check)", type=int)
+    arg(group, "--stream-schedule", "LR after warm-up; cosine needs a known length",
+        choices=("constant", "cosine"))
+
+
+def given_fields(args: argparse.Namespace) -> set[str]:
+    """The :class:`TrainConfig` fields whose options were given on the command line."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k for k in vars(args) if k in names}
+    if any(getattr(args, k, None) is not None for k in _option_names()):
+        given.add("method_options")
+    return given
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of the given options (the others keep its defaults)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
               if hasattr(args, f.name)}
-    values["units"] = args.units.split(",") if args.units else None
-    values["policy"] = {f.name: getattr(args, f"policy_{f.name}")
-                        for f in dataclasses.fields(DropPolicy)
-                        if getattr(args, f"policy_{f.name}") is not None}
+    if "units" in values:
+        values["units"] = values["units"].split(",") if values["units"] else None
+    values["method_options"] = {k: getattr(args, k) for k in sorted(_option_names())
+                                if getattr(args, k, None) is not None}
     return TrainConfig(**values)
 
 
@@ -152,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train_stream(config_from_args(args), log=print)
         summary["epochs"] = None  # one pass: no epochs
     else:
-        summary = train(config_from_args(args), log=print)
+        summary = train(config_from_args(args), log=print, given=given_fields(args))
     keys = ("method", "model", "dataset", "epochs", "train_time_s", "final_test_acc",
             "best_test_acc", "fwd_flops_reduction", "bwd_flops_reduction", "params_initial",
             "params_final", "units_total", "units_dropped")

@@ -104,9 +104,11 @@ def _guard(what: str, fn: Callable[[], T]) -> T:
             raise
         text = str(err).strip()
         first = text.splitlines()[0].split("] ", 1)[-1] if text else type(err).__name__
+        # The same words as explain(): where a hung peer is noticed (DDP's backward or one of
+        # our collectives) is a race, and the user's message must not depend on it.
         raise DistributedError(
-            f"rank {dist.get_rank()}: {what} failed ({first}); another process died, raised "
-            "an error or hung past the timeout (--dist-timeout)") from err
+            f"rank {dist.get_rank()}: lost the other processes ({first}; in {what}); one of "
+            "them died, raised an error or hung past the timeout (--dist-timeout)") from err
 
 
 # Gloo words its timeouts in more than one way ("Timed out ...", "Application timeout caused

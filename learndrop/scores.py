@@ -17,7 +17,7 @@ Our reading of the paper (DESIGN.md section 1), made precise here:
   ``normalization="per-unit"`` keeps each unit's own learning-rate normalised reading.
 * **ratio**: ``change(t)`` over the unit's own running maximum, taken over the checks after the
   warm-up (the warm-up's large early moves would inflate it).
-* **slope**: least-squares slope of ``log change`` over the last ``window`` checks after the
+* **slope**: least-squares slope of ``log change`` over the last ``trend_window`` checks after the
   warm-up (negative = still slowing down).
 * **continuation score** = ``ratio * exp(slope)``: the change expected at the next check if the
   trend holds, relative to the unit's peak. Low means "has stopped learning and is not about to
@@ -94,7 +94,7 @@ class ScoreTracker:
         units: Sequence[Unit],
         optimizer: torch.optim.Optimizer,
         *,
-        window: int = 3,
+        trend_window: int = 3,
         warmup_checks: int = 1,
         normalization: str = "median",
     ) -> None:
@@ -104,7 +104,7 @@ class ScoreTracker:
         self.normalization = normalization
         self.model = model
         self.optimizer = optimizer
-        self.window = window
+        self.trend_window = trend_window
         self.warmup_checks = warmup_checks
         self.units = {u.name: u for u in units}
         self.history: dict[str, list[float]] = {u.name: [] for u in units}
@@ -181,8 +181,8 @@ class ScoreTracker:
             history = self.history[name]
             history.append(change)
             # Bounded memory on endless streams: only the last HISTORY_KEEP checks are kept (the
-            # trend needs ``window`` of them; the running peak is kept separately).
-            keep = max(HISTORY_KEEP, self.window + self.warmup_checks)
+            # trend needs ``trend_window`` of them; the running peak is kept separately).
+            keep = max(HISTORY_KEEP, self.trend_window + self.warmup_checks)
             if len(history) > keep:
                 del history[: len(history) - keep]
             if math.isnan(change):
@@ -192,7 +192,7 @@ class ScoreTracker:
             # The warm-up's entries are the first ones of the run; those still kept are skipped.
             skip = max(0, self.warmup_checks - (self.checks - len(history)))
             recent = [v for v in history[skip:] if not math.isnan(v)]
-            recent = recent[-self.window:]
+            recent = recent[-self.trend_window:]
             peak = self.peak[name]
             ratio = change / peak if peak > 0 else 1.0
             slope = log_slope(recent)

@@ -32,9 +32,10 @@ def tiny(**overrides) -> TrainConfig:
     would outweigh what the drops save)."""
     values = dict(model="resnet20", dataset="fashion-mnist", subset=192, test_subset=100,
                   image_size=16, epochs=3, batch_size=64, lr=0.05, quiet=True, plots=False,
-                  policy={"change_threshold": 1.0, "max_slope": 100.0, "max_drops_per_check": 2,
-                          "cost_batches": 0, "max_drop_cost": float("inf"),
-                          "max_loss_rise": float("inf"), "recalibration_batches": 0})
+                  method_options={"change_threshold": 1.0, "max_slope": 100.0,
+                                  "max_drops_per_check": 2, "cost_batches": 0,
+                                  "max_drop_cost": float("inf"), "max_loss_rise": float("inf"),
+                                  "recalibration_batches": 0})
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -22,8 +22,8 @@ def small(tmp_path, name, **overrides) -> TrainConfig:
     values = dict(model="resnet20", dataset="fashion-mnist", epochs=4, subset=256,
                   test_subset=200, batch_size=32, lr=0.05, image_size=16,
                   out=str(tmp_path / name), quiet=True, plots=False,
-                  policy={"change_threshold": 0.9, "max_drops_per_check": 2,
-                          "max_drop_cost": float("inf")})  # drop, never freeze
+                  method_options={"change_threshold": 0.9, "max_drops_per_check": 2,
+                                  "max_drop_cost": float("inf")})  # drop, never freeze
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -36,11 +36,11 @@ HOOK = """
 import atexit, os
 if os.environ.get("RANK") is not None:
     import torch
-    import learndrop.train.trainer as trainer
+    import learndrop.train.builder as builder
 
     models = []
-    build = trainer.build_model
-    trainer.build_model = lambda *a, **k: models.append(build(*a, **k)) or models[-1]
+    build = builder.build_model
+    builder.build_model = lambda *a, **k: models.append(build(*a, **k)) or models[-1]
 
     @atexit.register
     def save():

@@ -13,8 +13,8 @@ from learndrop.models import create_model
 from learndrop.scores import ScoreTracker
 from learndrop.surgery import drop_unit
 from learndrop.train import TrainConfig
+from learndrop.train.builder import build_model
 from learndrop.train.config import ConfigError
-from learndrop.train.trainer import build_model
 from learndrop.units import find_units
 
 HAVE_FASHION = os.path.isdir("/usr/share/datasets/fashion-mnist") or bool(
@@ -123,7 +123,7 @@ def _scores_at_lr(lr: float, checks: int = 4, steps: int = 10):
     model = create_model("resnet20", num_classes=4, in_channels=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     units = find_units(model, torch.zeros(2, 1, 8, 8))
-    tracker = ScoreTracker(model, units, optimizer, window=3, warmup_checks=1)
+    tracker = ScoreTracker(model, units, optimizer, trend_window=3, warmup_checks=1)
     g = torch.Generator().manual_seed(1)
     out = []
     for _ in range(checks):

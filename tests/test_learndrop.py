@@ -229,7 +229,10 @@ def test_param_groups_added_later_are_scored_from_then_on(one_thread):
     ld2.load_state_dict(torch.load(buffer, weights_only=True))
     state, state2 = ld.state_dict(), ld2.state_dict()
     snapshots, snapshots2 = state["tracker"].pop("snapshots"), state2["tracker"].pop("snapshots")
+    recent, recent2 = state.pop("recent_batches"), state2.pop("recent_batches")
     assert state == state2
+    assert len(recent) == len(recent2) > 0
+    assert all(torch.equal(a, b) for r, r2 in zip(recent, recent2) for a, b in zip(r, r2))
     assert snapshots.keys() == snapshots2.keys()
     assert all(torch.equal(snapshots[k], snapshots2[k]) for k in snapshots)
     classification_steps(model, optimizer, ld, 2, seed=3)
@@ -313,8 +316,12 @@ def test_stochastic_depth_never_skips_the_last_trainable_unit(one_thread):
     assert [method.sample(step) for step in range(20)].count(("0",)) > 10  # drawn, not run
     classification_steps(model, optimizer, method, 20, classes=3)  # backward() never fails
     assert method.ledger.totals()["fwd_flops_reduction"] == 0
-EAGER = {"warmup_checks": 0, "change_threshold": 1.0, "max_slope": 1e9,
-         "max_drops_per_check": 1.0, "max_dropped_fraction": 1.0}
+
+
+# ---- measured drop cost, the stability guard, schedule-proof scores (issue 15) ---------------
+
+EAGER_FIELDS = {"warmup_checks": 0, "change_threshold": 1.0, "max_slope": 1e9,
+                "max_drops_per_check": 1.0, "max_dropped_fraction": 1.0}
 F16 = torch.zeros(64, 1, 16, 16)
 
 
@@ -330,7 +337,7 @@ def test_a_unit_that_still_matters_is_frozen_not_dropped(trained_resnet20, one_t
     trained, batches, test_loader = trained_resnet20
     model = copy.deepcopy(trained)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    ld = LearnDrop(model, optimizer, F16, policy=DropPolicy(**EAGER, max_loss_rise=math.inf))
+    ld = LearnDrop(model, optimizer, F16, policy=DropPolicy(**EAGER_FIELDS, max_loss_rise=math.inf))
     sgd_steps(model, optimizer, ld, batches)
     # The costs the check will measure (same network, same batches; nothing is changed).
     _, costs = drop_costs(model, ld.units, list(ld.recent_batches))
@@ -374,7 +381,8 @@ def test_no_decision_while_the_training_loss_rises(trained_resnet20, one_thread)
     for lr in (0.01, 1.0):
         model = copy.deepcopy(trained)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        ld = LearnDrop(model, optimizer, F16, policy=DropPolicy(**{**EAGER, "warmup_checks": 1}))
+        ld = LearnDrop(model, optimizer, F16,
+                       policy=DropPolicy(**{**EAGER_FIELDS, "warmup_checks": 1}))
         sgd_steps(model, optimizer, ld, batches)
         assert ld.check() == []  # the warm-up check: its loss is the reference
         optimizer.param_groups[0]["lr"] = lr

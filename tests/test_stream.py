@@ -58,7 +58,7 @@ def indices(x: torch.Tensor) -> list[int]:
 def test_dataset_stream_uses_each_sample_once():
     data = indexed_dataset(200, 4)
     seen = [i for x, _ in DatasetStream(data, 16, seed=3) for i in indices(x)]
-    assert len(seen) == 192 == len(set(seen))  # 12 full batches, no repeat
+    assert len(seen) == 200 == len(set(seen))  # 12 full batches and one of 8: each sample once
     assert seen != sorted(seen)  # shuffled
     assert len(list(DatasetStream(data, 16, length=5))) == 5
 
@@ -78,6 +78,23 @@ def test_class_incremental_stream_brings_classes_in_stages():
     assert even.batches_per_stage == [3, 2, 2] and len(list(even)) == 7
 
 
+def test_a_stream_trains_on_every_sample_once(tmp_path):
+    """203 samples in batches of 8: 25 full batches and a last one of 3, all trained on."""
+    data = indexed_dataset(203, 4)
+    stream = DatasetStream(data, 8, seed=1)
+    assert len(stream) == 26
+    summary = train_stream(stream_config(tmp_path, method="full", method_options={}), stream,
+                           test_batches=list(synthetic_batches(1)), num_classes=4,
+                           log=lambda s: None)
+    assert summary["steps"] == 26 and summary["samples_seen"] == 203
+    rows = [json.loads(line) for line in
+            (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["samples"] == 203  # the ledger's count (summary: method.summary())
+    assert summary["fwd_flops"] == pytest.approx(203 * rows[-1]["fwd_flops_per_sample_full"])
+    incremental = ClassIncrementalStream(data, 8, classes_per_stage=2)
+    assert sum(len(y) for _, y in incremental) == 203
+
+
 def synthetic_batches(count: int | None, batch: int = 8, classes: int = 4, seed: int = 0):
     """A generator (no len) of learnable batches: the class sets the mean brightness."""
     g = torch.Generator().manual_seed(seed)
@@ -89,9 +106,9 @@ def synthetic_batches(count: int | None, batch: int = 8, classes: int = 4, seed:
 
 def stream_config(tmp_path, name="run", **overrides) -> TrainConfig:
     values = dict(model="tiny_stream_net", method="learndrop", batch_size=8, lr=0.05,
-                  check_every=5, eval_every=10, out=str(tmp_path / name), quiet=True,
+                  steps_per_check=5, eval_every=10, out=str(tmp_path / name), quiet=True,
                   plots=False, device="cpu",
-                  policy={"change_threshold": 0.95, "max_drops_per_check": 1})
+                  method_options={"change_threshold": 0.95, "max_drops_per_check": 1})
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -130,7 +147,7 @@ def test_stream_length_caps_an_endless_stream(tmp_path):
             yield batch
 
     summary = train_stream(stream_config(tmp_path, stream_length=12, method="full",
-                                         plots=True),
+                                         method_options={}, plots=True),
                            endless(), test_batches=list(synthetic_batches(1)), num_classes=4,
                            log=lambda s: None)
     assert summary["steps"] == 12 and pulled == 12
@@ -149,8 +166,8 @@ def test_long_stream_memory_stays_flat(tmp_path):
             samples.append((tracemalloc.get_traced_memory()[0], tensors))
 
     config = stream_config(tmp_path, stream_length=1200, eval_every=200, batch_size=4,
-                           check_every=2,
-                           policy={"change_threshold": 0.05})  # keep both units live
+                           steps_per_check=2,
+                           method_options={"change_threshold": 0.05})  # keep both units live
     tracemalloc.start()
     try:
         summary = train_stream(config, synthetic_batches(None, batch=4),
@@ -171,7 +188,7 @@ def test_score_history_is_capped_without_changing_the_scores(monkeypatch):
         model = tiny_stream_net()
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         units = find_units(model, torch.zeros(2, 1, 8, 8))
-        tracker = ScoreTracker(model, units, opt, window=3, warmup_checks=2)
+        tracker = ScoreTracker(model, units, opt, trend_window=3, warmup_checks=2)
         out = []
         for x, y in synthetic_batches(40):
             nn.functional.cross_entropy(model(x), y).backward()
@@ -192,7 +209,7 @@ def test_score_history_is_capped_without_changing_the_scores(monkeypatch):
                     and not os.environ.get("LEARNDROP_DATA"), reason="Fashion-MNIST missing")
 def test_cli_class_incremental_stream(tmp_path, capsys):
     code = main(["train", "--stream", "--stream-order", "class-incremental",
-                 "--classes-per-stage", "5", "--stream-length", "8", "--check-every", "2",
+                 "--classes-per-stage", "5", "--stream-length", "8", "--steps-per-check", "2",
                  "--eval-every", "4", "--subset", "640", "--test-subset", "200",
                  "--image-size", "16", "--batch-size", "16", "--out", str(tmp_path / "r"),
                  "--quiet", "--no-plots"])
@@ -203,6 +220,6 @@ def test_cli_class_incremental_stream(tmp_path, capsys):
             for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["classes_seen"] for r in rows] == [5, 10]  # the second stage starts at step 4
 
-    code = main(["train", "--stream", "--check-every", "0", "--out", str(tmp_path / "bad")])
+    code = main(["train", "--stream", "--steps-per-check", "0", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err.strip()
-    assert code != 0 and "--check-every must be >= 1" in err and len(err.splitlines()) == 1
+    assert code != 0 and "--steps-per-check must be >= 1" in err and len(err.splitlines()) == 1

@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 from learndrop.train import ConfigError, TrainConfig, train
 from learndrop.train.tensorboard import TensorBoardLog, scalars
@@ -42,3 +43,22 @@ def test_run_writes_its_metrics_as_scalars(tmp_path, one_thread):
     points = events.Scalars("test_acc")
     assert [p.step for p in points] == [r["step"] for r in rows] == [4, 8]
     assert [p.value for p in points] == pytest.approx([r["test_acc"] for r in rows])
+
+
+def test_a_stream_writes_its_metrics_as_scalars(tmp_path, one_thread):
+    """``--stream --tensorboard``: the stream loop reports through the same metrics log."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from learndrop.train.stream import train_stream
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g))
+               for _ in range(6)]
+    train_stream(TrainConfig(model="resnet20", method="full", batch_size=8, eval_every=3,
+                             steps_per_check=3, out=str(tmp_path / "run"), quiet=True, plots=False,
+                             device="cpu", tensorboard=True),
+                 batches, test_batches=batches[:1], num_classes=10, log=lambda s: None)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [p.step for p in events.Scalars("test_acc")] == [3, 6]

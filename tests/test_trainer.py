@@ -32,8 +32,8 @@ def small(tmp_path, name="run", **overrides) -> TrainConfig:
     values = dict(
         model="resnet20", dataset="fashion-mnist", epochs=4, subset=640, test_subset=500,
         batch_size=64, lr=0.05, image_size=16, out=str(tmp_path / name), quiet=True,
-        plots=False, policy={"change_threshold": 0.9, "max_drops_per_check": 2,
-                             "max_drop_cost": float("inf")},
+        plots=False, method_options={"change_threshold": 0.9, "max_drops_per_check": 2,
+                                      "max_drop_cost": float("inf")},
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -104,7 +104,8 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
 
 
 def test_full_and_freeze_methods(tmp_path):
-    full = train(small(tmp_path, "full", method="full", epochs=2), log=lambda s: None)
+    full = train(small(tmp_path, "full", method="full", epochs=2, method_options={}),
+                 log=lambda s: None)
     assert full["fwd_flops_reduction"] == 0 and full["units_dropped"] == 0
     frozen = train(small(tmp_path, "freeze", method="freeze", epochs=4), log=lambda s: None)
     assert frozen["units_frozen"] > 0 and frozen["units_dropped"] == 0
@@ -183,6 +184,64 @@ def test_existing_run_is_not_overwritten_silently(tmp_path, capsys):
     code, err = run_cli("train", "--out", str(out), "--quiet", capsys=capsys)
     assert code != 0 and "--overwrite" in err
     assert (out / "summary.json").read_text() == "{}"
+
+
+def test_resume_refuses_what_would_change_the_experiment_and_extends_epochs(tmp_path, capsys):
+    """--resume keeps the experiment: options that change it are refused in one line, a longer
+    --epochs is applied (and said) while the learning rate is above zero."""
+    tiny = dict(epochs=2, subset=128, test_subset=100, batch_size=64)
+
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch 1/2:"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        train(small(tmp_path, "cut", **tiny), log=stop_after_epoch_1)
+    run = tmp_path / "cut"
+    config_before = (run / "config.json").read_text()
+    for argv, message in ((["--lr", "0.01"], "--lr 0.01"), (["--model", "resnet32"], "--model"),
+                          (["--change-threshold", "0.5"], "--change-threshold 0.5"),
+                          (["--epochs", "1"], "can only get longer"),
+                          (["--overwrite"], "contradict")):
+        code, err = run_cli("train", "--resume", str(run), *argv, capsys=capsys)
+        assert code != 0 and message in err and len(err.splitlines()) == 1, err
+    assert (run / "config.json").read_text() == config_before
+
+    code = main(["train", "--resume", str(run), "--epochs", "3", "--quiet", "--no-plots"])
+    out = capsys.readouterr().out
+    assert code == 0 and "extending" in out and "from 2 to 3 epochs" in out
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert summary["epochs"] == 3 and [r["epoch"] for r in rows] == [1, 2, 3]
+    assert summary["samples_seen"] == 3 * 128
+    assert rows[1]["lr"] > 0 and rows[-1]["lr"] == pytest.approx(0, abs=1e-12)  # decays to zero
+
+    code, err = run_cli("train", "--resume", str(run), capsys=capsys)
+    assert code != 0 and "already finished" in err
+    code, err = run_cli("train", "--resume", str(run), "--epochs", "5", capsys=capsys)
+    assert code != 0 and "decayed to zero" in err and len(err.splitlines()) == 1
+
+
+def test_trainings_in_lockstep_match_separate_runs(tmp_path):
+    """Training(config).epochs() lets another loop run several trainings one epoch at a time in
+    one process (as the bench's lockstep runs do): each ends as it would alone."""
+    from learndrop.train import Training
+    from learndrop.train.steps import StopFlag
+
+    tiny = dict(epochs=2, subset=128, test_subset=100, batch_size=64)
+    with StopFlag() as stop:  # one Ctrl-C flag for both
+        a = Training(small(tmp_path, "a", **tiny), log=lambda s: None, stop=stop)
+        b = Training(small(tmp_path, "b", method="full", method_options={}, **tiny),
+                     log=lambda s: None, stop=stop)
+        order = []
+        for row_a, row_b in zip(a.epochs(), b.epochs(), strict=True):
+            order += [("a", row_a["epoch"]), ("b", row_b["epoch"])]
+        together = a.finish()
+        b.finish()
+    assert order == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    alone = train(small(tmp_path, "alone", **tiny), log=lambda s: None)
+    for key in ("final_test_acc", "fwd_flops", "drops", "samples_seen"):
+        assert together[key] == alone[key], key
 
 
 def test_zero_means_the_whole_set_for_both_subsets():

@@ -20,9 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from learndrop.atomic import atomic_write
+from learndrop.data.errors import (
+    CorruptDatasetError,
+    DatasetError,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    UnknownDatasetError,
+    one_line,
+)
+from learndrop.data.images import resize_uint8
 
 __all__ = [
     "CorruptDatasetError",
@@ -50,18 +58,16 @@ _ALIASES = {
 }
 
 #: Known system-wide copies of the named datasets, tried after `--data-dir`, `$LEARNDROP_DATA`
-#: and the local cache, in the order given. A relative path is tried against the current
-#: directory first, then against the repository root (the directory holding `learndrop/`).
-#: Each entry may be any layout that the dataset accepts (IDX files, a class-tree folder or
-#: archive, torchvision's folders).
+#: and the local cache, in the order given (a relative path is read from the current directory;
+#: no entry names a path of a development checkout: CIFAR-10 there is passed with `--data-dir`,
+#: `$LEARNDROP_DATA` or `folder:PATH`). Each entry may be any layout that the dataset accepts
+#: (IDX files, a class-tree folder or archive, torchvision's folders).
 SYSTEM_COPIES: dict[str, tuple[str, ...]] = {
     "mnist": ("/usr/share/datasets/mnist",),
     "fashion-mnist": ("/usr/share/datasets/fashion-mnist",),  # Debian: dataset-fashion-mnist
-    "cifar10": ("../shared/data/cifar10-jpg.tar.gz",),
+    "cifar10": (),
     "imagenette": (),
 }
-
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -92,33 +98,6 @@ _IDX_FILES = {  # role -> base file name (with or without .gz; '.' instead of '-
     "test_y": "t10k-labels-idx1-ubyte",
 }
 _CIFAR_PICKLES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-
-
-# ---------------------------------------------------------------------------------- errors
-
-
-class DatasetError(Exception):
-    """Base class of the data package's errors; every message is a single line."""
-
-
-class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """The dataset's files are nowhere to be found (and could not be downloaded)."""
-
-
-class UnknownDatasetError(DatasetError, ValueError):
-    """The dataset name is not one of `DATASET_NAMES` or `folder:PATH`."""
-
-
-class CorruptDatasetError(DatasetError, ValueError):
-    """An archive, IDX file or image cannot be read; the message names the file."""
-
-
-class DatasetFormatError(DatasetError, ValueError):
-    """The files are readable but not laid out as expected (classes, sizes, splits)."""
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 # ---------------------------------------------------------------------------------- dataset
@@ -162,29 +141,6 @@ class ImageDataset:
 
 
 # ---------------------------------------------------------------------------- array helpers
-
-
-def resize_uint8(x: torch.Tensor, size: int, chunk: int = 1024) -> torch.Tensor:
-    """Resize uint8 N x C x H x W images to size x size (bilinear, antialiased).
-
-    Non-square images are scaled so that their shorter side is `size`, then center-cropped,
-    so that the aspect ratio is kept.
-    """
-    n, c, h, w = x.shape
-    if h == size and w == size:
-        return x
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    top, left = (nh - size) // 2, (nw - size) // 2
-    out = torch.empty((n, c, size, size), dtype=torch.uint8)
-    for i in range(0, n, chunk):  # chunks bound the float copy's memory
-        part = F.interpolate(
-            x[i : i + chunk].float(), size=(nh, nw), mode="bilinear",
-            align_corners=False, antialias=True,
-        )
-        part = part[:, :, top : top + size, left : left + size]
-        out[i : i + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
-    return out
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -322,8 +278,7 @@ def _system_candidates(name: str) -> list[Path]:
     out: list[Path] = []
     for entry in SYSTEM_COPIES.get(name, ()):
         p = Path(entry).expanduser()
-        bases = [Path("/")] if p.is_absolute() else [Path.cwd(), _REPO_ROOT]
-        out += [(base / p).resolve() for base in bases]
+        out.append(p.resolve() if p.is_absolute() else (Path.cwd() / p).resolve())
     return out
 
 
@@ -365,7 +320,7 @@ def _not_found(name: str, why: str = "", where: Path | None = None) -> DatasetNo
     if where is None:
         where = Path(env).expanduser() / name if env else _local_dir(name)
     hint = _EXTRA_HINT.get(name, "")
-    why = f" ({_one_line(why)})" if why else ""
+    why = f" ({one_line(why)})" if why else ""
     return DatasetNotFoundError(
         f"{name} not found{why}; put {_WHAT_TO_PUT[name]} in {where}, set LEARNDROP_DATA, "
         f"pass --data-dir{hint}"
@@ -422,7 +377,7 @@ def _read_idx(path: Path, expect_magic: int) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as err:
-        raise CorruptDatasetError(_one_line(f"cannot read {path}: {err}")) from err
+        raise CorruptDatasetError(one_line(f"cannot read {path}: {err}")) from err
     if len(data) < 8:
         raise CorruptDatasetError(f"cannot read {path}: too short for an IDX file")
     magic = struct.unpack(">I", data[:4])[0]
@@ -461,7 +416,7 @@ def _decode_cifar_pickle(src: Source) -> _Arrays:
             xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(d[b"labels"], dtype=np.int64))
         except Exception as err:
-            raise CorruptDatasetError(_one_line(f"cannot read {f}: {err}")) from err
+            raise CorruptDatasetError(one_line(f"cannot read {f}: {err}")) from err
     classes = list(_CIFAR10_CLASSES)
     meta = src.path / "batches.meta"
     if meta.is_file():
@@ -469,7 +424,7 @@ def _decode_cifar_pickle(src: Source) -> _Arrays:
             with open(meta, "rb") as fh:
                 classes = [c.decode() for c in pickle.load(fh, encoding="bytes")[b"label_names"]]
         except Exception as err:
-            raise CorruptDatasetError(_one_line(f"cannot read {meta}: {err}")) from err
+            raise CorruptDatasetError(one_line(f"cannot read {meta}: {err}")) from err
     return _Arrays(
         torch.from_numpy(np.concatenate(xs[:5])), torch.from_numpy(np.concatenate(ys[:5])),
         torch.from_numpy(xs[5]), torch.from_numpy(ys[5]), classes,
@@ -536,7 +491,7 @@ def _load_cache(path: Path) -> dict | None:
         if obj.get("version") == _CACHE_VERSION:
             return obj
     except Exception as err:  # a damaged cache file is re-made, never fatal
-        warnings.warn(_one_line(f"ignoring unreadable cache file {path}: {err}"), stacklevel=3)
+        warnings.warn(one_line(f"ignoring unreadable cache file {path}: {err}"), stacklevel=3)
     return None
 
 
@@ -556,7 +511,7 @@ def _load_arrays(name: str, src: Source, image_size: int | None) -> dict:
     try:
         atomic_write(path, lambda f: torch.save(obj, f))
     except OSError as err:  # read-only home, full disk: go on without a cache
-        warnings.warn(_one_line(f"could not write the dataset cache {path}: {err}"), stacklevel=3)
+        warnings.warn(one_line(f"could not write the dataset cache {path}: {err}"), stacklevel=3)
     return obj
 
 

@@ -18,12 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from learndrop.data.datasets import (
-    CorruptDatasetError,
-    DatasetError,
-    DatasetFormatError,
-    resize_uint8,
-)
+from learndrop.data.errors import CorruptDatasetError, DatasetError, DatasetFormatError
+from learndrop.data.images import resize_uint8
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageTree", "find_tree_root", "read_image_tree"]
 

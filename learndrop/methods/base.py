@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -15,7 +17,8 @@ from learndrop.recalibrate import batchnorms_after, recalibrate_batchnorm
 from learndrop.surgery import drop_unit, freeze_unit
 from learndrop.units import NoDroppableUnitsError, Unit, find_units
 
-__all__ = ["Event", "Method", "MissingBatchesError", "Full", "LastTrainableUnitError"]
+__all__ = ["Batch", "Event", "LastTrainableUnitError", "Method", "MethodOptionError",
+           "MissingBatchesError", "RunInfo"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -28,6 +31,30 @@ _ACTIONS = {"drop": drop_unit, "freeze": freeze_unit}
 
 class LastTrainableUnitError(ValueError):
     """Dropping or freezing a unit would leave the model with no trainable parameter."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Facts of the run that a method may need besides its own options.
+
+    Attributes:
+        seed: the run's seed (for methods that draw at random).
+        total_steps: optimizer steps of the whole run, or ``None`` when unknown (a stream).
+        steps_per_check: steps between two checks (``Method.steps_per_check``).
+        unit_names: module names to use as units instead of automatic discovery.
+        dry_run: built only to check shapes and options: inputs produced by other runs (a
+            reference run) may not exist yet.
+    """
+
+    seed: int = 0
+    total_steps: int | None = None
+    steps_per_check: int | None = None
+    unit_names: list[str] | None = None
+    dry_run: bool = False
+
+
+class MethodOptionError(ValueError):
+    """An option that the chosen method does not have, or that the run cannot satisfy."""
 
 
 @dataclass(frozen=True)
@@ -54,10 +81,14 @@ class Method:
     """Base of all training methods: counts steps and samples, keeps the FLOPs ledger, applies
     drops/freezes to the model and optimizer, and holds the state needed to resume.
 
-    Subclasses override :meth:`before_step`, :meth:`on_step` and :meth:`on_check`. A method
-    that needs the training batches (to measure drop costs, or to recalibrate BatchNorm after a
-    drop) says how many recent ones through :attr:`batches_needed`; the driver passes each
-    step's batch to :meth:`step` and the base class keeps references to the last ones only.
+    Subclasses override :meth:`before_step`, :meth:`on_step` and :meth:`on_check`; a method
+    with hyperparameters registers their dataclass (``@register_method(name, options=...)``) and
+    maps them to its constructor in :meth:`option_kwargs`. Drivers never test a method's type:
+    they ask it (:attr:`units_idle_in_step`, :attr:`needs_reference`, :attr:`batches_needed`,
+    :meth:`metrics`). A method that needs the training batches (to measure drop costs, or to
+    recalibrate BatchNorm after a drop) says how many recent ones through
+    :attr:`batches_needed`; the driver passes each step's batch to :meth:`step` and the base
+    class keeps references to the last ones only.
 
     Args:
         model: the network being trained; it is modified in place by drops.
@@ -75,6 +106,31 @@ class Method:
     #: Recent training batches from which the BatchNorm statistics are recomputed once the
     #: step's or check's drops are done (0: none; see :meth:`after_change`).
     recalibration_batches = 0
+    #: The dataclass of the method's options (set by ``register_method``); None: no options.
+    options_type: ClassVar[type | None] = None
+    #: Some units can sit out a step (no gradient for their parameters): data-parallel drivers
+    #: then need DDP's ``find_unused_parameters=True``.
+    units_idle_in_step: ClassVar[bool] = False
+    #: The method copies the drops of a finished reference run (its ``reference`` option).
+    needs_reference: ClassVar[bool] = False
+
+    @classmethod
+    def option_kwargs(cls, options: Any, run: RunInfo) -> dict:
+        """The constructor's keyword arguments (beyond the common ones) for ``options`` (an
+        instance of :attr:`options_type`, or None) in ``run``; by default the options' fields.
+
+        Raises:
+            MethodOptionError: the run cannot give what the method needs.
+        """
+        return dataclasses.asdict(options) if options is not None else {}
+
+    @classmethod
+    def from_options(cls, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     example_input: torch.Tensor, options: Any, run: RunInfo) -> Method:
+        """Build the method from its options and the facts of the run (what drivers call,
+        through :func:`learndrop.methods.build_method`)."""
+        return cls(model, optimizer, example_input, unit_names=run.unit_names,
+                   steps_per_check=run.steps_per_check, **cls.option_kwargs(options, run))
 
     def __init__(
         self,
@@ -126,6 +182,18 @@ class Method:
     def on_check(self) -> list[Event]:
         """Called at every check; returns the events it caused."""
         return []
+
+    def metrics(self) -> dict:
+        """The method's part of a metrics row: live units, FLOPs per sample now, cumulative
+        FLOPs (``FlopsLedger.totals``). Methods with scores add them."""
+        cost = self.ledger.cost(self.flops_key())
+        return {
+            "units_live": len(self.live_units),
+            "fwd_flops_per_sample": cost.fwd,
+            "fwd_flops_per_sample_full": self.ledger.full.fwd,
+            "bwd_flops_per_sample": cost.bwd,
+            **{k: v for k, v in self.ledger.totals().items() if not k.endswith("reduction")},
+        }
 
     def sync_decision(self, chosen: list[str]) -> list[str]:
         """The units to act on at this check: ``chosen`` here, passed through :attr:`sync`
@@ -275,6 +343,9 @@ class Method:
             "check_time_s": self.check_time_s,
             "events": [e.to_dict() for e in self.events],
             "ledger": self.ledger.state_dict(),
+            # The next check measures on them: a run resumed just before a check must see the
+            # batches the uninterrupted run saw (at most batches_needed of them).
+            "recent_batches": [(x.cpu(), y.cpu()) for x, y in self.recent_batches],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -294,6 +365,9 @@ class Method:
         self.structure_version = state["structure_version"]
         self.check_time_s = state.get("check_time_s", 0.0)
         self.ledger.load_state_dict(state["ledger"])
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        self.recent_batches = deque(
+            (x.to(device), y.to(device)) for x, y in state.get("recent_batches", []))
 
     def summary(self) -> dict:
         """Units, events, parameter counts and FLOPs totals and reductions so far."""
@@ -311,9 +385,3 @@ class Method:
             **self.ledger.totals(),
         }
 
-
-class Full(Method):
-    """Ordinary training: nothing is dropped; the reference of every comparison."""
-
-    name = "full"
-    require_units = False

@@ -38,14 +38,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from learndrop.methods.base import Event, Method
+from learndrop.methods.base import Event, Method, MethodOptionError, RunInfo
+from learndrop.methods.registry import register_method
 from learndrop.units import Unit
 
-__all__ = ["FreezeOut", "freeze_times"]
+__all__ = ["FreezeOut", "FreezeOutOptions", "freeze_times"]
 
 
 def freeze_times(n: int, t0: float = 0.5) -> list[float]:
@@ -53,6 +55,24 @@ def freeze_times(n: int, t0: float = 0.5) -> list[float]:
     return [t0 + (1 - t0) * (i / n) ** 3 for i in range(n)]
 
 
+@dataclass(frozen=True)
+class FreezeOutOptions:
+    """Options of ``--method freezeout`` (Brock et al. 2017).
+
+    Attributes:
+        t0: freeze time of the first unit, as a fraction of training, in (0, 1].
+        scale_lr: multiply each unit's learning rate by 1 / t_i (Brock's scale_lr).
+    """
+
+    t0: float = field(default=0.5, metadata={"flag": "freezeout-t0"})
+    scale_lr: bool = field(default=False, metadata={"flag": "freezeout-scale-lr"})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.t0 <= 1:
+            raise MethodOptionError(f"--freezeout-t0 must be in (0, 1], got {self.t0}")
+
+
+@register_method("freezeout", options=FreezeOutOptions)
 class FreezeOut(Method):
     """FreezeOut: per-unit cosine learning-rate annealing to zero, then freezing, front to back.
 
@@ -71,7 +91,12 @@ class FreezeOut(Method):
         group_indices: unit name -> indices of its param groups in ``optimizer.param_groups``.
     """
 
-    name = "freezeout"
+    @classmethod
+    def option_kwargs(cls, options: FreezeOutOptions, run: RunInfo) -> dict:
+        if not run.total_steps:
+            raise MethodOptionError("--method freezeout needs the run's length in steps; for a "
+                                    "stream, pass --stream-length")
+        return {"t0": options.t0, "scale_lr": options.scale_lr, "total_steps": run.total_steps}
 
     def __init__(
         self,

@@ -19,14 +19,16 @@ from torch import nn
 
 from learndrop.drop_cost import LossFn, drop_costs
 from learndrop.flops import unit_costs
-from learndrop.methods.base import Event, Method
+from learndrop.methods.base import Event, Method, RunInfo
+from learndrop.methods.registry import register_method
 from learndrop.policy import DropPolicy
 from learndrop.scores import ScoreTracker, UnitScore
 from learndrop.units import Unit
 
-__all__ = ["LearnDrop"]
+__all__ = ["Freeze", "LearnDrop"]
 
 
+@register_method("learndrop", options=DropPolicy)
 class LearnDrop(Method):
     """Learn&Drop as a driver of an ordinary training loop.
 
@@ -59,9 +61,9 @@ class LearnDrop(Method):
         loss_fn: ``loss_fn(logits, y)`` of the check loss and the drop costs, a batch mean
             (default cross-entropy; it should be the training loss).
         Other arguments: see :class:`learndrop.methods.base.Method`.
-    """
 
-    name = "learndrop"
+    Options (``--method learndrop``): the fields of :class:`DropPolicy`.
+    """
 
     def __init__(
         self,
@@ -84,16 +86,16 @@ class LearnDrop(Method):
             units=units, unit_names=unit_names, steps_per_check=steps_per_check,
         )
         self.mode = mode
-        self.total_steps = total_steps
         if mode == "freeze":
-            self.name = "freeze"
+            self.name = "freeze"  # its checkpoints resume as --method freeze
+        self.total_steps = total_steps
         self.policy = policy or DropPolicy()
         self.loss_fn = loss_fn
         # Freezing keeps the forward pass as it is: nothing to recalibrate.
         self.recalibration_batches = self.policy.recalibration_batches if mode == "drop" else 0
         self.tracker = ScoreTracker(
             model, self.units, optimizer,
-            window=self.policy.trend_window, warmup_checks=self.policy.warmup_checks,
+            trend_window=self.policy.trend_window, warmup_checks=self.policy.warmup_checks,
             normalization=self.policy.normalization,
         )
         self.streaks: dict[str, int] = {}
@@ -108,6 +110,19 @@ class LearnDrop(Method):
     @property
     def batches_needed(self) -> int:
         return max(self.policy.cost_batches, self.recalibration_batches)
+
+    @classmethod
+    def option_kwargs(cls, options: DropPolicy, run: RunInfo) -> dict:
+        return {"policy": options, "total_steps": run.total_steps}
+
+    def metrics(self) -> dict:
+        """The base row plus each unit scored at the last check: its scores (change, ratio,
+        slope, continuation), its measured drop cost (None where not measured) and the action
+        taken on it (None while it is live)."""
+        return {**super().metrics(), "scores": {
+            u: {"change": s.change, "ratio": s.ratio, "slope": s.slope,
+                "continuation": s.continuation, "drop_cost": self.last_costs.get(u),
+                "action": self.removed.get(u)} for u, s in self.last_scores.items()}}
 
     def on_step(self) -> list[Event]:
         self.tracker.accumulate_lr()
@@ -182,3 +197,12 @@ class LearnDrop(Method):
         self.tracker.load_state_dict(state["tracker"])
         self.streaks = dict(state["streaks"])
         self.check_losses = list(state.get("check_losses", []))
+
+
+@register_method("freeze", options=DropPolicy)
+class Freeze(LearnDrop):
+    """Learn&Drop's scores and policy, freezing units instead of dropping them (the baseline
+    that keeps the forward pass and saves only weight gradients)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, mode="freeze", **kwargs)

@@ -27,18 +27,22 @@ Our reading:
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from learndrop.methods.base import Event, Method
+from learndrop.methods.base import Event, Method, MethodOptionError, RunInfo
+from learndrop.methods.registry import register_method
 from learndrop.methods.stochastic_depth import step_generator
 from learndrop.policy import DropPolicy
 from learndrop.units import Unit
 
-__all__ = ["RandomDrop", "drop_events", "schedule_from"]
+__all__ = ["RandomDrop", "ReferenceOptions", "drop_events", "reference_drops", "schedule_from"]
 
 EventsLike = Mapping | Iterable[Event | Mapping]
 
@@ -66,6 +70,39 @@ def drop_events(events: EventsLike, method: str) -> list[tuple[str, int]]:
             raise ValueError(f"{method}: event step must be an integer >= 0, got {step!r}")
         out.append((unit, step))
     return out
+
+
+@dataclass(frozen=True)
+class ReferenceOptions:
+    """Options of the methods that copy a reference run (random-drop, slim-from-scratch).
+
+    Attributes:
+        reference: run directory (or its summary.json) of the finished learndrop run whose
+            drops are copied.
+    """
+
+    reference: str | None = None
+
+
+def reference_drops(options: ReferenceOptions, method: str, run: RunInfo) -> list[dict]:
+    """The drop events of ``options.reference``'s summary.json (``[]`` in a dry run whose
+    reference has not run yet).
+
+    Raises:
+        MethodOptionError: no reference given, or no finished run there.
+    """
+    if not options.reference:
+        raise MethodOptionError(
+            f"--method {method} needs --reference RUN_DIR (a finished learndrop run)")
+    path = Path(options.reference)
+    if path.is_dir() or not path.suffix:
+        path = path / "summary.json"
+    if not path.is_file():
+        if run.dry_run:
+            return []
+        raise MethodOptionError(
+            f"--reference {options.reference}: no summary.json of a finished run there")
+    return [d for d in json.loads(path.read_text())["drops"] if d["action"] == "drop"]
 
 
 def _is_event(entry: object) -> bool:
@@ -97,6 +134,7 @@ def schedule_from(schedule: EventsLike | Sequence[tuple[int, int]]) -> list[tupl
     return sorted(counts.items())
 
 
+@register_method("random-drop", options=ReferenceOptions)
 class RandomDrop(Method):
     """Drops ``count`` random live units at each scheduled ``step``.
 
@@ -111,7 +149,11 @@ class RandomDrop(Method):
         schedule: the normalised schedule, sorted ``(step, count)`` pairs.
     """
 
-    name = "random-drop"
+    needs_reference = True
+
+    @classmethod
+    def option_kwargs(cls, options: ReferenceOptions, run: RunInfo) -> dict:
+        return {"schedule": reference_drops(options, cls.name, run), "seed": run.seed}
 
     def __init__(
         self,

@@ -16,13 +16,15 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from learndrop.methods.base import Event, Method
-from learndrop.methods.random_drop import drop_events
+from learndrop.methods.base import Event, Method, RunInfo
+from learndrop.methods.random_drop import ReferenceOptions, drop_events, reference_drops
+from learndrop.methods.registry import register_method
 from learndrop.units import Unit
 
 __all__ = ["SlimFromScratch"]
 
 
+@register_method("slim-from-scratch", options=ReferenceOptions)
 class SlimFromScratch(Method):
     """Trains the reference run's final network from scratch: its dropped units are dropped at
     construction.
@@ -32,7 +34,11 @@ class SlimFromScratch(Method):
         Other arguments: see :class:`learndrop.methods.base.Method`.
     """
 
-    name = "slim-from-scratch"
+    needs_reference = True
+
+    @classmethod
+    def option_kwargs(cls, options: ReferenceOptions, run: RunInfo) -> dict:
+        return {"dropped": reference_drops(options, cls.name, run)}
 
     def __init__(
         self,

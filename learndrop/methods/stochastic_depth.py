@@ -46,16 +46,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from learndrop.flops import Cost, unit_costs
-from learndrop.methods.base import Event, Method
+from learndrop.methods.base import Event, Method, MethodOptionError, RunInfo
+from learndrop.methods.registry import register_method
 from learndrop.surgery import replace_module
 from learndrop.units import Unit
 
-__all__ = ["StochasticDepth", "step_generator"]
+__all__ = ["StochasticDepth", "StochasticDepthOptions", "step_generator"]
 
 
 def step_generator(seed: int, step: int, tag: str = "") -> torch.Generator:
@@ -65,6 +67,23 @@ def step_generator(seed: int, step: int, tag: str = "") -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
+@dataclass(frozen=True)
+class StochasticDepthOptions:
+    """Options of ``--method stochastic-depth`` (Huang et al. 2016); the skip pattern's seed is
+    the run's ``--seed``.
+
+    Attributes:
+        drop_rate: drop probability of the last unit (Huang's 1 - p_L), in [0, 1).
+    """
+
+    drop_rate: float = field(default=0.5)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.drop_rate < 1:
+            raise MethodOptionError(f"--drop-rate must be in [0, 1), got {self.drop_rate}")
+
+
+@register_method("stochastic-depth", options=StochasticDepthOptions)
 class StochasticDepth(Method):
     """Stochastic depth that really skips the units it drops in a step.
 
@@ -79,7 +98,11 @@ class StochasticDepth(Method):
         skipped: names of the units skipped in the current step.
     """
 
-    name = "stochastic-depth"
+    units_idle_in_step = True  # skipped units get no gradient in that step
+
+    @classmethod
+    def option_kwargs(cls, options: StochasticDepthOptions, run: RunInfo) -> dict:
+        return {"drop_rate": options.drop_rate, "seed": run.seed}
 
     def __init__(
         self,

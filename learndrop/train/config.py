@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from learndrop.policy import DropPolicy
+from learndrop.methods import parse_options
 from learndrop.precision import PRECISIONS
 
 __all__ = ["TrainConfig", "ConfigError"]
@@ -47,18 +48,17 @@ class TrainConfig:
     replace_head: int | None = None
     # the method
     units: list[str] | None = None
-    policy: dict = field(default_factory=dict)
-    reference: str | None = None
-    freezeout_t0: float = 0.5
-    drop_rate: float = 0.5
+    # Options of --method, by field name of its options dataclass (e.g. DropPolicy's for
+    # learndrop); only those given: the others take the dataclass's defaults.
+    method_options: dict = field(default_factory=dict)
     # streaming (learndrop train --stream; see docs/streaming-and-finetuning.md)
     stream: bool = False
     stream_order: str = "dataset"  # "dataset" or "class-incremental"
     stream_length: int | None = None  # batches; None = one pass over the training set
     classes_per_stage: int = 2
-    check_every: int = 50  # steps between score checks / drop decisions
+    steps_per_check: int = 50  # steps between score checks / drop decisions
     eval_every: int = 100  # steps between test evaluations
-    warmup_steps: int | None = None  # linear LR warm-up; None = check_every
+    warmup_steps: int | None = None  # linear LR warm-up; None = steps_per_check
     stream_schedule: str = "constant"  # "constant" after warm-up, or "cosine" over the length
     # run control
     resume: str | None = None
@@ -101,8 +101,6 @@ class TrainConfig:
              f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(self.replace_head is None or self.replace_head >= 2,
              f"--replace-head must be >= 2 classes, got {self.replace_head}")
-        need(self.method not in ("random-drop", "slim-from-scratch") or bool(self.reference),
-             f"--method {self.method} needs --reference RUN_DIR (a finished learndrop run)")
         if self.stream:
             need(self.stream_order in ("dataset", "class-incremental"),
                  f"--stream-order must be dataset or class-incremental, got {self.stream_order!r}")
@@ -110,7 +108,8 @@ class TrainConfig:
                  f"--stream-length must be >= 1 batches, got {self.stream_length}")
             need(self.classes_per_stage >= 1,
                  f"--classes-per-stage must be >= 1, got {self.classes_per_stage}")
-            need(self.check_every >= 1, f"--check-every must be >= 1, got {self.check_every}")
+            need(self.steps_per_check >= 1,
+                 f"--steps-per-check must be >= 1, got {self.steps_per_check}")
             need(self.eval_every >= 1, f"--eval-every must be >= 1, got {self.eval_every}")
             need(self.warmup_steps is None or self.warmup_steps >= 0,
                  f"--warmup-steps must be >= 0, got {self.warmup_steps}")
@@ -119,12 +118,37 @@ class TrainConfig:
             need(not self.resume, "--resume is not available for streams (a stream is consumed "
                                   "once); start a new run")
         need(self.dist_timeout > 0, f"--dist-timeout must be > 0 seconds, got {self.dist_timeout}")
-        DropPolicy(**self.policy)  # raises PolicyError with the offending option
+        try:
+            parse_options(self.method, self.method_options)
+        except (TypeError, ValueError) as err:  # unknown method or option, impossible value
+            raise ConfigError(str(err)) from err
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        """A config from ``config.json`` (or a checkpoint's), also of runs made before methods
+        owned their options (``policy``, ``reference``, ``freezeout_t0``, ``drop_rate``) or the
+        stream's ``check_every`` became ``steps_per_check``."""
+        values = dict(values)
+        if "check_every" in values:  # renamed: one name (Method's) for one idea
+            values["steps_per_check"] = values.pop("check_every")
+        legacy = dict(values.pop("policy", None) or {})
+        for old, new in _LEGACY_OPTIONS.items():
+            if old in values:
+                legacy[new] = values.pop(old)
+        if legacy and "method_options" not in values:
+            from learndrop.methods import METHODS
+
+            known = METHODS.get(values.get("method", cls.method))
+            names = ({f.name for f in dataclasses.fields(known.options_type)}
+                     if known is not None and known.options_type is not None else set())
+            values["method_options"] = {k: v for k, v in legacy.items()
+                                        if k in names and v is not None}
+        known_fields = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known_fields})
+
+
+# Config fields of earlier versions -> the option (of the method's dataclass) they became.
+_LEGACY_OPTIONS = {"reference": "reference", "freezeout_t0": "t0", "drop_rate": "drop_rate"}

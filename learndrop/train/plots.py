@@ -1,39 +1,46 @@
-"""PNG plots of a run, drawn from its metrics (matplotlib, headless)."""
+"""PNG plots of a run, drawn from its metrics rows.
+
+Figures are built with ``matplotlib.figure.Figure`` and its Agg canvas, never through pyplot:
+drawing a run's plots does not touch (or switch) the user's matplotlib backend.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from learndrop.atomic import atomic_write
 
 __all__ = ["plot_run"]
 
+HEATMAP_COLUMNS = 40  # a long stream's score map is thinned to this many checks
+
 
 def plot_run(metrics: list[dict], summary: dict, out: Path) -> list[Path]:
-    """Write the run's plots into ``out``; returns their paths."""
+    """Write the run's plots into ``out`` (test accuracy and training loss over time, forward
+    FLOPs per sample over steps, the units' continuation scores); returns their paths."""
     if not metrics:
         return []
     paths = [_accuracy_and_loss(metrics, out), _flops_per_step(metrics, out)]
-    heat = _score_heatmap(metrics, summary, out)
+    few = metrics[:: max(1, math.ceil(len(metrics) / HEATMAP_COLUMNS))]
+    heat = _score_heatmap(few, summary, out)
     if heat is not None:
         paths.append(heat)
     return paths
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     return path
 
 
 def _accuracy_and_loss(metrics: list[dict], out: Path) -> Path:
     t = [m["time_s"] for m in metrics]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(t, [100 * m["test_acc"] for m in metrics], marker="o")
     ax1.set(xlabel="training time (s)", ylabel="test accuracy (%)", title="Test accuracy")
     ax2.plot(t, [m["train_loss"] for m in metrics], marker="o", color="tab:red")
@@ -44,7 +51,8 @@ def _accuracy_and_loss(metrics: list[dict], out: Path) -> Path:
 
 
 def _flops_per_step(metrics: list[dict], out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig = Figure(figsize=(6, 3.8))
+    ax = fig.subplots()
     steps = [0] + [m["step"] for m in metrics]
     fwd = [metrics[0]["fwd_flops_per_sample_full"]] + [m["fwd_flops_per_sample"] for m in metrics]
     full = metrics[0]["fwd_flops_per_sample_full"]
@@ -68,7 +76,8 @@ def _score_heatmap(metrics: list[dict], summary: dict, out: Path) -> Path | None
             score = m["scores"].get(unit)
             if score is not None and score["continuation"] > 0:
                 grid[i][j] = math.log10(score["continuation"])
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(rows) + 3), max(3, 0.22 * len(units) + 1.5)))
+    fig = Figure(figsize=(max(5, 0.5 * len(rows) + 3), max(3, 0.22 * len(units) + 1.5)))
+    ax = fig.subplots()
     image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="log10 continuation score")
     # Drop costs measured at a check (training-loss increase without the unit, nats).

@@ -60,6 +60,12 @@ class RunDir:
         atomic_write(self.file("metrics.jsonl"), lambda f: f.write(data))
 
 
+    def append_metrics(self, row: dict) -> None:
+        """Append one row to ``metrics.jsonl`` (streams write thousands: no rewrite)."""
+        with self.file("metrics.jsonl").open("a") as f:
+            f.write(json.dumps(row, default=_jsonable) + "\n")
+
+
 def _jsonable(value: object) -> object:
     if isinstance(value, torch.Tensor):
         return value.tolist()

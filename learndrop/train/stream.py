@@ -4,7 +4,7 @@
 dataset's training set in a seeded shuffled order (``stream_order="dataset"``), the same set
 with classes arriving a few at a time (``"class-incremental"``), or any Python iterator of
 ``(x, y)`` batches given through the API. The method checks (scores and drop decisions) every
-``check_every`` steps; the model is tested on the held-out set every ``eval_every`` steps.
+``steps_per_check`` steps; the model is tested on the held-out set every ``eval_every`` steps.
 
 Learning rate: linear warm-up over ``warmup_steps`` (default: one check interval), then
 constant (``stream_schedule="constant"``, the default, since a stream has no known end), or
@@ -23,36 +23,24 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from learndrop.checkpoint import save_slim
 from learndrop.data import DeviceLoader, ImageDataset, load_dataset, make_loaders
-from learndrop.methods import Event, Method, create_method
-from learndrop.precision import resolve_precision
+from learndrop.distributed import DistContext
+from learndrop.train import report
+from learndrop.train.builder import build_parts, default_out, pick_device, warmup_cosine
 from learndrop.train.config import ConfigError, TrainConfig
+from learndrop.train.report import Log, MetricsLog, RunningStats
 from learndrop.train.rundir import RunDir
-from learndrop.train.trainer import (
-    StopFlag,
-    TrainingDivergedError,
-    apply_memory_format,
-    build_model,
-    default_out,
-    method_metrics,
-    method_options,
-    pick_device,
-    train_step,
-    warmup_cosine,
-)
+from learndrop.train.steps import StopFlag, evaluate, train_step
+from learndrop.train.trainer import TrainingDivergedError
 
 __all__ = ["ClassIncrementalStream", "DatasetStream", "make_stream", "train_stream"]
 
@@ -62,15 +50,16 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class DatasetStream:
     """One pass over a dataset's training set in a seeded shuffled order, as batches.
 
-    ``length`` caps the number of batches (default: all full batches of one pass); the last
-    partial batch is dropped. Augmentation as in epoch training (natural images only).
+    ``length`` caps the number of batches (default: one pass, the last batch partial when the
+    set is not a multiple of the batch size: a stream trains on every sample once).
+    Augmentation as in epoch training (natural images only).
     """
 
     def __init__(self, data: ImageDataset, batch_size: int, device: torch.device | str = "cpu",
                  seed: int = 0, *, augment: bool = True, length: int | None = None) -> None:
         self.loader = DeviceLoader(
             data.train_x, data.train_y, batch_size, train=True, augment=augment and data.natural,
-            mean=data.mean, std=data.std, device=device, seed=seed, drop_last=True)
+            mean=data.mean, std=data.std, device=device, seed=seed, drop_last=False)
         self.length = len(self.loader) if length is None else min(length, len(self.loader))
         self.stage_starts = [0]
 
@@ -87,8 +76,8 @@ class ClassIncrementalStream:
     Stage ``s`` holds classes ``s*K .. s*K+K-1`` (label order); each of its samples appears once,
     in a seeded shuffled order. With ``length``, every stage gets an equal share of the batches
     (so the stage boundaries are evenly spread); otherwise each stage is one full pass over its
-    classes (even for class-balanced data). ``stage_starts`` holds the step at which each stage
-    begins. Only one stage's images are on the device at a time.
+    classes, its last batch partial when needed (every sample once). ``stage_starts`` holds
+    the step at which each stage begins. Only one stage's images are on the device at a time.
     """
 
     def __init__(self, data: ImageDataset, batch_size: int, device: torch.device | str = "cpu",
@@ -102,7 +91,7 @@ class ClassIncrementalStream:
         self.stages = [list(range(i, min(i + k, c))) for i in range(0, c, k)]
         self._indices = [torch.nonzero(torch.isin(data.train_y, torch.tensor(s))).flatten()
                          for s in self.stages]
-        available = [len(ix) // batch_size for ix in self._indices]
+        available = [math.ceil(len(ix) / batch_size) for ix in self._indices]
         if length is None:
             self.batches_per_stage = available
         else:
@@ -119,7 +108,7 @@ class ClassIncrementalStream:
             loader = DeviceLoader(
                 self.data.train_x[idx], self.data.train_y[idx], self.batch_size, train=True,
                 augment=self.augment, mean=self.data.mean, std=self.data.std,
-                device=self.device, seed=self.seed * 1000 + s, drop_last=True)
+                device=self.device, seed=self.seed * 1000 + s, drop_last=False)
             yield from itertools.islice(iter(loader), n)
             del loader  # release this stage's images before the next stage's arrive
 
@@ -139,14 +128,14 @@ def make_stream(config: TrainConfig, data: ImageDataset,
 
 @dataclass
 class _Spec:
-    """What build_model needs to know of the data when there is no ImageDataset."""
+    """What the builder needs to know of the data when there is no ImageDataset."""
 
     num_classes: int
     in_channels: int
 
 
 def _lr_factor(config: TrainConfig, total: int | None):
-    warmup = config.check_every if config.warmup_steps is None else config.warmup_steps
+    warmup = config.steps_per_check if config.warmup_steps is None else config.warmup_steps
     if config.stream_schedule == "cosine":
         if not total:
             raise ConfigError("--stream-schedule cosine needs a known stream length; pass "
@@ -155,39 +144,18 @@ def _lr_factor(config: TrainConfig, total: int | None):
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
-@torch.no_grad()
-def _evaluate(model: nn.Module, batches: Iterable[Batch], num_classes: int, device,
-              autocast) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-    """Test loss, accuracy and per-class (correct, count) on the held-out batches."""
-    was_training = model.training
-    model.eval()
-    loss = torch.zeros((), device=device)
-    correct = torch.zeros(num_classes, device=device, dtype=torch.long)
-    count = torch.zeros(num_classes, device=device, dtype=torch.long)
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        with autocast():
-            out = model(x)
-        loss += F.cross_entropy(out.float(), y, reduction="sum")
-        correct += torch.bincount(y[out.argmax(1) == y], minlength=num_classes)
-        count += torch.bincount(y, minlength=num_classes)
-    model.train(was_training)
-    n = max(1, int(count.sum()))
-    return loss.item() / n, int(correct.sum()) / n, correct.cpu(), count.cpu()
-
-
 def train_stream(
     config: TrainConfig,
     batches: Iterable[Batch] | None = None,
     *,
     test_batches: Iterable[Batch] | None = None,
     num_classes: int | None = None,
-    log=print,
+    log: Log = print,
 ) -> dict:
     """Train on one pass of a stream; returns the summary (also written to summary.json).
 
     Args:
-        config: the run's options (the ``stream*``, ``check_every``, ``eval_every`` fields).
+        config: the run's options (the ``stream*``, ``steps_per_check``, ``eval_every`` fields).
         batches: any iterable of ``(x, y)`` batches, iterated once; default: the stream that
             ``config.stream_order`` makes of ``config.dataset``. ``config.stream_length`` caps
             it in either case.
@@ -203,9 +171,8 @@ def train_stream(
         config.out = default_out(config) + "-stream"
     run = RunDir(config.out)
     run.prepare(resume=False, overwrite=config.overwrite)
-    device = pick_device(config.device)
-    torch.manual_seed(config.seed)
-    cuda = device.type == "cuda"
+    ctx = DistContext(0, 1, 0, pick_device(config.device))
+    device = ctx.device
 
     user_stream = batches is not None
     data = None
@@ -219,7 +186,6 @@ def train_stream(
                                        augment=False, eval_batch_size=config.eval_batch_size)
     classes = num_classes or data.num_classes
     total = _known_length(batches, config.stream_length)
-    stage_starts = list(getattr(batches, "stage_starts", [0]))
 
     stream = iter(batches)
     if config.stream_length is not None:
@@ -230,54 +196,65 @@ def train_stream(
     stream = itertools.chain([first], stream)
     x0 = first[0]
 
-    precision = resolve_precision(config.precision, device)
-    # Batches a user's iterator gives in NCHW are converted by the first convolution.
-    model = apply_memory_format(build_model(config, data or _Spec(classes, x0.shape[1]), device),
-                                precision, test_batches, batches)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    example = torch.zeros(config.batch_size, *x0.shape[1:], device=device)
-    if config.method == "freezeout" and not total:
-        raise ConfigError("--method freezeout needs a known stream length; pass --stream-length")
-    method = create_method(config.method, model, optimizer, example, unit_names=config.units,
-                           steps_per_check=config.check_every,
-                           **method_options(config, total or 0))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, total))
+    parts = build_parts(config, data or _Spec(classes, x0.shape[1]),
+                        (config.batch_size, *x0.shape[1:]), ctx,
+                        steps_per_check=config.steps_per_check, total_steps=total,
+                        lr_factor=_lr_factor(config, total))
+    method = parts.method
+    parts.use_memory_format(test_batches, getattr(batches, "loader", None))
 
-    autocast = precision.autocast
     run.write_json("config.json", config.to_dict())
-    metrics_path = run.file("metrics.jsonl")
-    metrics_path.write_text("")
+    metrics = MetricsLog(run, tensorboard=config.tensorboard)
     source = "user iterator" if user_stream else f"{config.stream_order} order of {data.name}"
     log(f"{config.method} stream: {config.model}, {source}, "
         f"{total if total else 'unknown number of'} batches of {config.batch_size}, "
-        f"check every {config.check_every} steps, test every {config.eval_every} steps, "
-        f"{len(method.units)} droppable units, on {device}, {precision.name} "
-        f"{precision.memory_format}")
+        f"check every {config.steps_per_check} steps, test every {config.eval_every} steps, "
+        f"{len(method.units)} droppable units, on {device}, {parts.precision.name} "
+        f"{parts.precision.memory_format}")
 
-    forward = torch.compile(model) if config.compile else model
-    compiled_version = method.structure_version
-    report = _Report(method, optimizer, classes, device, config.check_every, stage_starts)
+    stats = RunningStats(device, classes)
+    best = final = None
+    last_row_step = 0
     train_time = 0.0
     ended = "exhausted"
+
+    def row_now() -> dict:
+        nonlocal best, final, last_row_step
+        test = evaluate(parts.model, test_batches, parts.autocast, num_classes=classes,
+                        device=device)
+        seen = stats.seen.cpu()
+        seen_count = int(test["count"][seen].sum())
+        row = report.metrics_row(
+            method, stats, parts.optimizer, train_time, test,
+            epoch=method.steps / config.steps_per_check,  # = checks so far (for the score plot)
+            checks=method.checks, samples=method.ledger.samples_seen)
+        row["test_acc_seen"] = (int(test["correct"][seen].sum()) / seen_count
+                                if seen_count else None)
+        row["classes_seen"] = int(seen.sum())
+        stats.reset()
+        metrics.append(row)
+        final = test["acc"]
+        best = final if best is None else max(best, final)
+        last_row_step = method.steps
+        return row
+
     with StopFlag() as stop:
         bar = tqdm(total=total, desc="stream", disable=config.quiet, leave=False,
                    dynamic_ncols=True)
         started = time.perf_counter()
-        model.train()
+        parts.model.train()
         for x, y in stream:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, out, events = train_step(method, forward, optimizer, scheduler, x, y,
-                                           autocast, samples=len(y))
-            report.add(loss, out, y, events)
+            loss, out, events = train_step(method, parts.forward, parts.optimizer,
+                                           parts.scheduler, x, y, parts.autocast,
+                                           samples=len(y))
+            stats.add(loss, out, y, events)
             if events:
-                _announce(events, method, log if config.quiet else tqdm.write)
-                if config.compile and method.structure_version != compiled_version:
-                    forward = torch.compile(model)  # rebuilt once per structural change
-                    compiled_version = method.structure_version
+                report.announce(events, method, log if config.quiet else tqdm.write, per="step")
+            parts.forward.refresh()
             steps = method.steps
             if steps % 25 == 0:
-                mean_loss = report.mean_loss()  # one host sync per 25 steps
+                mean_loss = stats.mean_loss()  # one host sync per 25 steps
                 if not math.isfinite(mean_loss):
                     raise TrainingDivergedError(
                         f"the training loss became {mean_loss} at stream step {steps}; lower "
@@ -286,53 +263,46 @@ def train_stream(
                                 units=f"{len(method.live_units)}/{len(method.units)}")
             bar.update(1)
             if steps % config.eval_every == 0 or stop.set:
-                if cuda:
-                    torch.cuda.synchronize()
-                train_time += time.perf_counter() - started  # evaluation is not stream time
-                row = report.row(train_time, _evaluate(model, test_batches, classes, device,
-                                                       autocast))
-                _append(metrics_path, row)
+                train_time += _elapsed(started, device)  # evaluation is not stream time
+                row = row_now()
                 if config.quiet:
                     log(_row_line(row, method))
                 started = time.perf_counter()
             if stop.set:
                 ended = "interrupted"
                 break
-        if cuda:
-            torch.cuda.synchronize()
-        train_time += time.perf_counter() - started
+        train_time += _elapsed(started, device)
         bar.close()
     if method.steps == 0:
         raise ConfigError("the stream gave no batch")
-    if report.last_row_step != method.steps:  # the stream ended between two evaluations
-        row = report.row(train_time, _evaluate(model, test_batches, classes, device, autocast))
-        _append(metrics_path, row)
-        log(_row_line(row, method))
+    if last_row_step != method.steps:  # the stream ended between two evaluations
+        log(_row_line(row_now(), method))
     log(f"stream {ended} after {method.steps} steps ({method.ledger.samples_seen} samples), "
         f"{train_time:.1f}s")
 
-    summary = _summary(config, data, method, report, train_time, device, ended, total,
-                       user_stream)
-    summary.update(precision.describe())
-    save_slim(run.file("model.pt"), model.to("cpu"), architecture=config.model,
+    summary = report.summary(
+        config, data.name if data is not None else "user stream", method, train_time, device,
+        final, best,
+        stream_order="user" if user_stream else config.stream_order,
+        stream_end=ended,  # "exhausted" (or length reached) or "interrupted"
+        stream_batches_expected=total, steps=method.steps, checks=method.checks,
+        steps_per_check=config.steps_per_check, eval_every=config.eval_every)
+    summary.update(parts.precision.describe())
+    if config.compile:
+        torch.compiler.reset()  # free dynamo's caches of this model
+    save_slim(run.file("model.pt"), parts.model.to("cpu"), architecture=config.model,
               num_classes=classes, in_channels=x0.shape[1])
     run.write_json("summary.json", summary)
     if config.plots:
-        plot_stream(metrics_path, summary, run.path)
+        report.plot(run, summary)
+    metrics.close()
     return summary
 
 
-def _announce(events: list[Event], method: Method, log) -> None:
-    cost = method.ledger.cost(method.flops_key())
-    for e in events:
-        scores = ""
-        if e.change_score is not None:
-            scores = f" (change {e.change_score:.3g}, continuation {e.continuation_score:.3g})"
-        if e.drop_cost is not None:
-            scores += f", drop cost {e.drop_cost:+.3f} nats"
-        log(f"step {e.step}: {e.action} {e.unit}{scores}; {len(method.live_units)}/"
-            f"{len(method.units)} units live, forward FLOPs per step now "
-            f"{100 * (1 - cost.fwd / method.ledger.full.fwd):.1f}% below full")
+def _elapsed(started: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
 
 
 def _known_length(batches: Iterable[Batch], cap: int | None) -> int | None:
@@ -345,128 +315,8 @@ def _known_length(batches: Iterable[Batch], cap: int | None) -> int | None:
     return n if cap is None else min(n, cap)
 
 
-class _Report:
-    """Running training statistics between two metrics rows (device tensors, no host syncs)."""
-
-    def __init__(self, method: Method, optimizer, classes: int, device, check_every: int,
-                 stage_starts: list[int]) -> None:
-        self.method, self.optimizer, self.check_every = method, optimizer, check_every
-        self.stage_starts = stage_starts
-        self.seen = torch.zeros(classes, dtype=torch.bool, device=device)
-        self.loss = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.samples = 0
-        self.events: list[Event] = []
-        self.last_row_step = 0
-        self.final_acc: float | None = None
-        self.best_acc: float | None = None
-        self.rows = 0
-
-    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor,
-            events: list[Event]) -> None:
-        self.loss += loss.detach() * len(y)
-        self.correct += (out.detach().argmax(1) == y).sum()
-        self.samples += len(y)
-        self.seen |= torch.bincount(y, minlength=len(self.seen)).bool()
-        self.events += events
-
-    def mean_loss(self) -> float:
-        return self.loss.item() / max(1, self.samples)
-
-    def row(self, train_time: float, evaluation) -> dict:
-        test_loss, test_acc, correct, count = evaluation
-        method = self.method
-        seen = self.seen.cpu()
-        seen_count = int(count[seen].sum())
-        row = {
-            "step": method.steps,
-            "epoch": method.steps / self.check_every,  # = checks so far (for the score plot)
-            "checks": method.checks,
-            "samples": method.ledger.samples_seen,
-            "time_s": round(train_time, 3),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "train_loss": self.loss.item() / max(1, self.samples),
-            "train_acc": self.correct.item() / max(1, self.samples),
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "test_acc_seen": int(correct[seen].sum()) / seen_count if seen_count else None,
-            "classes_seen": int(seen.sum()),
-            "dropped": [e.unit for e in self.events],
-            **method_metrics(method),
-        }
-        self.loss.zero_()
-        self.correct.zero_()
-        self.samples = 0
-        self.events = []
-        self.last_row_step = method.steps
-        self.final_acc = test_acc
-        self.best_acc = test_acc if self.best_acc is None else max(self.best_acc, test_acc)
-        self.rows += 1
-        return row
-
-
-def _append(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _row_line(row: dict, method: Method) -> str:
+def _row_line(row: dict, method) -> str:
     return (f"step {row['step']}: loss {row['train_loss']:.4f}, test acc {row['test_acc']:.4f}, "
             f"units {row['units_live']}/{len(method.units)}, fwd FLOPs per step "
             f"{100 * (1 - row['fwd_flops_per_sample'] / row['fwd_flops_per_sample_full']):.1f}% "
             f"below full, {row['time_s']:.1f}s")
-
-
-def _summary(config, data, method, report, train_time, device, ended, total,
-             user_stream) -> dict:
-    info = method.summary()
-    return {
-        "method": config.method,
-        "model": config.model,
-        "dataset": data.name if data is not None else "user stream",
-        "stream_order": "user" if user_stream else config.stream_order,
-        "stream_end": ended,  # "exhausted" (or length reached) or "interrupted"
-        "stream_batches_expected": total,
-        "steps": method.steps,
-        "checks": method.checks,
-        "check_every": config.check_every,
-        "eval_every": config.eval_every,
-        "seed": config.seed,
-        "device": str(device),
-        "samples_seen": info["samples_seen"],
-        "train_time_s": round(train_time, 3),
-        "final_test_acc": report.final_acc,
-        "best_test_acc": report.best_acc,
-        **{k: info[k] for k in (
-            "fwd_flops", "fwd_flops_full", "fwd_flops_reduction",
-            "bwd_flops", "bwd_flops_full", "bwd_flops_reduction",
-            "params_initial", "params_final", "units_total", "units_dropped", "units_frozen",
-        )},
-        "drops": info["drops"],
-    }
-
-
-def read_rows(path: Path, max_rows: int = 2000) -> list[dict]:
-    """Rows of a metrics.jsonl, evenly thinned to at most ``max_rows`` (the last one kept)."""
-    with Path(path).open() as f:
-        n = sum(1 for _ in f)
-    stride = max(1, math.ceil(n / max_rows))
-    rows = []
-    with Path(path).open() as f:
-        for i, line in enumerate(f):
-            if i % stride == 0 or i == n - 1:
-                rows.append(json.loads(line))
-    return rows
-
-
-def plot_stream(metrics_path: Path, summary: dict, out: Path) -> list[Path]:
-    """The epoch trainer's plots, from a stream's metrics (thinned for long streams)."""
-    from learndrop.train import plots
-
-    rows = read_rows(metrics_path)
-    if not rows:
-        return []
-    paths = [plots._accuracy_and_loss(rows, out), plots._flops_per_step(rows, out)]
-    few = rows[:: max(1, math.ceil(len(rows) / 40))]  # the heat map needs few columns
-    heat = plots._score_heatmap(few, summary, out)
-    return paths + ([heat] if heat is not None else [])

@@ -1,10 +1,16 @@
-"""The training loop: one function per phase, read top to bottom.
+"""The epoch trainer, read top to bottom: build, resume, then for each epoch train one epoch,
+evaluate, save.
 
-``train(config)`` loads the data, builds the model, optimizer, learning-rate schedule and
-training method, then runs the epochs: each step drives the method (``before_step`` /
-``step``); each epoch ends with the method's check, an evaluation, a metrics line and an
-atomic checkpoint. The run directory gets ``config.json``, ``metrics.jsonl``, ``summary.json``,
-``last.ckpt``, ``model.pt`` and plots.
+``train(config)`` is the simple entry point. :class:`Training` is the same run, drivable one
+epoch at a time from another loop (e.g. several trainings in lockstep in one process)::
+
+    training = Training(config)
+    for row in training.epochs():      # each finished epoch's metrics row
+        ...
+    summary = training.finish()
+
+The run directory gets ``config.json``, ``metrics.jsonl``, ``summary.json``, ``last.ckpt``,
+``model.pt`` and plots (see the README).
 """
 
 from __future__ import annotations
@@ -12,32 +18,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from learndrop import distributed
-from learndrop.checkpoint import CheckpointError, read_state_dict, safe_load, save_slim
-from learndrop.data import ImageDataset, load_dataset, make_loaders
+from learndrop.checkpoint import safe_load, save_slim
+from learndrop.data import load_dataset, make_loaders
 from learndrop.distributed import DistContext
-from learndrop.methods import Event, Method, StochasticDepth, create_method
-from learndrop.models import create_model, replace_head
-from learndrop.policy import DropPolicy
-from learndrop.precision import Precision, resolve_precision
+from learndrop.train import report
+from learndrop.train.builder import build_parts, default_out, pick_device, warmup_cosine
 from learndrop.train.config import ConfigError, TrainConfig
-from learndrop.train.plots import plot_run
+from learndrop.train.report import Log, MetricsLog, RunningStats
 from learndrop.train.rundir import RunDir
-from learndrop.train.tensorboard import TensorBoardLog
+from learndrop.train.steps import StopFlag, evaluate, train_step
 
-__all__ = ["train", "TrainingDivergedError", "TrainingInterrupted", "evaluate", "pick_device"]
+__all__ = ["CHECKPOINT", "Training", "TrainingDivergedError", "TrainingInterrupted", "evaluate",
+           "resume_config", "train"]
 
 CHECKPOINT = "last.ckpt"
+
+#: Fields that only change where a run executes and how it reports: a resumed run takes them
+#: from the new command; every other field is the experiment's and must not change.
+REPORTING_FIELDS = frozenset({"out", "resume", "quiet", "device", "precision", "plots",
+                              "compile", "tensorboard", "dist_timeout", "eval_batch_size"})
 
 
 class TrainingDivergedError(RuntimeError):
@@ -48,464 +55,24 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C: a checkpoint was saved; resume with ``--resume``."""
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA device is available; "
-                          "use --device cpu")
-    return torch.device(name)
-
-
-def default_out(config: TrainConfig) -> str:
-    name = config.dataset.replace("folder:", "").replace("/", "_").strip("._")
-    return str(Path("runs") / f"{config.model}-{name}-{config.method}")
-
-
-# ---- building blocks -------------------------------------------------------------------------
-
-def build_model(config: TrainConfig, data: ImageDataset, device: torch.device) -> nn.Module:
-    """The model of ``config``, with optional starting weights and replaced head."""
-    kwargs = {"pretrained": True} if config.pretrained else {}
-    classes = config.replace_head or data.num_classes
-    head_from_weights = config.weights is not None or config.pretrained
-    model = create_model(
-        config.model,
-        num_classes=data.num_classes if not head_from_weights else _weights_classes(config),
-        in_channels=data.in_channels,
-        **kwargs,
-    )
-    if config.weights is not None:
-        load_weights(model, config.weights)
-    # --replace-head always gives a fresh head, even when the old one has the right size
-    # (fine-tuning 5 classes onto 5 other classes must not keep the old classes' weights).
-    if config.replace_head is not None or (head_from_weights and _head_classes(model) != classes):
-        replace_head(model, classes)
-    if _head_classes(model) != data.num_classes:
-        raise ConfigError(
-            f"the model has {_head_classes(model)} outputs but {config.dataset} has "
-            f"{data.num_classes} classes; pass --replace-head {data.num_classes}"
-        )
-    return model.to(device)
-
-
-def _head_classes(model: nn.Module) -> int:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features if linears else -1
-
-
-def _weights_classes(config: TrainConfig) -> int:
-    """Classes of the head stored in ``--weights`` (1000 for torchvision's pretrained ones)."""
-    if config.weights is None:
-        return 1000
-    state = _read_state_dict(config.weights)
-    heads = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-    return heads[-1].shape[0] if heads else 1000
-
-
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    try:
-        return read_state_dict(path)  # weights_only: a downloaded file cannot run code
-    except CheckpointError as err:
-        raise ConfigError(f"--weights {err}") from err
-
-
-def load_weights(model: nn.Module, path: str) -> None:
-    """Load a state dict into ``model``; mismatched shapes are a one-line error."""
-    state = _read_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    # Keys of the file that the model lacks: e.g. resnet56 weights given to --model resnet20
-    # would otherwise load silently into its first blocks.
-    extra = [k for k in state if k not in own]
-    if wrong:
-        detail = (f"shape mismatch at {wrong[0]}: {tuple(state[wrong[0]].shape)} in the file, "
-                  f"{tuple(own[wrong[0]].shape)} in the model")
-    elif missing:
-        detail = (f"{len(missing)} keys missing from the file (e.g. {missing[0]}); a model.pt "
-                  "or last.ckpt of a run that dropped units holds the slimmed network, and "
-                  "--weights needs a full-structure state dict (e.g. of a --method full run)")
-    elif extra:
-        detail = (f"{len(extra)} keys in the file that the model lacks (e.g. {extra[0]}); "
-                  "is --model the network the weights were trained as?")
-    if wrong or missing or extra:
-        raise ConfigError(f"--weights {path} does not fit this model: {detail}")
-    model.load_state_dict(state, strict=False)
-
-
-def apply_memory_format(model: nn.Module, precision: Precision, *loaders) -> nn.Module:
-    """Put ``model`` in ``precision``'s memory format, and the batches of those ``loaders`` that
-    can convert their own batches (:class:`~learndrop.data.DeviceLoader` does it on uint8, the
-    cheapest place); other inputs are converted by the model's first convolution."""
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        for loader in loaders:
-            if hasattr(loader, "channels_last"):
-                loader.channels_last = True
-    return model
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    """Learning-rate factor: linear warm-up, then cosine decay to zero at ``total_steps``."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
-def method_options(config: TrainConfig, total_steps: int) -> dict:
-    """The keyword arguments of ``config.method``'s constructor."""
-    if config.method in ("learndrop", "freeze"):
-        return {"policy": DropPolicy(**config.policy), "total_steps": total_steps or None}
-    if config.method == "freezeout":
-        return {"total_steps": total_steps, "t0": config.freezeout_t0}
-    if config.method == "stochastic-depth":
-        return {"drop_rate": config.drop_rate, "seed": config.seed}
-    if config.method == "random-drop":
-        return {"schedule": reference_drops(config.reference), "seed": config.seed}
-    if config.method == "slim-from-scratch":
-        return {"dropped": reference_drops(config.reference)}
-    return {}
-
-
-def reference_drops(reference: str | None) -> list[dict]:
-    """The drop events of a finished reference run (its directory or summary.json)."""
-    path = Path(reference or "")
-    if path.is_dir():
-        path = path / "summary.json"
-    if not path.is_file():
-        raise ConfigError(f"--reference {reference}: no summary.json of a finished run there")
-    import json
-
-    return [d for d in json.loads(path.read_text())["drops"] if d["action"] == "drop"]
-
-
-def train_step(method: Method, forward, optimizer, scheduler, x: torch.Tensor,
-               y: torch.Tensor, autocast, samples: int) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """One optimizer step driven by ``method``; ``samples`` is what all processes trained on.
-    Returns the loss, the logits and the method's events (no host synchronisation)."""
-    method.before_step()
-    with autocast():
-        out = forward(x)
-        loss = F.cross_entropy(out.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    events = method.step(samples, batch=(x, y))
-    scheduler.step()
-    return loss, out, events
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, autocast) -> tuple[float, float]:
-    """Test loss and accuracy (all units run: eval mode)."""
-    was_training = model.training
-    model.eval()
-    loss = torch.zeros((), device=loader.device)
-    correct = torch.zeros((), device=loader.device, dtype=torch.long)
-    n = 0
-    for x, y in loader:
-        with autocast():
-            out = model(x)
-        loss += F.cross_entropy(out.float(), y, reduction="sum")
-        correct += (out.argmax(1) == y).sum()
-        n += len(y)
-    model.train(was_training)
-    return loss.item() / max(1, n), correct.item() / max(1, n)
-
-
-@dataclass
-class _EpochStats:
-    loss: torch.Tensor
-    correct: torch.Tensor
-    samples: int = 0
-    events: list[Event] = field(default_factory=list)
-
-
-def saved_fraction(method: Method) -> float:
-    """Forward FLOPs saved so far, as a fraction of the full network's."""
-    return method.ledger.totals()["fwd_flops_reduction"]
-
-
-def _announce(events: list[Event], method: Method, log) -> None:
-    totals = method.ledger.totals()
-    cost = method.ledger.cost(method.flops_key())
-    for e in events:
-        scores = ""
-        if e.change_score is not None:
-            scores = f" (change {e.change_score:.3g}, continuation {e.continuation_score:.3g})"
-        if e.drop_cost is not None:
-            scores += f", drop cost {e.drop_cost:+.3f} nats"
-        log(f"epoch {e.epoch:g}: {e.action} {e.unit}{scores}")
-    log(f"  {len(method.live_units)}/{len(method.units)} units live; forward FLOPs per step "
-        f"now {100 * (1 - cost.fwd / method.ledger.full.fwd):.1f}% below full, "
-        f"{100 * totals['fwd_flops_reduction']:.1f}% saved so far")
-
-
-class StopFlag:
-    """Turns the first Ctrl-C into a flag the loop checks after each step."""
-
-    def __init__(self) -> None:
-        self.set = False
-
-    def __enter__(self):
-        self._old = signal.getsignal(signal.SIGINT)
-        with contextlib.suppress(ValueError):  # not the main thread: keep default behaviour
-            signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-
-    def __exit__(self, *exc) -> None:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGINT, self._old)
-
-
-# ---- the run ---------------------------------------------------------------------------------
-
-def train(config: TrainConfig, log=print) -> dict:
+def train(config: TrainConfig, log: Log = print, *, given: Collection[str] | None = None) -> dict:
     """Train according to ``config``; returns the summary (also written to summary.json).
 
-    Under torchrun, every process calls this; see :mod:`learndrop.distributed`.
+    ``given``: the fields the user set (for ``--resume``, see :func:`resume_config`); default:
+    those that differ from :class:`TrainConfig`'s defaults. Under torchrun, every process calls
+    this; see :mod:`learndrop.distributed`.
     """
     try:
-        return _train(config, log)
+        training = Training(config, log, given=given)
+        for _ in training.epochs():
+            pass
+        return training.finish()
     except (RuntimeError, torch.distributed.DistError) as err:
         # A collective inside DDP's backward that lost its peers: one line that says why.
         explained = distributed.explain(err)
         if explained is err:
             raise
         raise explained from err
-
-
-def _train(config: TrainConfig, log) -> dict:
-    ckpt = None
-    if config.resume:
-        # A resumed run continues with the configuration it started with; only how it reports
-        # and where it runs may change.
-        resume_from = _checkpoint_path(config.resume)
-        ckpt = safe_load(resume_from)
-        config = TrainConfig.from_dict({
-            **ckpt["config"], "resume": str(resume_from), "quiet": config.quiet,
-            "device": config.device, "precision": config.precision, "plots": config.plots,
-            "compile": config.compile, "tensorboard": config.tensorboard,
-            "dist_timeout": config.dist_timeout,
-            "out": config.out or str(resume_from.parent),
-        })
-    config.validate()
-    if config.out is None:
-        config.out = default_out(config)
-    run = RunDir(config.out)
-    # Under torchrun: one process per rank, each on its shard of every epoch; --batch-size
-    # stays the global batch, so steps, schedule and checks match a single-process run.
-    ctx = distributed.init_from_env(pick_device(config.device), config.dist_timeout)
-    device = ctx.device
-    if config.batch_size % ctx.world_size:
-        raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be a "
-                          f"multiple of the {ctx.world_size} processes")
-    batch_size = config.batch_size // ctx.world_size
-    # Only rank 0 touches the run directory; its refusal (an existing run) stops every rank.
-    distributed.on_main_first(
-        ctx, lambda: run.prepare(resume=ckpt is not None, overwrite=config.overwrite))
-    if not ctx.is_main:
-        config = dataclasses.replace(config, quiet=True)  # no progress bars on other ranks
-        log = _silent
-
-    torch.manual_seed(config.seed)
-    # Denormal floats (tiny gradients late in training) make CPU kernels crawl; flush them.
-    torch.set_flush_denormal(True)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-    data = load_dataset(config.dataset, config.data_dir, config.image_size,
-                        config.subset, config.seed, config.test_subset)
-    train_loader, test_loader = make_loaders(
-        data, batch_size, device, config.seed, augment=config.augment,
-        eval_batch_size=config.eval_batch_size, rank=ctx.rank, world_size=ctx.world_size,
-    )
-    if len(train_loader) == 0:
-        raise ConfigError("the training set is smaller than one batch; lower --batch-size")
-    precision = resolve_precision(config.precision, device)
-    model = apply_memory_format(build_model(config, data, device), precision,
-                                train_loader, test_loader)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * config.epochs
-    example = torch.zeros(config.batch_size, data.in_channels, data.image_size, data.image_size,
-                          device=device)
-    method = create_method(config.method, model, optimizer, example,
-                           unit_names=config.units, steps_per_check=steps_per_epoch,
-                           **method_options(config, total_steps))
-    if ctx.distributed:
-        method.sync = distributed.broadcast_decision(ctx)  # every rank applies rank 0's drops
-    # Created after the method, which may split param groups (FreezeOut).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, round(config.warmup_epochs * steps_per_epoch)))
-
-    autocast = precision.autocast
-    metrics: list[dict] = []
-    start_epoch, start_batch, train_time = 0, 0, 0.0
-    if ckpt is not None:
-        method.load_state_dict(ckpt["method"])
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])  # moves its state to the model's device
-        scheduler.load_state_dict(ckpt["scheduler"])
-        metrics = ckpt["metrics"]
-        start_epoch, start_batch, train_time = ckpt["epoch"], ckpt["batch"], ckpt["train_time"]
-        log(f"resuming {run.path} at epoch {start_epoch + 1}, step {method.steps}")
-    tensorboard = None
-    if ctx.is_main:
-        run.write_json("config.json", config.to_dict())
-        if config.tensorboard:
-            tensorboard = TensorBoardLog(run.file("tensorboard"),
-                                         resume_step=method.steps if ckpt is not None else None)
-    log(f"{config.method}: {config.model} on {data.name} ({len(data.train_y)} train / "
-        f"{len(data.test_y)} test images, {data.in_channels}x{data.image_size}x{data.image_size}), "
-        f"{len(method.units)} droppable units, {config.epochs} epochs on {device}"
-        + (f" x {ctx.world_size} processes" if ctx.distributed else "")
-        + f", {precision.name} {precision.memory_format}")
-
-    def build_forward() -> nn.Module:
-        """The callable of the training forward: the model, in DDP and/or compiled."""
-        skips = isinstance(method, StochasticDepth)  # units idle in some steps
-        wrapped = distributed.wrap_ddp(model, ctx, find_unused_parameters=skips)
-        return torch.compile(wrapped) if config.compile else wrapped
-
-    forward = build_forward()
-    compiled_version = method.structure_version
-
-    def save_checkpoint(epoch: int, batch: int) -> None:
-        if not ctx.is_main:
-            return
-        run.save_torch(CHECKPOINT, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "method": method.state_dict(),
-            "metrics": metrics, "epoch": epoch, "batch": batch, "train_time": train_time,
-            "config": config.to_dict(),
-        })
-
-    with StopFlag() as stop:
-        for epoch in range(start_epoch, config.epochs):
-            train_loader.set_epoch(epoch)
-            model.train()
-            stats = _EpochStats(torch.zeros((), device=device),
-                                torch.zeros((), device=device, dtype=torch.long))
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=config.quiet, leave=False, dynamic_ncols=True)
-            skip = start_batch if epoch == start_epoch else 0
-            bar.update(skip)
-            started = time.perf_counter()
-            for i, (x, y) in enumerate(train_loader):
-                if i < skip:
-                    continue  # resumed mid-epoch: same order, same augmentation
-                loss, out, events = train_step(method, forward, optimizer, scheduler, x, y,
-                                               autocast, samples=len(y) * ctx.world_size)
-                stats.loss += loss.detach() * len(y)
-                stats.correct += (out.detach().argmax(1) == y).sum()
-                stats.samples += len(y)
-                if events:
-                    stats.events += events
-                if method.structure_version != compiled_version:
-                    # DDP registered the old parameters and dynamo's guards hold the old
-                    # modules: both are rebuilt once per structural change. The old compiled
-                    # code is dead; reset also keeps dynamo under its recompile limit.
-                    if config.compile:
-                        torch.compiler.reset()
-                    forward = build_forward()
-                    compiled_version = method.structure_version
-                if (i + 1) % 25 == 0 or i + 1 == steps_per_epoch:
-                    mean_loss = stats.loss.item() / stats.samples  # one sync per 25 steps
-                    if not math.isfinite(mean_loss):
-                        raise TrainingDivergedError(
-                            f"the training loss became {mean_loss} at epoch {epoch + 1}; lower "
-                            f"--lr (now {config.lr}) or check the data; the last good checkpoint "
-                            f"is {run.file(CHECKPOINT)}")
-                    bar.set_postfix(loss=f"{mean_loss:.3f}",
-                                    acc=f"{stats.correct.item() / stats.samples:.3f}",
-                                    units=f"{len(method.live_units)}/{len(method.units)}",
-                                    saved=f"{100 * saved_fraction(method):.0f}%")
-                bar.update(1)
-                if distributed.any_rank(stop.set, ctx):  # every rank stops at the same step
-                    if cuda:
-                        torch.cuda.synchronize()
-                    train_time += time.perf_counter() - started
-                    save_checkpoint(epoch, i + 1)
-                    bar.close()
-                    raise TrainingInterrupted(
-                        f"interrupted; checkpoint saved, continue with: learndrop train --resume "
-                        f"{run.path}")
-            if cuda:
-                torch.cuda.synchronize()
-            train_time += time.perf_counter() - started
-            bar.close()
-            if stats.events:
-                _announce(stats.events, method, log if config.quiet else tqdm.write)
-            if ctx.distributed:
-                # Evaluate and save rank 0's BatchNorm statistics.
-                distributed.broadcast_buffers(model, ctx)
-                _all_ranks_stats(stats, ctx)
-            test_loss, test_acc = _evaluate_all_ranks(model, test_loader, autocast, ctx)
-            metrics.append(_metrics_row(epoch, method, stats, optimizer, train_time,
-                                        test_loss, test_acc))
-            if ctx.is_main:
-                run.write_metrics(metrics)
-                if tensorboard is not None:
-                    tensorboard.write(metrics[-1])
-            save_checkpoint(epoch + 1, 0)
-            row = metrics[-1]
-            log(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f}, train acc "
-                f"{row['train_acc']:.4f}, test acc {test_acc:.4f}, units "
-                f"{row['units_live']}/{len(method.units)}, fwd FLOPs saved "
-                f"{100 * (1 - row['fwd_flops'] / row['fwd_flops_full']):.1f}%, "
-                f"{train_time:.1f}s")
-
-    summary = _summary(config, data, method, metrics, train_time, device)
-    summary["world_size"] = ctx.world_size
-    summary.update(precision.describe())
-    if config.compile:
-        torch.compiler.reset()  # free dynamo's caches of this model (the bench trains on)
-    if ctx.is_main:
-        save_slim(run.file("model.pt"), model.to("cpu"), architecture=config.model,
-                  num_classes=data.num_classes, in_channels=data.in_channels)
-        run.write_json("summary.json", summary)
-        if config.plots:
-            plot_run(metrics, summary, run.path)
-        if tensorboard is not None:
-            tensorboard.close()
-    distributed.barrier(ctx)  # every rank returns once the run directory is complete
-    ctx.close()
-    return summary
-
-
-def _silent(*args, **kwargs) -> None:
-    """The log of ranks other than 0."""
-
-
-def _all_ranks_stats(stats: _EpochStats, ctx: DistContext) -> None:
-    """Turn this rank's epoch sums (loss, correct, samples) into those of all ranks."""
-    loss, correct, samples = distributed.all_reduce_sum(
-        [stats.loss.item(), stats.correct.item(), stats.samples], ctx)
-    stats.loss.fill_(loss)
-    stats.correct.fill_(round(correct))
-    stats.samples = round(samples)
-
-
-def _evaluate_all_ranks(model: nn.Module, loader, autocast,
-                        ctx: DistContext) -> tuple[float, float]:
-    """Test loss and accuracy over the whole test set, each rank evaluating its shard."""
-    loss, acc = evaluate(model, loader, autocast)
-    if not ctx.distributed:
-        return loss, acc
-    n = loader.num_samples
-    total_loss, correct, count = distributed.all_reduce_sum([loss * n, acc * n, n], ctx)
-    return total_loss / max(1, count), round(correct) / max(1, count)
 
 
 def _checkpoint_path(resume: str) -> Path:
@@ -517,58 +84,328 @@ def _checkpoint_path(resume: str) -> Path:
     return path
 
 
-def method_metrics(method: Method) -> dict:
-    """The method's part of a metrics row: live units, last scores (with the drop cost, where
-    the last check measured it, and the action taken), cumulative FLOPs."""
-    cost = method.ledger.cost(method.flops_key())
-    scores = getattr(method, "last_scores", {}) or {}
-    costs = getattr(method, "last_costs", {}) or {}
-    return {
-        "units_live": len(method.live_units),
-        "scores": {u: {"change": s.change, "ratio": s.ratio, "slope": s.slope,
-                       "continuation": s.continuation, "drop_cost": costs.get(u),
-                       "action": method.removed.get(u)} for u, s in scores.items()},
-        "fwd_flops_per_sample": cost.fwd,
-        "fwd_flops_per_sample_full": method.ledger.full.fwd,
-        "bwd_flops_per_sample": cost.bwd,
-        **{k: v for k, v in method.ledger.totals().items() if not k.endswith("reduction")},
-    }
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-def _metrics_row(epoch, method, stats, optimizer, train_time, test_loss, test_acc) -> dict:
-    return {
-        "epoch": epoch + 1,
-        "step": method.steps,
-        "time_s": round(train_time, 3),
-        "lr": optimizer.param_groups[0]["lr"],
-        "train_loss": stats.loss.item() / max(1, stats.samples),
-        "train_acc": stats.correct.item() / max(1, stats.samples),
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        "dropped": [e.unit for e in stats.events],
-        **method_metrics(method),
-    }
+def resume_config(asked: TrainConfig, saved: dict, given: Collection[str] | None,
+                  resume_from: Path) -> TrainConfig:
+    """The configuration a resumed run continues with: the checkpoint's experiment, with the
+    reporting fields (:data:`REPORTING_FIELDS`) and a longer ``epochs`` taken from ``asked``.
+
+    ``given`` are the fields the user set; None: those of ``asked`` that differ from the
+    defaults (an API caller's ``TrainConfig(resume=..., epochs=...)``).
+
+    Raises:
+        ConfigError: a given field would change the experiment (``--lr``, ``--model``,
+            ``--method``, a method option ...), or ``--overwrite`` with ``--resume``.
+    """
+    old = TrainConfig.from_dict(saved)
+    if given is None:
+        default = TrainConfig()
+        given = {f.name for f in dataclasses.fields(TrainConfig)
+                 if getattr(asked, f.name) != getattr(default, f.name)}
+    if "overwrite" in given and asked.overwrite:
+        raise ConfigError("--overwrite and --resume contradict each other: --resume continues "
+                          "the run, --overwrite replaces it; pass one")
+    for name in sorted(set(given) - REPORTING_FIELDS - {"epochs", "overwrite"}):
+        new, was = getattr(asked, name), getattr(old, name)
+        if name == "method_options":  # only the options given count
+            keys = sorted(k for k in new if new[k] != was.get(k))
+            what = ", ".join(f"{_flag(k)} {new[k]!r} (the run has "
+                             f"{was.get(k, 'the default')!r})" for k in keys)
+        else:
+            what = f"{_flag(name)} {new!r} (the run has {was!r})" if new != was else ""
+        if what:
+            raise ConfigError(
+                f"--resume {resume_from.parent} continues that experiment with its own settings, "
+                f"so it cannot take {what}; start a new run (another --out) to change it")
+    values = old.to_dict()
+    for name in REPORTING_FIELDS | ({"epochs"} if "epochs" in given else set()):
+        values[name] = getattr(asked, name)
+    values["resume"] = str(resume_from)
+    values["out"] = asked.out or str(resume_from.parent)
+    return TrainConfig.from_dict(values)
 
 
-def _summary(config, data, method, metrics, train_time, device) -> dict:
-    info = method.summary()
-    accs = [m["test_acc"] for m in metrics]
-    return {
-        "method": config.method,
-        "model": config.model,
-        "dataset": data.name,
-        "epochs": config.epochs,
-        "seed": config.seed,
-        "device": str(device),
-        "samples_seen": info["samples_seen"],
-        "train_time_s": round(train_time, 3),
-        "final_test_acc": accs[-1] if accs else None,
-        "best_test_acc": max(accs) if accs else None,
-        **{k: info[k] for k in (
-            "fwd_flops", "fwd_flops_full", "fwd_flops_reduction", "extra_fwd_flops",
-            "bwd_flops", "bwd_flops_full", "bwd_flops_reduction",
-            "params_initial", "params_final", "units_total", "units_dropped", "units_frozen",
-            "check_time_s",
-        )},
-        "drops": info["drops"],
-    }
+def lr_schedule(total_steps: int, warmup_steps: int,
+                extensions: list[tuple[int, float]]) -> Callable[[int], float]:
+    """The learning-rate factor of an epoch run: :func:`warmup_cosine`, and after each
+    extension ``(step, factor)`` (``--resume --epochs`` with more epochs, after the warm-up) a
+    cosine from that step's factor down to zero at the new end. The last extension rules from
+    its step on; it is continuous in value (a kink, not a jump)."""
+    base = warmup_cosine(total_steps, warmup_steps)
+    if not extensions:
+        return base
+    start, f0 = extensions[-1]
+
+    def factor(step: int) -> float:
+        if step < start:
+            return base(step)  # already taken; never asked again after a resume
+        progress = (step - start) / max(1, total_steps - start)
+        return f0 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+class Training:
+    """One epoch-based training run, built and (when resuming) restored on construction.
+
+    Iterate :meth:`epochs` to train (each item is a finished epoch's metrics row, after its
+    checkpoint), then call :meth:`finish` for the summary, ``model.pt`` and plots. Several
+    trainings can run in lockstep in one process (one epoch of each in turn); they then share
+    the process's random generator (each seeds it before building its model) and, with
+    ``compile``, dynamo's caches, which each rebuild after a drop resets.
+
+    Args:
+        config: the run's options.
+        log: where progress lines go.
+        given: the fields the user set (see :func:`resume_config`).
+        stop: a shared Ctrl-C flag (several trainings in one loop); default: each
+            :meth:`epochs` installs its own for as long as it runs.
+    """
+
+    def __init__(self, config: TrainConfig, log: Log = print, *,
+                 given: Collection[str] | None = None, stop: StopFlag | None = None) -> None:
+        ckpt = None
+        if config.resume:
+            resume_from = _checkpoint_path(config.resume)
+            ckpt = safe_load(resume_from)
+            config = resume_config(config, ckpt["config"], given, resume_from)
+        config.validate()
+        if config.out is None:
+            config.out = default_out(config)
+        self.config, self.stop = config, stop
+        self.run = run = RunDir(config.out)
+        if ckpt is not None and (run.file("summary.json").is_file()
+                                 and ckpt["epoch"] >= config.epochs):
+            raise ConfigError(f"{run.path} already finished its {ckpt['epoch']} epochs; pass "
+                              "--epochs N to train it longer, or start a new run")
+        # Under torchrun: one process per rank, each on its shard of every epoch; --batch-size
+        # stays the global batch, so steps, schedule and checks match a single-process run.
+        self.ctx = ctx = distributed.init_from_env(pick_device(config.device),
+                                                   config.dist_timeout)
+        if config.batch_size % ctx.world_size:
+            raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be a "
+                              f"multiple of the {ctx.world_size} processes")
+        # Only rank 0 touches the run directory; its refusal (an existing run) stops every rank.
+        distributed.on_main_first(
+            ctx, lambda: run.prepare(resume=ckpt is not None, overwrite=config.overwrite))
+        self.log = log if ctx.is_main else _silent
+        self.quiet = config.quiet or not ctx.is_main  # no progress bars on other ranks
+
+        # Denormal floats (tiny gradients late in training) make CPU kernels crawl; flush them.
+        torch.set_flush_denormal(True)
+        if ctx.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.data = data = load_dataset(config.dataset, config.data_dir, config.image_size,
+                                        config.subset, config.seed, config.test_subset)
+        self.train_loader, self.test_loader = make_loaders(
+            data, config.batch_size // ctx.world_size, ctx.device, config.seed,
+            augment=config.augment, eval_batch_size=config.eval_batch_size, rank=ctx.rank,
+            world_size=ctx.world_size)
+        if len(self.train_loader) == 0:
+            raise ConfigError("the training set is smaller than one batch; lower --batch-size")
+        self.steps_per_epoch = steps = len(self.train_loader)
+        self.total_steps = steps * config.epochs
+        self.lr_extensions: list[tuple[int, float]] = [
+            tuple(e) for e in (ckpt or {}).get("lr_extensions", [])]
+        if ckpt is not None:
+            self._extend_schedule(ckpt)
+        warmup = round(config.warmup_epochs * steps)
+        self.parts = parts = build_parts(
+            config, data, (config.batch_size, data.in_channels, data.image_size, data.image_size),
+            ctx, steps_per_check=steps, total_steps=self.total_steps,
+            lr_factor=lr_schedule(self.total_steps, warmup, self.lr_extensions))
+        parts.use_memory_format(self.train_loader, self.test_loader)
+        self.method = method = parts.method
+
+        self.rows: list[dict] = []
+        self.epoch, self.batch, self.train_time = 0, 0, 0.0
+        if ckpt is not None:
+            try:
+                method.load_state_dict(ckpt["method"])
+            except ValueError as err:  # e.g. freezeout's total_steps after --epochs
+                raise ConfigError(f"cannot resume {run.path} with {config.epochs} epochs: "
+                                  f"{err}") from err
+            parts.model.load_state_dict(ckpt["model"])
+            parts.optimizer.load_state_dict(ckpt["optimizer"])  # moves state to the device
+            parts.scheduler.load_state_dict(ckpt["scheduler"])
+            self.rows = ckpt["metrics"]
+            self.epoch, self.batch, self.train_time = ckpt["epoch"], ckpt["batch"], ckpt[
+                "train_time"]
+            self.log(f"resuming {run.path} at epoch {self.epoch + 1}, step {method.steps}")
+        self.metrics = None
+        if ctx.is_main:
+            run.write_json("config.json", config.to_dict())
+            self.metrics = MetricsLog(run, rows=self.rows, tensorboard=config.tensorboard,
+                                      resume_step=method.steps if ckpt is not None else None)
+        self.log(f"{config.method}: {config.model} on {data.name} ({len(data.train_y)} train / "
+                 f"{len(data.test_y)} test images, {data.in_channels}x{data.image_size}x"
+                 f"{data.image_size}), {len(method.units)} droppable units, {config.epochs} "
+                 f"epochs on {ctx.device}"
+                 + (f" x {ctx.world_size} processes" if ctx.distributed else "")
+                 + f", {parts.precision.name} {parts.precision.memory_format}")
+
+    def _extend_schedule(self, ckpt: dict) -> None:
+        """Apply a longer ``--epochs`` to a resumed run, or refuse it (see :func:`lr_schedule`)."""
+        old_epochs = TrainConfig.from_dict(ckpt["config"]).epochs
+        new_epochs = self.config.epochs
+        if new_epochs == old_epochs:
+            return
+        done = ckpt["epoch"] + ckpt["batch"] / self.steps_per_epoch
+        if new_epochs < old_epochs:
+            raise ConfigError(f"--epochs {new_epochs}: a resumed run can only get longer (it "
+                              f"was planned for {old_epochs} epochs, {done:g} done)")
+        step = ckpt["scheduler"]["last_epoch"]
+        warmup = round(self.config.warmup_epochs * self.steps_per_epoch)
+        old_factor = lr_schedule(self.steps_per_epoch * old_epochs, warmup, self.lr_extensions)
+        factor = old_factor(step)
+        if factor <= 1e-12:
+            raise ConfigError(
+                f"--epochs {new_epochs}: {self.run.path} ended its learning-rate schedule (it "
+                f"decayed to zero at epoch {old_epochs}), so more epochs would not train; start "
+                f"a new run with --epochs {new_epochs}")
+        if step >= warmup:
+            self.lr_extensions.append((step, factor))
+        self.log(f"extending {self.run.path} from {old_epochs} to {new_epochs} epochs: the "
+                 f"learning rate goes on from {factor:.3g} x --lr by a cosine to zero at epoch "
+                 f"{new_epochs}")
+
+    def epochs(self) -> Iterator[dict]:
+        """Train the remaining epochs, one per item: each yields that epoch's metrics row,
+        after its checkpoint is saved."""
+        with contextlib.nullcontext(self.stop) if self.stop else StopFlag() as stop:
+            while self.epoch < self.config.epochs:
+                row = self._one_epoch(stop)
+                self.epoch, self.batch = self.epoch + 1, 0
+                self._save_checkpoint()
+                self.log(self._epoch_line(row))
+                yield row
+
+    def _one_epoch(self, stop: StopFlag) -> dict:
+        config, parts, method, ctx = self.config, self.parts, self.method, self.ctx
+        epoch, skip = self.epoch, self.batch
+        self.train_loader.set_epoch(epoch)
+        parts.model.train()
+        stats = RunningStats(ctx.device)
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=self.quiet, leave=False, dynamic_ncols=True)
+        bar.update(skip)
+        started = time.perf_counter()
+        for i, (x, y) in enumerate(self.train_loader):
+            if i < skip:
+                continue  # resumed mid-epoch: same order, same augmentation
+            loss, out, events = train_step(method, parts.forward, parts.optimizer,
+                                           parts.scheduler, x, y, parts.autocast,
+                                           samples=len(y) * ctx.world_size)
+            stats.add(loss, out, y, events)
+            parts.forward.refresh()
+            if (i + 1) % 25 == 0 or i + 1 == self.steps_per_epoch:
+                self._check_loss(stats.mean_loss(), f"epoch {epoch + 1}")  # a sync per 25 steps
+                bar.set_postfix(loss=f"{stats.mean_loss():.3f}",
+                                acc=f"{stats.correct.item() / stats.samples:.3f}",
+                                units=f"{len(method.live_units)}/{len(method.units)}",
+                                saved=f"{100 * method.ledger.totals()['fwd_flops_reduction']:.0f}%")
+            bar.update(1)
+            if distributed.any_rank(stop.set, ctx):  # every rank stops at the same step
+                self.train_time += self._elapsed(started)
+                self.batch = i + 1
+                self._save_checkpoint()
+                bar.close()
+                raise TrainingInterrupted(
+                    f"interrupted; checkpoint saved, continue with: learndrop train --resume "
+                    f"{self.run.path}")
+        self.train_time += self._elapsed(started)
+        bar.close()
+        if stats.events:
+            report.announce(stats.events, method, self.log if self.quiet else tqdm.write)
+        if ctx.distributed:
+            # Evaluate and save rank 0's BatchNorm statistics.
+            distributed.broadcast_buffers(parts.model, ctx)
+            _all_ranks_stats(stats, ctx)
+        test = _evaluate_all_ranks(parts, self.test_loader, ctx)
+        row = report.metrics_row(method, stats, parts.optimizer, self.train_time, test,
+                                 epoch=epoch + 1)
+        self.rows.append(row)
+        if self.metrics is not None:
+            self.metrics.append(row)
+        return row
+
+    def _elapsed(self, started: float) -> float:
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    def _check_loss(self, mean_loss: float, where: str) -> None:
+        if not math.isfinite(mean_loss):
+            raise TrainingDivergedError(
+                f"the training loss became {mean_loss} at {where}; lower --lr (now "
+                f"{self.config.lr}) or check the data; the last good checkpoint is "
+                f"{self.run.file(CHECKPOINT)}")
+
+    def _epoch_line(self, row: dict) -> str:
+        return (f"epoch {row['epoch']}/{self.config.epochs}: loss {row['train_loss']:.4f}, train "
+                f"acc {row['train_acc']:.4f}, test acc {row['test_acc']:.4f}, units "
+                f"{row['units_live']}/{len(self.method.units)}, fwd FLOPs saved "
+                f"{100 * (1 - row['fwd_flops'] / row['fwd_flops_full']):.1f}%, "
+                f"{self.train_time:.1f}s")
+
+    def _save_checkpoint(self) -> None:
+        if not self.ctx.is_main:
+            return
+        parts = self.parts
+        self.run.save_torch(CHECKPOINT, {
+            "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(), "method": self.method.state_dict(),
+            "metrics": self.rows, "epoch": self.epoch, "batch": self.batch,
+            "train_time": self.train_time, "config": self.config.to_dict(),
+            "lr_extensions": [list(e) for e in self.lr_extensions],
+        })
+
+    def finish(self) -> dict:
+        """Write the summary, ``model.pt`` (the slim network) and the plots; returns the
+        summary. Call after :meth:`epochs` is exhausted."""
+        config, ctx = self.config, self.ctx
+        accs = [r["test_acc"] for r in self.rows]
+        summary = report.summary(
+            config, self.data.name, self.method, self.train_time, ctx.device,
+            accs[-1] if accs else None, max(accs) if accs else None, epochs=config.epochs)
+        summary["world_size"] = ctx.world_size
+        summary.update(self.parts.precision.describe())
+        if config.compile:
+            torch.compiler.reset()  # free dynamo's caches of this model (the bench trains on)
+        if ctx.is_main:
+            save_slim(self.run.file("model.pt"), self.parts.model.to("cpu"),
+                      architecture=config.model, num_classes=self.data.num_classes,
+                      in_channels=self.data.in_channels)
+            self.run.write_json("summary.json", summary)
+            if config.plots:
+                report.plot(self.run, summary)
+            self.metrics.close()
+        distributed.barrier(ctx)  # every rank returns once the run directory is complete
+        ctx.close()
+        return summary
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
+
+
+def _all_ranks_stats(stats: RunningStats, ctx: DistContext) -> None:
+    """Turn this rank's epoch sums (loss, correct, samples) into those of all ranks."""
+    loss, correct, samples = distributed.all_reduce_sum(
+        [stats.loss.item(), stats.correct.item(), stats.samples], ctx)
+    stats.loss.fill_(loss)
+    stats.correct.fill_(round(correct))
+    stats.samples = round(samples)
+
+
+def _evaluate_all_ranks(parts, loader, ctx: DistContext) -> dict:
+    """Test loss and accuracy over the whole test set, each rank evaluating its shard."""
+    test = evaluate(parts.model, loader, parts.autocast)
+    if not ctx.distributed:
+        return test
+    n = test["samples"]
+    loss, correct, count = distributed.all_reduce_sum([test["loss"] * n, test["acc"] * n, n], ctx)
+    return {"loss": loss / max(1, count), "acc": round(correct) / max(1, count),
+            "samples": round(count)}

@@ -1,0 +1,206 @@
+"""Building a run: what the epoch trainer, the stream loop and the bench's dry run share.
+
+One function per part, in the order a run needs them: the device, the model (with starting
+weights and a new head), the optimizer, the learning-rate schedule, the method, and the
+training forward (the model in DDP and/or compiled, rebuilt after every structural change).
+:func:`build_parts` puts the model, optimizer, method, schedule and forward together; each loop
+only adds how it feeds the data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from learndrop import distributed
+from learndrop.distributed import DistContext
+from learndrop.methods import Method, RunInfo, build_method
+from learndrop.models import create_model, replace_head
+from learndrop.precision import Precision, resolve_precision
+from learndrop.train.config import ConfigError, TrainConfig
+from learndrop.train.weights import head_classes, load_weights, weights_classes
+
+__all__ = [
+    "Forward", "Parts", "build_model", "build_optimizer", "build_parts", "default_out",
+    "pick_device", "warmup_cosine",
+]
+
+
+class DataSpec(Protocol):
+    """What the builder needs to know of the data (an ``ImageDataset`` has it)."""
+
+    num_classes: int
+    in_channels: int
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ConfigError: CUDA asked for but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but no CUDA device is available; "
+                          "use --device cpu")
+    return torch.device(name)
+
+
+def default_out(config: TrainConfig) -> str:
+    """``runs/MODEL-DATA-METHOD``: the run directory when ``--out`` is not given."""
+    name = config.dataset.replace("folder:", "").replace("/", "_").strip("._")
+    return str(Path("runs") / f"{config.model}-{name}-{config.method}")
+
+
+def build_model(config: TrainConfig, data: DataSpec, device: torch.device) -> nn.Module:
+    """The model of ``config``, with optional starting weights and replaced head.
+
+    Raises:
+        ConfigError: the head does not fit the data's classes (and no ``--replace-head``).
+    """
+    kwargs = {"pretrained": True} if config.pretrained else {}
+    classes = config.replace_head or data.num_classes
+    head_from_weights = config.weights is not None or config.pretrained
+    model = create_model(
+        config.model,
+        num_classes=data.num_classes if not head_from_weights else weights_classes(config.weights),
+        in_channels=data.in_channels,
+        **kwargs,
+    )
+    if config.weights is not None:
+        load_weights(model, config.weights)
+    # --replace-head always gives a fresh head, even when the old one has the right size
+    # (fine-tuning 5 classes onto 5 other classes must not keep the old classes' weights).
+    if config.replace_head is not None or (head_from_weights and head_classes(model) != classes):
+        replace_head(model, classes)
+    if head_classes(model) != data.num_classes:
+        raise ConfigError(
+            f"the model has {head_classes(model)} outputs but {config.dataset} has "
+            f"{data.num_classes} classes; pass --replace-head {data.num_classes}"
+        )
+    return model.to(device)
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay over every parameter: the one optimizer of a run."""
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up, then cosine decay to zero at ``total_steps``
+    (Loshchilov & Hutter 2017, SGDR, without restarts; Goyal et al. 2017 for the warm-up)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+class Forward:
+    """The training forward: the model, in DDP under torchrun and/or ``torch.compile``d.
+
+    DDP registers the parameters it reduces when it is built, and dynamo's guards hold the old
+    modules, so both are rebuilt once per structural change of the method
+    (:meth:`refresh`, after every step). The old compiled code is dead then:
+    ``torch.compiler.reset()`` drops it, which also keeps dynamo under its recompile limit
+    (past it, a long run would quietly fall back to eager).
+    """
+
+    def __init__(self, model: nn.Module, method: Method, ctx: DistContext, *,
+                 compile: bool) -> None:
+        self.model, self.method, self.ctx, self.compile = model, method, ctx, compile
+        self._build()
+
+    def _build(self) -> None:
+        wrapped = distributed.wrap_ddp(
+            self.model, self.ctx, find_unused_parameters=self.method.units_idle_in_step)
+        self.forward = torch.compile(wrapped) if self.compile else wrapped
+        self.version = self.method.structure_version
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+    def refresh(self) -> bool:
+        """Rebuild when the method changed the structure since the last build; True if so."""
+        if self.method.structure_version == self.version:
+            return False
+        if self.compile:
+            torch.compiler.reset()
+        self._build()
+        return True
+
+
+@dataclass
+class Parts:
+    """The trainable parts of a run, built in the order that keeps resume exact, and the one
+    decision on precision and memory format that both loops follow."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    method: Method
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    forward: Forward
+    precision: Precision
+
+    def autocast(self):
+        """A fresh autocast context for one training or test forward (``--precision``)."""
+        return self.precision.autocast()
+
+    def use_memory_format(self, *loaders: object) -> None:
+        """Make those ``loaders`` that convert their own batches (``DeviceLoader`` does it on
+        uint8, the cheapest place) give them in the model's memory format; other inputs are
+        converted by the model's first convolution."""
+        for loader in loaders:
+            if hasattr(loader, "channels_last"):
+                loader.channels_last = self.precision.channels_last
+
+
+def build_parts(
+    config: TrainConfig,
+    data: DataSpec,
+    example_shape: tuple[int, ...],
+    ctx: DistContext,
+    *,
+    steps_per_check: int | None,
+    total_steps: int | None,
+    lr_factor: Callable[[int], float],
+    dry_run: bool = False,
+) -> Parts:
+    """Model, optimizer, method, schedule and forward of ``config`` on ``ctx.device``.
+
+    Args:
+        data: the number of classes and input channels.
+        example_shape: one input batch's shape (the global batch): units and FLOPs are measured
+            on it.
+        steps_per_check: steps between the method's checks.
+        total_steps: the run's length in steps (None: unknown, a stream).
+        lr_factor: the learning-rate factor of each step (the schedule).
+        dry_run: build only to check (on the meta device, say): see :class:`RunInfo`.
+    """
+    device = ctx.device
+    precision = resolve_precision(config.precision, device)
+    torch.manual_seed(config.seed)
+    model = build_model(config, data, device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config, model)
+    example = torch.zeros(example_shape, device=device)
+    method = build_method(config.method, model, optimizer, example, config.method_options,
+                          RunInfo(seed=config.seed, total_steps=total_steps,
+                                  steps_per_check=steps_per_check, unit_names=config.units,
+                                  dry_run=dry_run))
+    if ctx.distributed:
+        method.sync = distributed.broadcast_decision(ctx)  # every rank applies rank 0's drops
+    # Created after the method, which may split param groups (FreezeOut).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    forward = Forward(model, method, ctx, compile=config.compile and not dry_run)
+    return Parts(model, optimizer, method, scheduler, forward, precision)
