@@ -14,6 +14,7 @@ import dataclasses
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,13 +263,16 @@ class StopFlag:
 
 # ---- the run ---------------------------------------------------------------------------------
 
-def train(config: TrainConfig, log=print) -> dict:
+def train(config: TrainConfig, log=print,
+          on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train according to ``config``; returns the summary (also written to summary.json).
 
-    Under torchrun, every process calls this; see :mod:`learndrop.distributed`.
+    ``on_epoch(row)``, when given, is called with every finished epoch's metrics row once its
+    checkpoint is saved (the bench's lockstep scheduler pauses a run there). Under torchrun,
+    every process calls this; see :mod:`learndrop.distributed`.
     """
     try:
-        return _train(config, log)
+        return _train(config, log, on_epoch)
     except (RuntimeError, torch.distributed.DistError) as err:
         # A collective inside DDP's backward that lost its peers: one line that says why.
         explained = distributed.explain(err)
@@ -277,7 +281,7 @@ def train(config: TrainConfig, log=print) -> dict:
         raise explained from err
 
 
-def _train(config: TrainConfig, log) -> dict:
+def _train(config: TrainConfig, log, on_epoch) -> dict:
     ckpt = None
     if config.resume:
         # A resumed run continues with the configuration it started with; only how it reports
@@ -347,7 +351,9 @@ def _train(config: TrainConfig, log) -> dict:
         return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
     metrics: list[dict] = []
-    start_epoch, start_batch, train_time = 0, 0, 0.0
+    # Wall-clock and process CPU time of the training steps (evaluation excluded): CPU time is
+    # what a shared machine's load changes least (time spent waiting for a core is not in it).
+    start_epoch, start_batch, train_time, train_cpu = 0, 0, 0.0, 0.0
     if ckpt is not None:
         method.load_state_dict(ckpt["method"])
         model.load_state_dict(ckpt["model"])
@@ -355,6 +361,7 @@ def _train(config: TrainConfig, log) -> dict:
         scheduler.load_state_dict(ckpt["scheduler"])
         metrics = ckpt["metrics"]
         start_epoch, start_batch, train_time = ckpt["epoch"], ckpt["batch"], ckpt["train_time"]
+        train_cpu = ckpt.get("train_cpu", 0.0)
         log(f"resuming {run.path} at epoch {start_epoch + 1}, step {method.steps}")
     tensorboard = None
     if ctx.is_main:
@@ -383,6 +390,7 @@ def _train(config: TrainConfig, log) -> dict:
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "method": method.state_dict(),
             "metrics": metrics, "epoch": epoch, "batch": batch, "train_time": train_time,
+            "train_cpu": train_cpu,
             "config": config.to_dict(),
         })
 
@@ -396,7 +404,7 @@ def _train(config: TrainConfig, log) -> dict:
                        disable=config.quiet, leave=False, dynamic_ncols=True)
             skip = start_batch if epoch == start_epoch else 0
             bar.update(skip)
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             for i, (x, y) in enumerate(train_loader):
                 if i < skip:
                     continue  # resumed mid-epoch: same order, same augmentation
@@ -431,6 +439,7 @@ def _train(config: TrainConfig, log) -> dict:
                     if cuda:
                         torch.cuda.synchronize()
                     train_time += time.perf_counter() - started
+                    train_cpu += time.process_time() - started_cpu
                     save_checkpoint(epoch, i + 1)
                     bar.close()
                     raise TrainingInterrupted(
@@ -439,6 +448,7 @@ def _train(config: TrainConfig, log) -> dict:
             if cuda:
                 torch.cuda.synchronize()
             train_time += time.perf_counter() - started
+            train_cpu += time.process_time() - started_cpu
             bar.close()
             if stats.events:
                 _announce(stats.events, method, log if config.quiet else tqdm.write)
@@ -448,20 +458,22 @@ def _train(config: TrainConfig, log) -> dict:
                 _all_ranks_stats(stats, ctx)
             test_loss, test_acc = _evaluate_all_ranks(model, test_loader, autocast, ctx)
             metrics.append(_metrics_row(epoch, method, stats, optimizer, train_time,
-                                        test_loss, test_acc))
+                                        train_cpu, test_loss, test_acc))
             if ctx.is_main:
                 run.write_metrics(metrics)
                 if tensorboard is not None:
                     tensorboard.write(metrics[-1])
             save_checkpoint(epoch + 1, 0)
             row = metrics[-1]
+            if on_epoch is not None:
+                on_epoch(row)
             log(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f}, train acc "
                 f"{row['train_acc']:.4f}, test acc {test_acc:.4f}, units "
                 f"{row['units_live']}/{len(method.units)}, fwd FLOPs saved "
                 f"{100 * (1 - row['fwd_flops'] / row['fwd_flops_full']):.1f}%, "
                 f"{train_time:.1f}s")
 
-    summary = _summary(config, data, method, metrics, train_time, device)
+    summary = _summary(config, data, method, metrics, train_time, train_cpu, device)
     summary["world_size"] = ctx.world_size
     if config.compile:
         torch.compiler.reset()  # model.pt must not carry dynamo's caches (or their backends)
@@ -525,11 +537,13 @@ def method_metrics(method: Method) -> dict:
     }
 
 
-def _metrics_row(epoch, method, stats, optimizer, train_time, test_loss, test_acc) -> dict:
+def _metrics_row(epoch, method, stats, optimizer, train_time, train_cpu, test_loss,
+                 test_acc) -> dict:
     return {
         "epoch": epoch + 1,
         "step": method.steps,
         "time_s": round(train_time, 3),
+        "cpu_s": round(train_cpu, 3),
         "lr": optimizer.param_groups[0]["lr"],
         "train_loss": stats.loss.item() / max(1, stats.samples),
         "train_acc": stats.correct.item() / max(1, stats.samples),
@@ -540,7 +554,7 @@ def _metrics_row(epoch, method, stats, optimizer, train_time, test_loss, test_ac
     }
 
 
-def _summary(config, data, method, metrics, train_time, device) -> dict:
+def _summary(config, data, method, metrics, train_time, train_cpu, device) -> dict:
     info = method.summary()
     accs = [m["test_acc"] for m in metrics]
     return {
@@ -552,6 +566,7 @@ def _summary(config, data, method, metrics, train_time, device) -> dict:
         "device": str(device),
         "samples_seen": info["samples_seen"],
         "train_time_s": round(train_time, 3),
+        "train_cpu_s": round(train_cpu, 3),
         "final_test_acc": accs[-1] if accs else None,
         "best_test_acc": max(accs) if accs else None,
         **{k: info[k] for k in (
