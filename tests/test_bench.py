@@ -199,3 +199,11 @@ def test_bad_bench_config_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
     assert not out.exists()
+
+
+def test_the_bench_library_does_not_import_the_cli():
+    import subprocess
+    import sys
+
+    code = "import sys, learndrop.bench; assert 'learndrop.cli' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
