@@ -58,7 +58,7 @@ def report(out: Path) -> str:
     shallow = out / SHALLOW / "bench.json"
     deep = out / DEEP / "bench.json"
     if shallow.exists() and deep.exists():
-        acc = {m: json.loads(p.read_text())["aggregate"]["full"]["final_test_acc"]
+        acc = {m: json.loads(p.read_text())["rows"]["full"]["final_test_acc"]
                for m, p in ((SHALLOW, shallow), (DEEP, deep))}
         gap = acc[DEEP] - acc[SHALLOW]
         verdict = ("depth matters here" if gap >= 0.02
@@ -88,8 +88,9 @@ def main() -> int:
         profile = PROFILES[args.profile]
         base = base_config(profile, args.device)
         # Shallow reference first (one full run), then the deep network with every method.
-        run_bench(replace(base, model=SHALLOW), ["full"], profile["seeds"], out / SHALLOW)
-        run_bench(base, METHODS, profile["seeds"], out / DEEP)
+        run_bench(replace(base, model=SHALLOW), ["full"], profile["seeds"], out / SHALLOW,
+                  budgets=(), aa_control=False)
+        run_bench(base, METHODS, profile["seeds"], out / DEEP, budgets=(), aa_control=False)
     print(report(out))
     return 0
 

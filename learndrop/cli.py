@@ -192,6 +192,68 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``learndrop bench`` (every ``learndrop train`` option, plus the bench's own)."""
+    p = subparsers.add_parser(
+        "bench", help="compare training methods with full training and its budget frontier",
+        description="Train every method of --methods, full training at fractions of the epochs "
+                    "(--budgets) and full training again (the A/A control) on the same model, "
+                    "data and settings, each seed's runs in lockstep (one epoch of each in "
+                    "turn), and report accuracy, FLOPs, wall-clock and CPU time against full "
+                    "training and its budget frontier (bench.json, bench.md, plots). "
+                    "Resumable: run the same command again to continue. See docs/bench.md.")
+    add_train_arguments(p)
+    bench = p.add_argument_group("bench")
+    bench.add_argument("--methods", default="full,learndrop,freezeout,stochastic-depth,random-drop",
+                       help="comma-separated methods (full is always included; default "
+                            "%(default)s)")
+    bench.add_argument("--seeds", type=int, default=1, metavar="K",
+                       help="seeds --seed .. --seed+K-1, one after another (default 1)")
+    bench.add_argument("--budgets", default=None, metavar="F,F,...",
+                       help="full training at these fractions of --epochs (rounded half up), "
+                            "schedule compressed: the budget frontier; 'none' for none (default "
+                            "0.25,0.5,0.75, less those that round to the same epochs)")
+    bench.add_argument("--no-aa-control", dest="aa_control", action="store_false",
+                       help="leave out the A/A control (full training timed twice: the noise "
+                            "floor of every time ratio)")
+    bench.add_argument("--shallow", default=None, metavar="MODEL",
+                       help="also train this shallower model in full: the check that depth "
+                            "matters in this regime")
+    bench.add_argument("--dry-run", action="store_true",
+                       help="check the configuration, data and one training step, print the "
+                            "plan, write nothing")
+    # Set by the bench per run: given on the command line they would be silently overridden.
+    p.set_defaults(func=cmd_bench, method=None, resume=None, reference=None)
+    return p
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from learndrop.bench import BENCH_MD, run_bench
+    from learndrop.train import ConfigError
+
+    for flag in ("method", "resume", "reference"):
+        if getattr(args, flag) is not None:
+            hint = {"method": "use --methods", "resume": "run the same bench command again",
+                    "reference": "each seed's learndrop run is the reference"}[flag]
+            raise ConfigError(f"--{flag} is not a bench option: {hint}")
+    if args.nproc != 1:
+        raise ConfigError("bench runs every run in this one process: leave out --nproc "
+                          "(on several GPUs, use `learndrop train --nproc N` per method)")
+    args.method = "full"
+    config = config_from_args(args)
+    out = Path(args.out or f"runs/bench-{config.model}-"
+               f"{config.dataset.replace('folder:', '').replace('/', '_').strip('._')}")
+    config.out = None
+    report = run_bench(config, args.methods, args.seeds, out, budgets=args.budgets,
+                       aa_control=args.aa_control, shallow=args.shallow, dry_run=args.dry_run,
+                       log=print)
+    if not args.dry_run:
+        print((out / BENCH_MD).read_text())
+    return 0 if report else 1
+
+
 def cmd_units(args: argparse.Namespace) -> int:
     import torch
 
@@ -245,12 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_units)
     p = sub.add_parser("models", help="list the model names")
     p.set_defaults(func=cmd_models)
-    try:
-        from learndrop.bench import add_bench_parser
-    except ImportError:
-        pass
-    else:
-        add_bench_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

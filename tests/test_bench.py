@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from learndrop.bench import parse_methods, plan_runs, run_bench, write_report
+from learndrop.bench import budget_epochs, parse_budgets, parse_methods, plan_bench, run_bench
+from learndrop.bench.plan import default_budgets
+from learndrop.bench.report import write_report
 from learndrop.cli import main
 from learndrop.methods import METHODS
 from learndrop.train import ConfigError, TrainConfig
@@ -18,6 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 METHOD_NAMES = [m for m in ("full", "learndrop", "random-drop", "slim-from-scratch", "freezeout",
                             "stochastic-depth") if m in METHODS]
+BUDGETS = "0.25,0.5"  # 1 and 2 of 3 epochs
 TINY = ["--model", "resnet20", "--dataset", "fashion-mnist", "--subset", "192",
         "--test-subset", "100", "--image-size", "16", "--epochs", "3", "--batch-size", "64",
         "--lr", "0.05", "--change-threshold", "1", "--max-slope", "100",
@@ -42,98 +45,146 @@ def tiny(**overrides) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("bench")
-    report = run_bench(tiny(), METHOD_NAMES, 1, out, log=lambda s: None)
-    return out, report
+    logs = []
+    # The depth check's mechanism, with another small network in the role of the shallow one.
+    report = run_bench(tiny(), METHOD_NAMES, 1, out, budgets=BUDGETS, shallow="resnet32",
+                       log=logs.append)
+    torch.set_num_threads(threads)
+    return out, report, logs
 
 
-def test_plan_interleaves_seeds_and_puts_the_reference_first():
-    methods = ["full", "learndrop", "random-drop", "freezeout", "stochastic-depth"]
-    order = plan_runs(methods, [0, 1, 2])
-    assert order[:5] == [("full", 0), ("learndrop", 0), ("random-drop", 0), ("freezeout", 0),
-                         ("stochastic-depth", 0)]
-    assert [m for m, s in order if s == 1] == ["learndrop", "full", "freezeout",
-                                               "stochastic-depth", "random-drop"]
-    assert [m for m, s in order if s == 2][2:] == ["stochastic-depth", "random-drop", "freezeout"]
-    for seed in (0, 1, 2):  # the reference precedes its copies in every seed
-        runs = [m for m, s in order if s == seed]
-        assert runs.index("learndrop") < runs.index("random-drop")
+def test_plan_groups_budgets_and_the_aa_control():
+    assert [budget_epochs(f, 10) for f in (0.25, 0.5, 0.75)] == [3, 5, 8]  # half up
+    assert parse_budgets("0.75,0.25") == [0.25, 0.75] and parse_budgets("none") == []
+    # The defaults keep what makes distinct runs, and say what they leave out.
+    assert default_budgets(8) == ([0.25, 0.5, 0.75], [])
+    kept, notes = default_budgets(3)
+    assert kept == [0.25, 0.5] and notes == [
+        "budget 0.75 of 3 epochs left out: it rounds to the same 2 epochs as budget 0.5"]
+    groups = plan_bench(["full", "learndrop", "random-drop", "freezeout"], [0, 1], 8,
+                        [0.25, 0.5], shallow="resnet20")
+    names = [[s.name for s in g] for g in groups]
+    assert names[0] == ["full-s0", "learndrop-s0", "freezeout-s0", "full-b0.25-s0",
+                        "full-b0.5-s0", "full-resnet20-s0"]
+    # random-drop needs that seed's finished learndrop run: the second group, with the A/A
+    # control that its times are compared with.
+    assert names[1] == ["random-drop-s0", "full-aa-s0"]
+    assert names[2][0] == "learndrop-s1" and len(names) == 4  # rotated by one per seed
+    budget = groups[0][3]
+    assert (budget.method, budget.epochs, budget.budget) == ("full", 2, 0.25)
+    no_copies = plan_bench(["full", "learndrop"], [0], 8, [])
+    assert [s.name for s in no_copies[0]] == ["full-s0", "learndrop-s0", "full-aa-s0"]
     # full (every ratio's reference) and learndrop (random-drop's) are added when missing
     assert parse_methods("random-drop") == ["full", "learndrop", "random-drop"]
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         parse_methods("full,nope")
+    with pytest.raises(ConfigError, match="both round to 2 of 3 epochs"):
+        plan_bench(["full"], [0], 3, [0.5, 0.75])
+    with pytest.raises(ConfigError, match="rounds to 0 epochs"):
+        plan_bench(["full"], [0], 3, [0.1])
+    for bad in ("1.0", "0,0.5", "half", "0.5,0.5"):
+        with pytest.raises(ConfigError, match="--budgets"):
+            parse_budgets(bad)
 
 
 def test_bench_report(bench):
-    out, report = bench
-    assert set(report) >= {"config", "methods", "seeds", "machine", "aggregate", "runs"}
-    assert report["methods"] == METHOD_NAMES and report["seeds"] == [0]
+    out, report, logs = bench
+    assert set(report) >= {"config", "plan", "seeds", "machine", "frontier", "noise_floor",
+                           "rows", "convergence"}
+    rows = report["rows"]
+    runs = [*METHOD_NAMES, "full-b0.5", "full-b0.25", "full-aa"]
+    assert set(rows) >= set(runs)
     assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(report))
-    agg = report["aggregate"]
-    assert list(agg) == METHOD_NAMES
-    for m, a in agg.items():
-        assert set(a) >= {"time_ratio", "acc_delta", "fwd_flops_ratio", "bwd_flops_ratio",
-                          "final_test_acc", "train_time_s", "units_dropped", "per_seed"}
-        run = report["runs"][f"{m}-s0"]
-        assert a["time_ratio"] == pytest.approx(run["train_time_s"]
-                                                / report["runs"]["full-s0"]["train_time_s"])
-        assert a["fwd_flops_ratio"] == pytest.approx(1 - run["fwd_flops_reduction"])
-    assert agg["full"]["time_ratio"] == 1 and agg["full"]["acc_delta"] == 0
-    assert agg["full"]["fwd_flops_ratio"] == agg["full"]["bwd_flops_ratio"] == 1
-    assert agg["learndrop"]["units_dropped"] > 0  # else the copies below test nothing
-    assert agg["learndrop"]["fwd_flops_ratio"] < 1
+    for label in runs:
+        summary = json.loads((out / f"{label}-s0" / "summary.json").read_text())
+        r = rows[label]
+        assert r["time_ratio"] > 0 and r["cpu_ratio"] > 0 and summary["train_cpu_s"] > 0
+        assert r["flops"] == summary["fwd_flops"] + summary["bwd_flops"]
+    assert rows["full-b0.25"]["epochs"] == 1 and rows["full-b0.5"]["epochs"] == 2
+    assert rows["full-b0.5"]["flops_ratio"] == pytest.approx(2 / 3)
+    # The frontier goes through full training and its budgets, cheapest first.
+    assert [p["budget"] for p in report["frontier"]["flops"]] == [0.25, 0.5, 1.0]
+    assert report["frontier"]["time"][-1]["cost"] == 1.0
+    ld = rows["learndrop"]
+    assert ld["units_dropped"] > 0 and ld["flops_ratio"] < 1
+    flops = ld["frontier"]["flops"]
+    assert flops["margin"] == pytest.approx(ld["final_test_acc"] - flops["frontier_acc"])
+    assert flops["verdict"].startswith(("above", "below", "on"))
+    # The A/A control: full training twice, in lockstep with the methods copying learndrop.
+    assert rows["full-aa"]["final_test_acc"] == rows["full"]["final_test_acc"]
+    assert rows["random-drop"]["time_reference"] == "full-aa"
+    assert report["noise_floor"]["time_ratio"] == rows["full-aa"]["time_ratio"]
+    assert rows["full"]["time_to_target"]["reached"] == 1
+    assert report["depth"]["gap"] == pytest.approx(
+        rows["full"]["final_test_acc"] - rows["full-resnet32"]["final_test_acc"])
+    assert rows["full-resnet32"]["model"] == "resnet32"
+    assert any("lockstep group 1/2" in line for line in logs)
     md = (out / "bench.md").read_text()
-    for m in METHOD_NAMES:
-        assert f"\n| {m} | 1 |" in md and f"\n| {m}-s0 |" in md
-    for png in ("accuracy_vs_time.png", "tradeoff.png"):
+    for label in runs:
+        assert f"\n| {label} | 1 |" in md and f"\n| {label}-s0 |" in md
+    assert "## Against the budget frontier" in md and "Noise floor" in md
+    for png in ("accuracy_vs_flops.png", "accuracy_vs_time.png"):
         assert (out / png).stat().st_size > 1000
     assert not list(out.glob(".*tmp"))
 
 
 def test_copies_of_the_learndrop_run(bench):
-    _, report = bench
-    ld = report["runs"]["learndrop-s0"]
+    out, _, _ = bench
+    def summary(label):
+        return json.loads((out / f"{label}-s0" / "summary.json").read_text())
+    ld = summary("learndrop")
     if "random-drop" in METHOD_NAMES:
-        rd = report["runs"]["random-drop-s0"]
+        rd = summary("random-drop")
         assert sorted(d["step"] for d in rd["drops"]) == sorted(d["step"] for d in ld["drops"])
         assert rd["units_dropped"] == ld["units_dropped"]
         assert rd["fwd_flops_full"] == ld["fwd_flops_full"]
     if "slim-from-scratch" in METHOD_NAMES:
-        slim = report["runs"]["slim-from-scratch-s0"]
+        slim = summary("slim-from-scratch")
         assert slim["params_final"] == ld["params_final"]
         assert {d["unit"] for d in slim["drops"]} == {d["unit"] for d in ld["drops"]}
 
 
-def test_bench_resumes_run_by_run(bench):
-    out, report = bench
+def test_bench_resumes_run_by_run(bench, one_thread):
+    out, report, _ = bench
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
     # A run stopped after its last checkpoint but before its summary is finished, not redone.
-    last = out / f"{METHOD_NAMES[-1]}-s0"
+    last = out / "full-aa-s0"
     (last / "summary.json").unlink()
     logs: list[str] = []
     started = time.perf_counter()
-    again = run_bench(tiny(), METHOD_NAMES, 1, out, log=logs.append)
+    again = run_bench(tiny(), METHOD_NAMES, 1, out, budgets=BUDGETS,
+                      shallow=report["plan"]["shallow"], log=logs.append)
     assert time.perf_counter() - started < 60
-    assert sum("done, kept" in line for line in logs) == len(METHOD_NAMES) - 1
-    assert any(line.startswith(f"resuming {last}") for line in logs)
+    assert sum("done, kept" in line for line in logs) == len(mtimes) - 1
+    assert any("resuming" in line and "full-aa-s0" in line for line in logs)
     for path, mtime in mtimes.items():
         if path.parent != last:
             assert path.stat().st_mtime_ns == mtime
-    assert again["aggregate"]["full"] == report["aggregate"]["full"]
+    assert again["rows"]["full"] == report["rows"]["full"]
     # The report can be redone from the run directories alone.
-    assert write_report(out)["aggregate"].keys() == again["aggregate"].keys()
+    assert write_report(out)["rows"].keys() == again["rows"].keys()
     # Another experiment into the same directory is refused, not mixed in.
     with pytest.raises(ConfigError, match="epochs=3"):
-        run_bench(tiny(epochs=4), METHOD_NAMES, 1, out, log=logs.append)
+        run_bench(tiny(epochs=4), METHOD_NAMES, 1, out, budgets=BUDGETS, log=logs.append)
 
 
 def test_dry_run_writes_nothing(tmp_path, capsys):
     out = tmp_path / "b"
     assert main(["bench", *TINY, "--methods", "full,learndrop,random-drop", "--seeds", "2",
-                 "--out", str(out), "--dry-run"]) == 0
+                 "--budgets", "0.5", "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "dry run OK" in printed and "random-drop-s1" in printed
+    assert "full-b0.5-s1" in printed and "full-aa-s0" in printed
     assert not out.exists()
+    assert main(["bench", *TINY, "--budgets", "none", "--no-aa-control", "--out", str(out),
+                 "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "full-aa" not in printed and "full-b" not in printed
 
 
 def test_bad_bench_config_is_one_line(tmp_path, capsys):
@@ -145,8 +196,20 @@ def test_bad_bench_config_is_one_line(tmp_path, capsys):
         (["--lr", "-1"], "--lr must be > 0"),
         (["--stream"], "--stream is not available in bench"),
         (["--nproc", "2"], "leave out --nproc"),
+        (["--budgets", "1.5"], "not a fraction of the epochs"),
+        (["--budgets", "0.5,0.6"], "both round to 2 of 3 epochs"),
+        (["--shallow", "resnet9000"], "--shallow: unknown model"),
+        (["--shallow", "resnet20"], "is the bench's own --model"),
     ):
         assert main(["bench", *TINY, "--out", str(out), "--dry-run", *argv]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
     assert not out.exists()
+
+
+def test_the_bench_library_does_not_import_the_cli():
+    import subprocess
+    import sys
+
+    code = "import sys, learndrop.bench; assert 'learndrop.cli' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,9 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "learndrop"
 CORE = {"learndrop.units", "learndrop.scores", "learndrop.policy", "learndrop.surgery",
         "learndrop.flops", "learndrop.meta", "learndrop.recalibrate", "learndrop.drop_cost"}
-# Removed by issue 13 (the bench becomes a library; its parser moves into cli.py). Listed so
-# that this test fails on any other circle, and on this one's removal until the entry goes.
-KNOWN_CIRCLES = {frozenset({"learndrop.bench", "learndrop.cli"})}
+KNOWN_CIRCLES: set[frozenset[str]] = set()  # none: the bench's parser lives in cli.py
 
 
 def module_name(path: Path) -> str:

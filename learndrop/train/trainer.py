@@ -221,6 +221,9 @@ class Training:
 
         self.rows: list[dict] = []
         self.epoch, self.batch, self.train_time = 0, 0, 0.0
+        # Process CPU time of the training steps: on a shared machine it varies far less with
+        # the load than wall-clock (the bench reports both).
+        self.train_cpu = 0.0
         if ckpt is not None:
             try:
                 method.load_state_dict(ckpt["method"])
@@ -233,6 +236,7 @@ class Training:
             self.rows = ckpt["metrics"]
             self.epoch, self.batch, self.train_time = ckpt["epoch"], ckpt["batch"], ckpt[
                 "train_time"]
+            self.train_cpu = ckpt.get("train_cpu", 0.0)
             self.log(f"resuming {run.path} at epoch {self.epoch + 1}, step {method.steps}")
         self.metrics = None
         if ctx.is_main:
@@ -291,7 +295,7 @@ class Training:
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=self.quiet, leave=False, dynamic_ncols=True)
         bar.update(skip)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         for i, (x, y) in enumerate(self.train_loader):
             if i < skip:
                 continue  # resumed mid-epoch: same order, same augmentation
@@ -309,6 +313,7 @@ class Training:
             bar.update(1)
             if distributed.any_rank(stop.set, ctx):  # every rank stops at the same step
                 self.train_time += self._elapsed(started)
+                self.train_cpu += time.process_time() - started_cpu
                 self.batch = i + 1
                 self._save_checkpoint()
                 bar.close()
@@ -316,6 +321,7 @@ class Training:
                     f"interrupted; checkpoint saved, continue with: learndrop train --resume "
                     f"{self.run.path}")
         self.train_time += self._elapsed(started)
+        self.train_cpu += time.process_time() - started_cpu
         bar.close()
         if stats.events:
             report.announce(stats.events, method, self.log if self.quiet else tqdm.write)
@@ -325,7 +331,7 @@ class Training:
             _all_ranks_stats(stats, ctx)
         test = _evaluate_all_ranks(parts, self.test_loader, ctx)
         row = report.metrics_row(method, stats, parts.optimizer, self.train_time, test,
-                                 epoch=epoch + 1)
+                                 epoch=epoch + 1, cpu_s=round(self.train_cpu, 3))
         self.rows.append(row)
         if self.metrics is not None:
             self.metrics.append(row)
@@ -358,7 +364,8 @@ class Training:
             "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
             "scheduler": parts.scheduler.state_dict(), "method": self.method.state_dict(),
             "metrics": self.rows, "epoch": self.epoch, "batch": self.batch,
-            "train_time": self.train_time, "config": self.config.to_dict(),
+            "train_time": self.train_time, "train_cpu": self.train_cpu,
+            "config": self.config.to_dict(),
             "lr_extensions": [list(e) for e in self.lr_extensions],
         })
 
@@ -371,6 +378,7 @@ class Training:
             config, self.data.name, self.method, self.train_time, ctx.device,
             accs[-1] if accs else None, max(accs) if accs else None, epochs=config.epochs)
         summary["world_size"] = ctx.world_size
+        summary["train_cpu_s"] = round(self.train_cpu, 3)
         summary.update(self.parts.precision.describe())
         if config.compile:
             torch.compiler.reset()  # free dynamo's caches of this model (the bench trains on)

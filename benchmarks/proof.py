@@ -1,0 +1,359 @@
+"""The proof regime: every method against full training and its budget frontier (issue 13).
+
+Per model (CIFAR ResNet-56 and the CIFAR-size VGG-16) one ``learndrop bench``
+(:func:`learndrop.bench.run_bench`) on CIFAR-10: full training; full training at 0.25, 0.5 and
+0.75 of the epochs with the schedule compressed (the budget frontier); Learn&Drop with its
+current defaults; random-drop (Learn&Drop's drop schedule, units drawn at random);
+slim-from-scratch (Learn&Drop's final structure trained from the first step: the oracle where a
+smaller network is as good); FreezeOut; stochastic depth; the A/A control (full training timed a
+second time: the noise floor); and, for ResNet-56, full training of ResNet-20 (the check that
+depth matters). Each seed's runs train in lockstep (one epoch of each in turn).
+
+Profiles (``--profile``):
+
+- ``cpu``: the regime chosen for 2 CPU cores (docs/bench.md, "The proof regime"): 20,000
+  training images, 10 epochs, batch 128, the whole 10,000-image test set, seeds 0, 1, 2;
+- ``gpu``: paper scale on one GPU (all 50,000 training images, ResNet-56 and ResNet-110, one
+  seed), bf16 autocast and channels_last (the trainer's CUDA path), batch 512 with the learning
+  rate scaled linearly (0.4 = 0.1 x 512/128; Goyal et al. 2017) so that the small CIFAR ResNets
+  are not launch-bound; the epochs are fitted to ``--time-budget`` (8 minutes) by timing a few
+  steps of each model first, at most 30, and recorded in ``proof-plan.json`` so that a rerun
+  continues the same plan;
+- ``smoke``: the gpu profile's path (the fitted epochs included) on a few hundred Fashion-MNIST
+  images at 16x16 with ResNet-20 and ResNet-32, seconds on a CPU; CI runs it
+  (tests/test_proof.py).
+
+Resumable and splittable: one seed per invocation is fine (``--seeds 0``, then ``--seeds 1``,
+...); finished runs are kept, an interrupted run continues from its last finished epoch, and
+``OUT/README.md`` and every bench's report are rewritten after every finished run.
+The CIFAR-10 tarball is looked for at ``../shared/data`` and ``shared/data`` from the repository
+root::
+
+    python benchmarks/proof.py --seeds 0 --models resnet56        # about 2 h on 2 quiet cores
+    python benchmarks/proof.py --dry-run                          # the plan and an estimate
+    python benchmarks/proof.py --profile gpu --device cuda        # about 8 min on one H200
+    python benchmarks/proof.py --profile smoke --out /tmp/proof   # seconds, checks the path
+    python benchmarks/proof.py --report-only                      # README.md from what finished
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a plain script from a checkout
+    sys.path.insert(0, str(REPO))
+
+from learndrop.atomic import atomic_write  # noqa: E402
+from learndrop.bench import (  # noqa: E402
+    DEFAULT_BUDGETS,
+    machine_info,
+    run_bench,
+    write_report,
+)
+from learndrop.train import ConfigError, TrainConfig  # noqa: E402
+
+METHODS = ["full", "learndrop", "random-drop", "slim-from-scratch", "freezeout",
+           "stochastic-depth"]
+CIFAR10 = ("../shared/data/cifar10-jpg.tar.gz", "shared/data/cifar10-jpg.tar.gz")
+PLAN = "proof-plan.json"
+# The regime's checks (issue 13): a full run within about 15 minutes on 2 cores, converged (the
+# last fifth of the epochs gains under 0.5 point), depth matters (the deep network beats the
+# shallow one by 1 point or more).
+MAX_FULL_RUN_S = 15 * 60
+MAX_LAST_FIFTH_GAIN = 0.005
+MIN_DEPTH_GAP = 0.01
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The settings of a proof profile. ``epochs=None``: fitted to ``time_budget_s``."""
+
+    dataset: str | None  # None: the CIFAR-10 tarball (CIFAR10's first existing path)
+    subset: int | None
+    epochs: int | None
+    batch_size: int
+    lr: float
+    models: tuple[str, ...]
+    shallow: dict[str, str] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    test_subset: int | None = None
+    image_size: int | None = None
+    warmup_epochs: float = 1.0
+    time_budget_s: float | None = None
+    epoch_range: tuple[int, int] = (4, 30)
+    run_plots: bool = True  # each run's own plots (the bench's are always drawn)
+    note: str = ""
+
+
+PROFILES = {
+    "cpu": Profile(dataset=None, subset=20_000, epochs=10, batch_size=128, lr=0.1,
+                   models=("resnet56", "vgg16_cifar"), shallow={"resnet56": "resnet20"},
+                   seeds=(0, 1, 2),
+                   note="2 CPU cores: 20,000 class-balanced training images, 10 epochs, the whole "
+                        "test set"),
+    "gpu": Profile(dataset=None, subset=None, epochs=None, batch_size=512, lr=0.4,
+                   models=("resnet56", "resnet110"),
+                   shallow={"resnet56": "resnet20", "resnet110": "resnet20"},
+                   time_budget_s=8 * 60,
+                   note="one GPU, paper scale: all 50,000 training images, bf16 autocast, "
+                        "channels_last, batch 512 (lr 0.4, linear scaling), epochs fitted to 8 "
+                        "minutes"),
+    "smoke": Profile(dataset="fashion-mnist", subset=128, test_subset=100, image_size=16,
+                     epochs=None, batch_size=64, lr=0.05, models=("resnet32",),
+                     shallow={"resnet32": "resnet20"}, time_budget_s=60, epoch_range=(4, 5),
+                     run_plots=False,
+                     note="a check that the protocol runs; numbers mean nothing"),
+}
+
+
+def dataset_of(profile: Profile, override: str | None) -> str:
+    if override:
+        return override
+    if profile.dataset:
+        return profile.dataset
+    found = next((REPO / p for p in CIFAR10 if (REPO / p).is_file()), None)
+    if found is None:
+        raise ConfigError(f"CIFAR-10 not found at {' or '.join(CIFAR10)} (relative to {REPO}); "
+                          "pass --dataset folder:PATH")
+    return f"folder:{found.resolve()}"
+
+
+def base_config(profile: Profile, model: str, epochs: int, args: argparse.Namespace
+                ) -> TrainConfig:
+    return TrainConfig(
+        model=model, dataset=dataset_of(profile, args.dataset), subset=profile.subset,
+        test_subset=profile.test_subset, image_size=profile.image_size, epochs=epochs,
+        batch_size=profile.batch_size, lr=profile.lr, warmup_epochs=profile.warmup_epochs,
+        device=args.device, quiet=True, plots=profile.run_plots,
+    )
+
+
+# ---- fitting the epochs to a time budget (gpu, smoke) ----------------------------------------
+
+def step_seconds(model_name: str, shape: tuple[int, int, int, int], device_name: str,
+                 steps: int = 6) -> float:
+    """Seconds per training step of full training of ``model_name`` on batches of ``shape``,
+    timed on random data after two untimed steps, on the trainer's path (bf16 autocast and
+    channels_last on CUDA)."""
+    import contextlib
+
+    import torch
+
+    from learndrop.models import create_model
+    from learndrop.train.trainer import pick_device
+
+    device = pick_device(device_name)
+    model = create_model(model_name, num_classes=10, in_channels=shape[1]).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(shape, device=device)
+    y = torch.randint(0, 10, (shape[0],), device=device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else (
+        contextlib.nullcontext)
+    elapsed = 0.0
+    for i in range(steps + 2):
+        started = time.perf_counter()
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= 2:
+            elapsed += time.perf_counter() - started
+    return elapsed / steps
+
+
+def fit_epochs(profile: Profile, args: argparse.Namespace, log=print) -> dict:
+    """The epochs that fit ``profile.time_budget_s`` for every model, from timed steps.
+
+    Per model and seed the bench trains about 8.5 full runs' worth of steps (full, A/A, budgets
+    0.25 + 0.5 + 0.75, five methods counted as full runs: an upper bound, they drop or skip
+    work) plus the shallow model's full run, and evaluates the test set once per epoch per run
+    (a forward pass: a third of a training step per image). A tenth of the budget is kept for
+    start-up, data loading and the reports.
+    """
+    from learndrop.data import load_dataset
+
+    config = base_config(profile, profile.models[0], 1, args)
+    data = load_dataset(config.dataset, None, config.image_size, config.subset, 0,
+                        config.test_subset)
+    train_images, test_images = len(data.train_y), len(data.test_y)
+    shape = (config.batch_size, data.in_channels, data.image_size, data.image_size)
+    runs_per_epoch = len(METHODS) + 1 + sum(DEFAULT_BUDGETS)  # + A/A; budgets in epochs
+    epoch_s, steps = 0.0, {}
+    for model in profile.models:
+        for m, weight in ((model, runs_per_epoch), (profile.shallow.get(model), 1.0)):
+            if m is None:
+                continue
+            s = steps.setdefault(m, step_seconds(m, shape, config.device))
+            per_image = s / config.batch_size
+            epoch_s += weight * per_image * (train_images + test_images / 3)
+    budget = 0.9 * profile.time_budget_s
+    seeds = len(args.seeds or profile.seeds)
+    lo, hi = profile.epoch_range
+    epochs = max(lo, min(hi, math.floor(budget / (epoch_s * seeds))))
+    log(f"fitted epochs: {epochs} (one epoch of every run of every model: {epoch_s:.1f}s, "
+        f"timed steps {', '.join(f'{m} {1e3 * s:.1f} ms' for m, s in steps.items())}, budget "
+        f"{profile.time_budget_s:.0f}s for {seeds} seed(s))")
+    return {"epochs": epochs, "step_s": steps, "epoch_s": epoch_s, "train_images": train_images,
+            "time_budget_s": profile.time_budget_s, "seeds": seeds}
+
+
+def planned_epochs(profile: Profile, args: argparse.Namespace, out: Path) -> tuple[int, dict]:
+    """The profile's epochs: fixed, or fitted once and kept in ``OUT/proof-plan.json`` (so that
+    the same command run again continues the same experiment)."""
+    if args.epochs:
+        return args.epochs, {"epochs": args.epochs, "source": "--epochs"}
+    if profile.epochs is not None:
+        return profile.epochs, {"epochs": profile.epochs, "source": "profile"}
+    path = out / PLAN
+    if path.is_file():
+        plan = json.loads(path.read_text())
+        return plan["epochs"], plan
+    plan = {**fit_epochs(profile, args), "source": "fitted"}
+    if not args.dry_run:
+        data = json.dumps(plan, indent=2).encode()
+        atomic_write(path, lambda f: f.write(data))
+    return plan["epochs"], plan
+
+
+# ---- the report -------------------------------------------------------------------------------
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}%"
+
+
+def regime_checks(report: dict) -> list[str]:
+    """The regime's three checks from one model's bench report, as Markdown bullets."""
+    rows = report["rows"]
+    lines = []
+    full = rows.get("full")
+    if full:
+        t, cpu = full["train_time_s"], full["train_cpu_s"]
+        lines.append(f"- (a) cost: a full run trained in {t / 60:.1f} min wall-clock, "
+                     f"{(cpu or 0) / 60:.1f} min CPU time (median over seeds; limit about "
+                     f"{MAX_FULL_RUN_S // 60} min on 2 cores): "
+                     f"{'ok' if t <= MAX_FULL_RUN_S else 'over'} (wall-clock on a shared "
+                     "machine overstates it)")
+    g = report.get("convergence")
+    if g:
+        gain = g["last_fifth_gain"]
+        lines.append(f"- (b) converged: the last fifth of the epochs gained {100 * gain:+.2f} "
+                     f"points (limit {100 * MAX_LAST_FIFTH_GAIN:.1f}): "
+                     f"{'ok' if gain < MAX_LAST_FIFTH_GAIN else 'not converged'}")
+    d = report.get("depth")
+    if d:
+        verdict = ("ok" if d["gap"] >= MIN_DEPTH_GAP
+                   else "no: slim-from-scratch is the oracle")
+        lines.append(f"- (c) depth matters: {d['deep_model']} {_pct(d['deep_acc'])} against "
+                     f"{d['model']} {_pct(d['shallow_acc'])}, gap {100 * d['gap']:+.2f} points "
+                     f"(need {100 * MIN_DEPTH_GAP:+.1f}): {verdict}")
+    return lines
+
+
+def write_readme(out: Path, profile_name: str, settings: dict) -> Path:
+    """``OUT/README.md``: per model the regime's checks and its bench report."""
+    profile = PROFILES[profile_name]
+    lines = ["# The proof regime", "",
+             f"Generated by `{settings.get('command', 'python benchmarks/proof.py')}`; redo with "
+             f"`python benchmarks/proof.py --profile {profile_name} --report-only` "
+             f"(`--out {settings.get('out', out)}`).", "",
+             f"Profile **{profile_name}**: {profile.note}. Epochs: {settings.get('epochs', '?')} "
+             f"({settings.get('epochs_source', '?')}).", ""]
+    benches = [d for d in sorted(out.iterdir()) if d.is_dir() and list(d.glob("*/summary.json"))]
+    for model_dir in benches:
+        report = write_report(model_dir)
+        # The bench's own report, its headings one level down.
+        bench_md = "\n".join("##" + line if line.startswith("#") else line
+                             for line in (model_dir / "bench.md").read_text().splitlines())
+        lines += [f"## {model_dir.name}", "", "Regime checks:", "", *regime_checks(report), "",
+                  bench_md, ""]
+    if not benches:
+        lines.append("No run has finished yet.")
+    lines += ["", "Machine: `" + json.dumps(machine_info()) + "`", ""]
+    text = "\n".join(lines)
+    atomic_write(out / "README.md", lambda f: f.write(text.encode()))
+    return out / "README.md"
+
+
+# ---- main -------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    p.add_argument("--out", default=None,
+                   help="default benchmarks/results/proof-<profile> (relative to the repository)")
+    p.add_argument("--models", default=None, help="comma-separated; default: the profile's")
+    p.add_argument("--seeds", default=None, type=lambda s: [int(x) for x in s.split(",")],
+                   help="comma-separated seeds, e.g. 0 (one per invocation is fine); default: "
+                        "the profile's")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="override the profile's (fitted) epochs: use a new --out")
+    p.add_argument("--dataset", default=None, help="default: the profile's")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every bench, print the plans and estimates, write nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="only rewrite the reports from what has finished")
+    args = p.parse_args(argv)
+    profile = PROFILES[args.profile]
+    out = Path(args.out) if args.out else REPO / f"benchmarks/results/proof-{args.profile}"
+    if args.report_only:
+        settings = json.loads((out / PLAN).read_text()).get("settings", {}) if (
+            out / PLAN).is_file() else {}
+        print(write_readme(out, args.profile, settings).read_text())
+        return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    models = args.models.split(",") if args.models else list(profile.models)
+    from learndrop.models import list_models
+
+    unknown = [m for m in models if m not in list_models()]
+    if unknown:
+        raise ConfigError(f"--models: unknown model {unknown[0]!r}; see `learndrop models`")
+    seeds = args.seeds or list(profile.seeds)
+    epochs, plan = planned_epochs(profile, args, out)
+    settings = {
+        "profile": args.profile, "epochs": epochs, "epochs_source": plan.get("source"),
+        "out": str(out), "command": "python benchmarks/proof.py " + shlex.join(
+            argv if argv is not None else sys.argv[1:]),
+    }
+    if not args.dry_run:
+        data = json.dumps({**plan, "settings": settings}, indent=2).encode()
+        atomic_write(out / PLAN, lambda f: f.write(data))
+    for model in models:
+        base = base_config(profile, model, epochs, args)
+        print(f"== {model}: {base.dataset}, {base.subset or 'all'} training images, {epochs} "
+              f"epochs, seeds {','.join(map(str, seeds))}", flush=True)
+        run_bench(base, METHODS, seeds, out / model, budgets=DEFAULT_BUDGETS,
+                  aa_control=True, shallow=profile.shallow.get(model), dry_run=args.dry_run,
+                  prune=True, log=lambda s: print(s, flush=True))
+        if not args.dry_run:
+            write_readme(out, args.profile, settings)
+    if not args.dry_run:
+        print(f"wrote {out / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ConfigError as err:
+        sys.exit(f"proof.py: error: {err}")

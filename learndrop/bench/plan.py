@@ -1,0 +1,241 @@
+"""The bench's plan: which runs, with which configuration, in which lockstep group.
+
+A bench of methods M, seeds S and budgets B has, per seed:
+
+- one run per method (``<method>-s<seed>``; ``full`` is always among them);
+- one full-training run per budget fraction f (``full-b<f>-s<seed>``): ``budget_epochs(f, E)``
+  epochs, warm-up scaled by the same factor, cosine decay to zero at its own end;
+- the A/A control (``full-aa-s<seed>``): full training a second time, same everything;
+- optionally a full-training run of a shallower model (``full-<model>-s<seed>``), the depth check.
+
+Runs of a seed are trained in lockstep (:mod:`learndrop.bench.lockstep`): group 1 holds every
+run that needs nothing else; group 2 the methods that copy that seed's Learn&Drop run
+(random-drop, slim-from-scratch: they need it finished) together with the A/A control, whose full
+run is then timed under the same conditions as they are (their time ratios are taken against it).
+Without such methods the A/A control joins group 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from learndrop.methods import METHODS
+from learndrop.train.config import ConfigError, TrainConfig
+
+__all__ = ["NEEDS_REFERENCE", "REFERENCE_METHOD", "RunSpec", "budget_epochs",
+           "check_same_experiment", "default_budgets", "parse_budgets", "parse_label",
+           "parse_methods", "plan_bench", "run_config", "run_state"]
+
+REFERENCE_METHOD = "learndrop"
+# Methods that copy the drops of the Learn&Drop run of the same seed (their ``reference``).
+NEEDS_REFERENCE = tuple(name for name, cls in METHODS.items() if cls.needs_reference)
+AA_LABEL = "full-aa"
+_BUDGET_LABEL = re.compile(r"^full-b(?P<budget>\d*\.?\d+)$")
+RUN_DIR = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
+# Config fields that may differ between an existing run directory and the bench's plan without
+# making its result a different experiment (where and how it reports, where it ran).
+_IGNORED_FIELDS = {"out", "resume", "overwrite", "quiet", "plots", "device", "tensorboard",
+                   "eval_batch_size", "reference"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the bench.
+
+    ``role`` is ``"method"``, ``"budget"``, ``"aa"`` (the A/A control) or ``"shallow"`` (the
+    depth check); ``budget`` the fraction of the bench's epochs it was planned at (1.0 unless a
+    budget run); ``model`` overrides the bench's model (the shallow run); ``group`` its lockstep
+    group within the seed (1 or 2).
+    """
+
+    label: str
+    seed: int
+    method: str
+    role: str
+    budget: float = 1.0
+    epochs: int | None = None
+    model: str | None = None
+    group: int = 1
+
+    @property
+    def name(self) -> str:
+        """The run directory's name, ``<label>-s<seed>``."""
+        return f"{self.label}-s{self.seed}"
+
+
+def parse_label(label: str) -> tuple[str, float | None]:
+    """``(role, budget)`` of a run directory's label (``budget`` only for budget runs)."""
+    if label == AA_LABEL:
+        return "aa", None
+    if match := _BUDGET_LABEL.match(label):
+        return "budget", float(match["budget"])
+    if label.startswith("full-"):  # no method's name starts so
+        return "shallow", None
+    return "method", None
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """Method names from ``"full,learndrop,..."``; ``full`` (the reference of every ratio) and,
+    when random-drop or slim-from-scratch is asked for, ``learndrop`` are added when missing.
+
+    Raises :class:`ConfigError` for an unknown or repeated name.
+    """
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text)]
+    names = [m for m in names if m]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"--methods: unknown method {unknown[0]!r}; choose from "
+                          f"{', '.join(sorted(METHODS))}")
+    duplicates = sorted({m for m in names if names.count(m) > 1})
+    if duplicates:
+        raise ConfigError(f"--methods names {duplicates[0]!r} twice")
+    if any(m in NEEDS_REFERENCE for m in names) and REFERENCE_METHOD not in names:
+        names.insert(0, REFERENCE_METHOD)
+    if "full" not in names:
+        names.insert(0, "full")
+    return names
+
+
+def parse_budgets(text: str | Sequence[float] | None) -> list[float]:
+    """Budget fractions from ``"0.25,0.5,0.75"`` (``"none"`` or empty: no budget runs), sorted.
+
+    Raises :class:`ConfigError` for a value outside (0, 1), a repeated one or a non-number.
+    """
+    if text is None:
+        return []
+    if isinstance(text, str):
+        if text.strip().lower() in ("", "none"):
+            return []
+        try:
+            values = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError as err:
+            raise ConfigError(f"--budgets must be fractions like 0.25,0.5,0.75 (or none), "
+                              f"got {text!r}") from err
+    else:
+        values = [float(v) for v in text]
+    for v in values:
+        if not (math.isfinite(v) and 0 < v < 1):
+            raise ConfigError(f"--budgets: {v:g} is not a fraction of the epochs in (0, 1); "
+                              "full training (1.0) is always run")
+    if len(set(values)) < len(values):
+        raise ConfigError("--budgets names a fraction twice")
+    return sorted(values)
+
+
+def budget_epochs(fraction: float, epochs: int) -> int:
+    """Epochs of a budget run: ``fraction * epochs`` rounded half up (0.25 of 10 epochs: 3;
+    0.75 of 10: 8)."""
+    return math.floor(fraction * epochs + 0.5)
+
+
+def default_budgets(epochs: int, fractions: Sequence[float] = (0.25, 0.5, 0.75)
+                    ) -> tuple[list[float], list[str]]:
+    """The default budgets that make distinct runs at ``epochs``, and a note for each left out
+    (one that rounds to no epoch, to full training, or to the epochs of a smaller one)."""
+    kept, notes, seen = [], [], {}
+    for f in fractions:
+        e = budget_epochs(f, epochs)
+        if 1 <= e < epochs and e not in seen:
+            kept.append(f)
+            seen[e] = f
+        else:
+            why = (f"the same {e} epochs as budget {seen[e]:g}" if e in seen
+                   else f"{e} epochs, {'none' if e < 1 else 'full training'}")
+            notes.append(f"budget {f:g} of {epochs} epochs left out: it rounds to {why}")
+    return kept, notes
+
+
+def _check_budgets(budgets: Sequence[float], epochs: int) -> None:
+    seen: dict[int, float] = {}
+    for f in budgets:
+        e = budget_epochs(f, epochs)
+        if e < 1 or e >= epochs:
+            raise ConfigError(f"--budgets {f:g} of {epochs} epochs rounds to {e} epochs, "
+                              f"{'none' if e < 1 else 'full training'}; use more --epochs or "
+                              "another fraction")
+        if e in seen:
+            raise ConfigError(f"--budgets {seen[e]:g} and {f:g} both round to {e} of {epochs} "
+                              "epochs; use more --epochs or fewer budgets")
+        seen[e] = f
+
+
+def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
+               budgets: Sequence[float] = (), aa_control: bool = True,
+               shallow: str | None = None) -> list[list[RunSpec]]:
+    """The lockstep groups of the bench, in the order they run: seed by seed (so that a stopped
+    bench has complete seeds), group 1 then group 2 (see the module docstring).
+
+    Within a group the runs' order is rotated by one per seed, so that with several seeds no run
+    always takes the first turn of a lockstep round. Raises :class:`ConfigError` for budgets that
+    round to no epoch, to full training, or to the same number of epochs.
+    """
+    _check_budgets(budgets, epochs)
+    groups = []
+    for i, seed in enumerate(seeds):
+        first = [RunSpec(m, seed, m, "method", epochs=epochs)
+                 for m in methods if m not in NEEDS_REFERENCE]
+        first += [RunSpec(f"full-b{f:g}", seed, "full", "budget", f, budget_epochs(f, epochs))
+                  for f in budgets]
+        if shallow:
+            first.append(RunSpec(f"full-{shallow}", seed, "full", "shallow", epochs=epochs,
+                                 model=shallow))
+        second = [RunSpec(m, seed, m, "method", epochs=epochs, group=2)
+                  for m in methods if m in NEEDS_REFERENCE]
+        if aa_control:
+            aa = RunSpec(AA_LABEL, seed, "full", "aa", epochs=epochs, group=2 if second else 1)
+            (second if second else first).append(aa)
+        for group in (first, second):
+            if group:
+                k = i % len(group)
+                groups.append(group[k:] + group[:k])
+    return groups
+
+
+def run_config(base: TrainConfig, spec: RunSpec, out: Path) -> TrainConfig:
+    """The training configuration of one run of the bench: the base's options that belong to
+    the run's method (each method owns its options), and the reference for those that copy
+    Learn&Drop's run of the same seed."""
+    scale = (spec.epochs or base.epochs) / base.epochs  # compress the whole schedule alike
+    option_type = METHODS[spec.method].options_type
+    names = {f.name for f in dataclasses.fields(option_type)} if option_type else set()
+    options = {k: v for k, v in base.method_options.items() if k in names}
+    if spec.method in NEEDS_REFERENCE:
+        options["reference"] = str(out / f"{REFERENCE_METHOD}-s{spec.seed}")
+    return dataclasses.replace(
+        base, method=spec.method, seed=spec.seed, out=str(out / spec.name),
+        model=spec.model or base.model, epochs=spec.epochs or base.epochs,
+        warmup_epochs=base.warmup_epochs * scale, resume=None, method_options=options,
+        units=None if spec.model else (list(base.units) if base.units else None),
+    )
+
+
+def run_state(run: Path) -> str:
+    """``done`` (has a summary), ``resume`` (has a checkpoint), ``restart`` (started, nothing to
+    keep) or ``new``."""
+    if (run / "summary.json").is_file():
+        return "done"
+    if (run / "last.ckpt").is_file():
+        return "resume"
+    if any((run / m).exists() for m in ("config.json", "metrics.jsonl")):
+        return "restart"
+    return "new"
+
+
+def check_same_experiment(config: TrainConfig, run: Path) -> None:
+    """Refuse to mix an existing run made with other settings into this bench."""
+    path = run / "config.json"
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    new = config.to_dict()
+    for key in sorted(set(old) & set(new) - _IGNORED_FIELDS):
+        if old[key] != new[key]:
+            raise ConfigError(
+                f"{run} was run with {key}={old[key]!r}, this bench asks for {new[key]!r}; "
+                "choose another --out, or pass --overwrite to redo every run")

@@ -1,0 +1,500 @@
+"""The bench report: every run's costs, the budget frontier, the noise floor, bench.json/.md.
+
+Pure functions of the finished runs' summaries and metrics rows (:func:`aggregate`), and the
+files written from them (:func:`write_report`). Definitions (docs/bench.md):
+
+- **cost** on three axes: executed FLOPs (``fwd_flops + bwd_flops`` from the run's ledger; its
+  ``fwd_flops`` already holds the method's own extra forward passes, ``extra_fwd_flops``, such
+  as drop-cost measurement and BatchNorm recalibration), wall-clock and process CPU time of the
+  training steps (evaluation excluded);
+- **time ratios** against the full run that ran in lockstep with the run (``full``; for the
+  methods that copy Learn&Drop's run, and so run after it, the A/A control ``full-aa``), median
+  over seeds; the **noise floor** is the A/A control's ratio, full training over full training;
+- **the frontier** (:mod:`learndrop.bench.frontier`) on FLOPs in absolute units, on the time
+  axes in ratios to the same seed's full run (seeds run at different times, under different
+  loads: the ratio is what the lockstep made comparable); each run's margin is its accuracy minus
+  the frontier's at its cost;
+- **accuracy** is the final test accuracy on the whole test set, mean ± std over seeds;
+- **time-to-target**: the training time at the end of the first epoch whose test accuracy
+  reaches the same seed's full run's final accuracy minus :data:`TARGET_GAP`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from learndrop.atomic import atomic_write
+from learndrop.bench.frontier import build_frontier, compare, mean_std, verdict
+from learndrop.bench.plan import AA_LABEL, NEEDS_REFERENCE, RUN_DIR, parse_label
+from learndrop.train.config import TrainConfig
+
+__all__ = ["AXES", "BENCH_JSON", "BENCH_MD", "TARGET_GAP", "aggregate", "bench_markdown",
+           "machine_info", "read_runs", "run_cost", "write_report"]
+
+BENCH_JSON = "bench.json"
+BENCH_MD = "bench.md"
+TARGET_GAP = 0.01  # time-to-target: the full run's final accuracy minus one point
+# Cost axes: the summary key of each (FLOPs are summed by run_cost) and whether the frontier is
+# drawn in ratios to the same seed's full run.
+AXES = {"flops": False, "time": True, "cpu": True}
+_TIME_KEYS = {"time": "train_time_s", "cpu": "train_cpu_s"}
+_ROW_TIME_KEYS = {"time": "time_s", "cpu": "cpu_s"}
+
+
+def _flops(values: dict) -> float:
+    """Executed FLOPs in a summary or metrics row: the ledger's forward (the method's extra
+    passes included) plus backward."""
+    return values["fwd_flops"] + values["bwd_flops"]
+
+
+def run_cost(summary: dict, axis: str) -> float | None:
+    """A run's cost on ``axis`` (``flops``, ``time`` in s, ``cpu`` in s); ``None`` if its summary
+    lacks it (runs made before CPU time was recorded)."""
+    if axis == "flops":
+        return _flops(summary)
+    return summary.get(_TIME_KEYS[axis])
+
+
+def read_runs(out: Path) -> dict[tuple[str, int], dict]:
+    """Every finished run under ``out``: ``{(label, seed): {"summary": ..., "metrics": [...]}}``."""
+    found = {}
+    for path in sorted(Path(out).glob("*/summary.json")):
+        match = RUN_DIR.match(path.parent.name)
+        if not match:
+            continue
+        metrics = path.parent / "metrics.jsonl"
+        rows = ([json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+                if metrics.is_file() else [])
+        found[(match["label"], int(match["seed"]))] = {
+            "summary": json.loads(path.read_text()), "metrics": rows}
+    return found
+
+
+def _time_reference(label: str, seed: int, runs: dict) -> str:
+    """The full run a run's times are compared with: the one it ran in lockstep with."""
+    method = runs[(label, seed)]["summary"].get("method", label)
+    if label == AA_LABEL:
+        return "full"
+    if method in NEEDS_REFERENCE and (AA_LABEL, seed) in runs:
+        return AA_LABEL
+    return "full"
+
+
+def _time_to_target(rows: list[dict], target: float) -> dict | None:
+    """Time, CPU time and FLOPs at the end of the first epoch that reaches ``target``."""
+    for row in rows:
+        if row["test_acc"] >= target:
+            return {"epoch": row["epoch"], "time_s": row["time_s"], "cpu_s": row.get("cpu_s"),
+                    "flops": _flops(row)}
+    return None
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
+    """The report's numbers from finished runs ``{(label, seed): {"summary", "metrics"}}``.
+
+    Returns ``{"frontier": {axis: [points]}, "noise_floor": ..., "depth": ..., "convergence":
+    ..., "rows": {label: {...}}}``; see docs/bench.md for every key.
+    """
+    seeds = sorted({s for _, s in runs})
+    full = {s: runs[("full", s)] for s in seeds if ("full", s) in runs}
+
+    def relative(label: str, seed: int, axis: str) -> float | None:
+        """The run's cost on ``axis`` as the frontier measures it."""
+        cost = run_cost(runs[(label, seed)]["summary"], axis)
+        if not AXES[axis] or cost is None:
+            return cost
+        ref = runs.get((_time_reference(label, seed, runs), seed))
+        return _ratio(cost, run_cost(ref["summary"], axis)) if ref else None
+
+    frontier = {}
+    for axis in AXES:
+        points = []
+        for (label, seed), run in runs.items():
+            role, budget = parse_label(label)
+            if (label == "full" or role == "budget") and seed in full:
+                cost = relative(label, seed, axis)
+                if cost is not None:
+                    points.append((budget or 1.0, cost, run["summary"]["final_test_acc"]))
+        frontier[axis] = build_frontier(points) if len({p[0] for p in points}) > 1 else []
+
+    rows = {}
+    labels = sorted({label for label, _ in runs}, key=_label_order)
+    for label in labels:
+        role, budget = parse_label(label)
+        per_seed = []
+        for seed in sorted(s for lab, s in runs if lab == label):
+            run = runs[(label, seed)]
+            summary = run["summary"]
+            ref = full.get(seed)
+            time_ref = runs.get((_time_reference(label, seed, runs), seed))
+            row = {
+                "seed": seed,
+                "final_test_acc": summary["final_test_acc"],
+                "acc_delta": (summary["final_test_acc"] - ref["summary"]["final_test_acc"]
+                              if ref else None),
+                "flops": run_cost(summary, "flops"),
+                "flops_ratio": _ratio(run_cost(summary, "flops"),
+                                      run_cost(ref["summary"], "flops") if ref else None),
+                "fwd_flops_ratio": summary["fwd_flops"] / summary["fwd_flops_full"],
+                "bwd_flops_ratio": summary["bwd_flops"] / summary["bwd_flops_full"],
+                "train_time_s": summary["train_time_s"],
+                "train_cpu_s": summary.get("train_cpu_s"),
+                "time_reference": _time_reference(label, seed, runs),
+                "units_dropped": summary["units_dropped"],
+                "params_final": summary["params_final"],
+            }
+            for axis in ("time", "cpu"):
+                row[f"{axis}_ratio"] = (_ratio(run_cost(summary, axis),
+                                               run_cost(time_ref["summary"], axis))
+                                        if time_ref else None)
+            row["frontier"] = {}
+            for axis in AXES:
+                cost = relative(label, seed, axis)
+                c = compare(frontier[axis], cost, summary["final_test_acc"]) if (
+                    cost is not None) else None
+                row["frontier"][axis] = None if c is None else {
+                    "cost": c.cost, "frontier_acc": c.frontier_acc, "margin": c.margin,
+                    "position": c.position}
+            target = ref["summary"]["final_test_acc"] - TARGET_GAP if ref else None
+            row["target_acc"] = target
+            row["time_to_target"] = (_time_to_target(run["metrics"], target)
+                                     if target is not None else None)
+            per_seed.append(row)
+        rows[label] = _summarise(label, role, budget, per_seed, runs)
+
+    return {
+        "frontier": {axis: [p.__dict__ for p in points] for axis, points in frontier.items()},
+        "noise_floor": _noise_floor(rows),
+        "depth": _depth(rows),
+        "convergence": _convergence(runs),
+        "rows": rows,
+    }
+
+
+def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict],
+               runs: dict) -> dict:
+    first = runs[(label, per_seed[0]["seed"])]["summary"]
+    acc, acc_std = mean_std([r["final_test_acc"] for r in per_seed])
+
+    def med(key: str) -> float | None:
+        return _median([r[key] for r in per_seed])
+
+    frontier = {}
+    for axis in AXES:
+        cells = [r["frontier"][axis] for r in per_seed]
+        margins = [c["margin"] if c else None for c in cells]
+        mean, std = mean_std([m for m in margins if m is not None])
+        frontier[axis] = {
+            "frontier_acc": mean_std([c["frontier_acc"] for c in cells
+                                      if c and c["frontier_acc"] is not None])[0],
+            "margin": mean, "margin_std": std,
+            "verdict": verdict(margins) if role != "budget" and label != "full" else "frontier",
+            "positions": sorted({c["position"] for c in cells if c}),
+        }
+    reached = [r["time_to_target"] for r in per_seed if r["time_to_target"]]
+    return {
+        "role": role,
+        "method": first.get("method"),
+        "model": first.get("model"),
+        "budget": budget,
+        "epochs": first.get("epochs"),
+        "seeds": [r["seed"] for r in per_seed],
+        "final_test_acc": acc,
+        "final_test_acc_std": acc_std,
+        "acc_delta": med("acc_delta"),
+        "flops": statistics.fmean(r["flops"] for r in per_seed),
+        "flops_ratio": med("flops_ratio"),
+        "fwd_flops_ratio": med("fwd_flops_ratio"),
+        "bwd_flops_ratio": med("bwd_flops_ratio"),
+        "train_time_s": med("train_time_s"),
+        "train_cpu_s": med("train_cpu_s"),
+        "time_ratio": med("time_ratio"),
+        "cpu_ratio": med("cpu_ratio"),
+        "time_reference": per_seed[0]["time_reference"],
+        "frontier": frontier,
+        "time_to_target": {
+            "reached": len(reached), "of": len(per_seed),
+            "time_s": _median([t["time_s"] for t in reached]),
+            "cpu_s": _median([t["cpu_s"] for t in reached]),
+            "flops": _median([t["flops"] for t in reached]),
+        },
+        "units_dropped": med("units_dropped"),
+        "units_total": first["units_total"],
+        "params_initial": first["params_initial"],
+        "params_final": med("params_final"),
+        "per_seed": per_seed,
+    }
+
+
+def _noise_floor(rows: dict) -> dict | None:
+    """The A/A control: full training over full training, per seed and median."""
+    aa = rows.get(AA_LABEL)
+    if aa is None:
+        return None
+    return {"time_ratio": aa["time_ratio"], "cpu_ratio": aa["cpu_ratio"],
+            "per_seed": [{k: r[k] for k in ("seed", "time_ratio", "cpu_ratio")}
+                         for r in aa["per_seed"]]}
+
+
+def _depth(rows: dict) -> dict | None:
+    """Full training of the bench's model against the shallow model's (the depth check)."""
+    shallow = [label for label, r in rows.items() if r["role"] == "shallow"]
+    if not shallow or "full" not in rows:
+        return None
+    s, f = rows[shallow[0]], rows["full"]
+    return {"model": s["model"], "shallow_acc": s["final_test_acc"],
+            "shallow_acc_std": s["final_test_acc_std"], "deep_model": f["model"],
+            "deep_acc": f["final_test_acc"], "deep_acc_std": f["final_test_acc_std"],
+            "gap": f["final_test_acc"] - s["final_test_acc"]}
+
+
+def _convergence(runs: dict) -> dict | None:
+    """How much full training's test accuracy still rose over its last fifth of epochs (the
+    mean over seeds of the final accuracy minus the accuracy at epoch round(0.8 E))."""
+    gains = []
+    for (label, _), run in runs.items():
+        rows = run["metrics"]
+        if label != "full" or not rows:
+            continue
+        at = max(1, round(0.8 * len(rows)))
+        gains.append(rows[-1]["test_acc"] - rows[at - 1]["test_acc"])
+    if not gains:
+        return None
+    mean, std = mean_std(gains)
+    return {"last_fifth_gain": mean, "last_fifth_gain_std": std, "seeds": len(gains)}
+
+
+def _label_order(label: str) -> tuple:
+    role, budget = parse_label(label)
+    rank = {"method": 0, "budget": 1, "aa": 2, "shallow": 3}[role]
+    first = {"full": 0, "learndrop": 1}.get(label, 2)
+    return rank, -(budget or 0), first, label
+
+
+def machine_info(device: str | None = None) -> dict:
+    """What the timings were measured on: CPU model and the flags that decide kernel speed,
+    usable cores, threads, torch version, load."""
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == (platform.processor()
+                                                         or platform.machine()):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                flags = sorted(f for f in have if f.startswith(("avx", "amx", "fma", "f16c")))
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        # How busy the machine was when the report was written.
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg")
+        else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_report(out: Path, base: TrainConfig | None = None, plan: dict | None = None) -> dict:
+    """Rewrite ``bench.json`` and ``bench.md`` from the finished runs under ``out`` (every
+    ``<label>-s<seed>`` run directory with a ``summary.json``), atomically.
+
+    ``base``: the bench's settings (default: read from a run's config.json); ``plan``: what was
+    asked for (methods, seeds, budgets), recorded as is.
+    """
+    out = Path(out)
+    runs = read_runs(out)
+    if base is None:
+        configs = sorted(out.glob("full-s*/config.json")) or sorted(out.glob("*/config.json"))
+        base = TrainConfig.from_dict(json.loads(configs[0].read_text())) if configs else None
+    devices = sorted({r["summary"].get("device", "?") for r in runs.values()})
+    report = {
+        "config": _settings(base),
+        "plan": plan or {},
+        "seeds": sorted({s for _, s in runs}),
+        "finished": len(runs),
+        "machine": machine_info(", ".join(devices) or None),
+        **aggregate(runs),
+    }
+    data = json.dumps(report, indent=2).encode()
+    atomic_write(out / BENCH_JSON, lambda f: f.write(data))
+    markdown = bench_markdown(report).encode()
+    atomic_write(out / BENCH_MD, lambda f: f.write(markdown))
+    return report
+
+
+def _settings(base: TrainConfig | None) -> dict:
+    if base is None:
+        return {}
+    values = base.to_dict()
+    for key in ("method", "out", "resume", "reference", "overwrite", "quiet"):
+        values.pop(key, None)
+    return values
+
+
+# ---- Markdown -------------------------------------------------------------------------------
+
+def _f(value: float | None, spec: str, scale: float = 1.0, sign: bool = False) -> str:
+    if value is None:
+        return "–"
+    text = format(value * scale, spec)
+    return f"+{text}" if sign and value * scale > 0 else text
+
+
+def _pm(mean: float | None, std: float | None, scale: float = 100, spec: str = ".2f",
+        sign: bool = False) -> str:
+    text = _f(mean, spec, scale, sign)
+    return text if std is None or mean is None else f"{text} ± {_f(std, spec, scale)}"
+
+
+def bench_markdown(report: dict) -> str:
+    """The bench report as Markdown tables."""
+    c, m = report["config"], report["machine"]
+    rows, noise = report["rows"], report["noise_floor"]
+    aa_time = f" (A/A {_f(noise['time_ratio'], '.3f')})" if noise else ""
+    aa_cpu = f" (A/A {_f(noise['cpu_ratio'], '.3f')})" if noise else ""
+    lines = [
+        f"# Bench: {c.get('model', '?')} on {c.get('dataset', '?')}",
+        "",
+        f"{c.get('epochs', '?')} epochs, training subset {c.get('subset') or 'all'}, test set "
+        f"{c.get('test_subset') or 'all'}, batch {c.get('batch_size', '?')}, lr "
+        f"{c.get('lr', '?')}, warm-up {c.get('warmup_epochs', '?')} epoch(s) then cosine to "
+        f"zero; seeds {', '.join(map(str, report['seeds'])) or '–'}; {report['finished']} runs "
+        f"finished. Machine: {m['cpu']} ({' '.join(m['cpu_flags']) or 'flags unknown'}), "
+        f"{m['cpus_usable']} CPUs usable, {m['torch_threads']} torch threads, torch "
+        f"{m['torch']}, device {m['device']}, load average {m['load_average']}.",
+        "",
+        "Accuracy: final test accuracy, mean ± std over seeds. Costs: executed fwd+bwd FLOPs "
+        "(with the method's extra passes), wall-clock and process CPU time of the training "
+        "steps; ratios against the full run trained in lockstep with the run, median over "
+        "seeds, with the A/A control's ratio (full against full: the noise floor) beside them. "
+        f"Time to target: training time until the test accuracy first reaches full training's "
+        f"final accuracy minus {100 * TARGET_GAP:g} point.",
+        "",
+        "| run | seeds | test acc (%) | Δ vs full (pts) | TFLOP | FLOPs ratio | time (s) "
+        f"| time ratio{aa_time} | CPU (s) | CPU ratio{aa_cpu} | time to target (s) "
+        "| units dropped |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, r in rows.items():
+        t2t = r["time_to_target"]
+        lines.append(
+            f"| {label} | {len(r['seeds'])} | {_pm(r['final_test_acc'], r['final_test_acc_std'])}"
+            f" | {_f(r['acc_delta'], '.2f', 100, sign=True)} | {_f(r['flops'], '.2f', 1e-12)} "
+            f"| {_f(r['flops_ratio'], '.3f')} | {_f(r['train_time_s'], '.1f')} "
+            f"| {_f(r['time_ratio'], '.3f')} | {_f(r['train_cpu_s'], '.1f')} "
+            f"| {_f(r['cpu_ratio'], '.3f')} "
+            f"| {_f(t2t['time_s'], '.1f')} ({t2t['reached']}/{t2t['of']}) "
+            f"| {_f(r['units_dropped'], 'g')}/{r['units_total']} |")
+
+    lines += ["", "## Against the budget frontier", ""]
+    points = report["frontier"]["flops"]
+    if not points:
+        lines.append("No frontier: it needs full training and at least one finished budget run "
+                     "(`--budgets`).")
+    else:
+        lines += [
+            "Full training for fractions of the epochs, schedule compressed (warm-up scaled, "
+            "cosine to zero): mean over seeds.",
+            "",
+            "| budget | epochs | TFLOP | time ratio | CPU ratio | test acc (%) |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        by_budget = {axis: {p["budget"]: p for p in report["frontier"][axis]}
+                     for axis in ("time", "cpu")}
+        for p in sorted(points, key=lambda p: p["budget"]):
+            label = "full" if p["budget"] == 1.0 else f"full-b{p['budget']:g}"
+            t, cpu = by_budget["time"].get(p["budget"]), by_budget["cpu"].get(p["budget"])
+            lines.append(
+                f"| {p['budget']:g} | {rows[label]['epochs'] if label in rows else '?'} "
+                f"| {_f(p['cost'], '.2f', 1e-12)} | {_f(t and t['cost'], '.3f')} "
+                f"| {_f(cpu and cpu['cost'], '.3f')} | {_pm(p['acc'], p['acc_std'])} |")
+        lines += [
+            "",
+            "Each run against the frontier at its own cost (piecewise-linear between the "
+            "budgets; none outside their range): the frontier's accuracy there, the run's "
+            "margin (points, mean ± std over seeds) and the verdict.",
+            "",
+            "| run | at its FLOPs: frontier (%) | margin | verdict | at its time: frontier "
+            "| margin | verdict | at its CPU time: frontier | margin | verdict |",
+            "|---|---:|---:|---|---:|---:|---|---:|---:|---|",
+        ]
+        for label, r in rows.items():
+            if r["role"] != "method" or label == "full":
+                continue
+            cells = []
+            for axis in AXES:
+                a = r["frontier"][axis]
+                where = "; ".join(p for p in a["positions"] if p != "inside")
+                cells += [_f(a["frontier_acc"], ".2f", 100),
+                          _pm(a["margin"], a["margin_std"], sign=True),
+                          a["verdict"] + (f" ({where})" if where and a["margin"] is not None
+                                          else "")]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    checks = []
+    if noise:
+        per_seed = ", ".join(f"s{r['seed']}: {_f(r['time_ratio'], '.3f')} / "
+                             f"{_f(r['cpu_ratio'], '.3f')}" for r in noise["per_seed"])
+        checks.append(f"- **Noise floor** (A/A control, full training timed twice): time ratio "
+                      f"{_f(noise['time_ratio'], '.3f')}, CPU-time ratio "
+                      f"{_f(noise['cpu_ratio'], '.3f')} (median; per seed time / CPU: "
+                      f"{per_seed}). A time ratio closer to 1 than this says nothing.")
+    if report["depth"]:
+        d = report["depth"]
+        checks.append(f"- **Depth check**: full training of {d['deep_model']} "
+                      f"{_pm(d['deep_acc'], d['deep_acc_std'])}% against {d['model']} "
+                      f"{_pm(d['shallow_acc'], d['shallow_acc_std'])}%: gap "
+                      f"{_f(d['gap'], '+.2f', 100)} points.")
+    if report["convergence"]:
+        g = report["convergence"]
+        checks.append(f"- **Convergence**: full training's test accuracy rose "
+                      f"{_pm(g['last_fifth_gain'], g['last_fifth_gain_std'], sign=True)} points "
+                      f"over its last fifth of epochs ({g['seeds']} seed(s)).")
+    if checks:
+        lines += ["", "## Checks", "", *checks]
+
+    lines += ["", "## Every run", "",
+              "| run | test acc (%) | TFLOP | time (s) | CPU (s) | time ratio | CPU ratio "
+              "| margin at FLOPs / time / CPU (pts) | time to target (s) | units dropped |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, r in rows.items():
+        for s in r["per_seed"]:
+            margins = " / ".join(
+                _f(cell["margin"], ".2f", 100, sign=True) if cell else "–"
+                for cell in (s["frontier"][axis] for axis in AXES))
+            t2t = s["time_to_target"]
+            lines.append(
+                f"| {label}-s{s['seed']} | {_f(s['final_test_acc'], '.2f', 100)} "
+                f"| {_f(s['flops'], '.2f', 1e-12)} | {_f(s['train_time_s'], '.1f')} "
+                f"| {_f(s['train_cpu_s'], '.1f')} | {_f(s['time_ratio'], '.3f')} "
+                f"| {_f(s['cpu_ratio'], '.3f')} | {margins} "
+                f"| {_f(t2t and t2t['time_s'], '.1f') if t2t else 'not reached'} "
+                f"| {s['units_dropped']} |")
+    return "\n".join(lines) + "\n"

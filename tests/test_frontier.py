@@ -1,0 +1,151 @@
+"""The budget frontier and the bench report's numbers, from fake summaries (no training)."""
+
+import pytest
+
+from learndrop.bench.frontier import (
+    CHEAPER,
+    COSTLIER,
+    INSIDE,
+    build_frontier,
+    compare,
+    frontier_accuracy,
+    verdict,
+)
+from learndrop.bench.report import aggregate, bench_markdown, machine_info
+
+TFLOP = 1e12
+
+
+def test_frontier_interpolates_between_the_seed_means():
+    # Two seeds per budget: the points are the means, sorted by cost.
+    frontier = build_frontier([(1.0, 8.0, 0.86), (0.5, 4.0, 0.80), (0.25, 2.0, 0.70),
+                               (1.0, 8.0, 0.88), (0.5, 4.0, 0.82), (0.25, 2.0, 0.72)])
+    assert [(p.budget, p.cost, p.seeds) for p in frontier] == [(0.25, 2.0, 2), (0.5, 4.0, 2),
+                                                               (1.0, 8.0, 2)]
+    assert [p.acc for p in frontier] == pytest.approx([0.71, 0.81, 0.87])
+    assert frontier[0].acc_std == pytest.approx(0.01414, abs=1e-4)
+    assert frontier_accuracy(frontier, 3.0) == pytest.approx(0.76)   # halfway 0.71 -> 0.81
+    assert frontier_accuracy(frontier, 7.0) == pytest.approx(0.855)  # 3/4 of 0.81 -> 0.87
+    assert frontier_accuracy(frontier, 4.0) == pytest.approx(0.81)
+    assert frontier_accuracy(frontier, 8.0) == pytest.approx(0.87)
+    assert frontier_accuracy(frontier, 8.0 * (1 + 1e-12)) == pytest.approx(0.87)  # rounding
+    # Never extrapolated.
+    assert frontier_accuracy(frontier, 1.9) is None
+    assert frontier_accuracy(frontier, 8.1) is None
+    assert frontier_accuracy([], 3.0) is None
+
+
+def test_compare_and_verdict_say_above_below_and_outside():
+    frontier = build_frontier([(1.0, 8.0, 0.86), (0.5, 4.0, 0.80)])
+    above = compare(frontier, 6.0, 0.85)
+    assert (above.frontier_acc, above.position) == (pytest.approx(0.83), INSIDE)
+    assert above.margin == pytest.approx(0.02)
+    below = compare(frontier, 6.0, 0.81)
+    assert below.margin == pytest.approx(-0.02)
+    cheap, dear = compare(frontier, 3.0, 0.9), compare(frontier, 9.0, 0.9)
+    assert (cheap.margin, cheap.position) == (None, CHEAPER)
+    assert (dear.margin, dear.position) == (None, COSTLIER)
+    assert verdict([0.02, 0.01]) == "above"
+    assert verdict([-0.02]) == "below"
+    assert verdict([0.01, -0.005]) == "above (within the seed spread)"
+    assert verdict([None, -0.02]) == "below (1 seed(s) outside the frontier's range)"
+    assert verdict([None]) == "outside the frontier's range"
+    with pytest.raises(ValueError, match="finite"):
+        build_frontier([(0.5, float("nan"), 0.8)])
+
+
+def _summary(method, acc, tflop, time_s, cpu_s, units_dropped=0, **extra):
+    flops = tflop * TFLOP
+    # As the ledger reports them: fwd_flops holds the method's extra forward passes too.
+    return {"method": method, "model": "resnet20", "epochs": 8, "final_test_acc": acc,
+            "fwd_flops": flops / 3 + extra.get("extra_fwd_flops", 0), "bwd_flops": 2 * flops / 3,
+            "fwd_flops_full": 8 * TFLOP / 3,
+            "bwd_flops_full": 16 * TFLOP / 3, "train_time_s": time_s, "train_cpu_s": cpu_s,
+            "units_total": 7, "units_dropped": units_dropped, "params_initial": 270_000,
+            "params_final": 270_000, **extra}
+
+
+def _curve(accs, time_s):
+    """Metrics rows: one per epoch, equal time and FLOPs per epoch."""
+    n = len(accs)
+    return [{"epoch": i + 1, "test_acc": a, "time_s": time_s * (i + 1) / n,
+             "cpu_s": time_s * (i + 1) / n / 2, "fwd_flops": (i + 1) / n * TFLOP,
+             "bwd_flops": (i + 1) / n * 2 * TFLOP} for i, a in enumerate(accs)]
+
+
+@pytest.fixture
+def fake_bench():
+    """Two seeds: full (8 TFLOP, 100 s), budgets 0.25 / 0.5, a method above the frontier, one
+    below it, one cheaper than every budget, one with extra FLOPs beyond full's, the copies of
+    Learn&Drop's run and the A/A control."""
+    runs = {}
+    for seed, jitter in ((0, 0.0), (1, 0.01)):
+        def add(label, summary, accs=(0.5, 0.7, 0.8), seed=seed):
+            runs[(label, seed)] = {"summary": summary, "metrics": _curve(accs, 10)}
+        add("full", _summary("full", 0.86 + jitter, 8, 100, 50), (0.5, 0.8, 0.85 + jitter,
+                                                                  0.86 + jitter))
+        add("full-b0.5", _summary("full", 0.80 + jitter, 4, 50, 25))
+        add("full-b0.25", _summary("full", 0.70 + jitter, 2, 25, 12.5))
+        add("learndrop", _summary("learndrop", 0.85 + jitter, 6, 60, 30, 3),
+            (0.5, 0.849 + jitter, 0.85 + jitter))
+        add("freezeout", _summary("freezeout", 0.80 + jitter, 6, 75, 37.5))
+        add("stochastic-depth", _summary("stochastic-depth", 0.5, 1, 10, 5))
+        add("heavy", _summary("learndrop", 0.87, 7, 90, 45, extra_fwd_flops=2 * TFLOP))
+        # Runs after learndrop: its times are against the A/A control, timed alongside it.
+        add("random-drop", _summary("random-drop", 0.83 + jitter, 6, 66, 33, 3))
+        add("full-aa", _summary("full", 0.86 + jitter, 8, 110, 51))
+    return runs
+
+
+def test_report_from_fake_summaries(fake_bench):
+    report = aggregate(fake_bench)
+    rows, flops = report["rows"], report["frontier"]["flops"]
+    assert [p["budget"] for p in flops] == [0.25, 0.5, 1.0]
+    assert [p["cost"] for p in flops] == pytest.approx([2 * TFLOP, 4 * TFLOP, 8 * TFLOP])
+    assert [p["acc"] for p in flops] == pytest.approx([0.705, 0.805, 0.865])
+    # learndrop: 6 TFLOP -> frontier 0.835; acc 0.85 / 0.86 (mean 0.855) -> +2 points.
+    ld = rows["learndrop"]["frontier"]["flops"]
+    assert ld["frontier_acc"] == pytest.approx(0.835)
+    assert ld["margin"] == pytest.approx(0.02) and ld["verdict"] == "above"
+    assert rows["freezeout"]["frontier"]["flops"]["verdict"] == "below"
+    assert rows["freezeout"]["frontier"]["flops"]["margin"] == pytest.approx(-0.03)
+    # Time axis: ratios to the same seed's full run (60 s / 100 s = 0.6 -> frontier 0.805 +
+    # 0.1/0.5 * 0.06 = 0.817).
+    assert rows["learndrop"]["time_ratio"] == pytest.approx(0.6)
+    assert rows["learndrop"]["frontier"]["time"]["frontier_acc"] == pytest.approx(0.817)
+    assert rows["freezeout"]["frontier"]["time"]["frontier_acc"] == pytest.approx(0.835)
+    # Outside the frontier's range: said so, no margin.
+    sd = rows["stochastic-depth"]["frontier"]["flops"]
+    assert sd["margin"] is None and sd["verdict"] == "outside the frontier's range"
+    assert sd["positions"] == ["cheaper than every budget"]
+    heavy = rows["heavy"]
+    assert heavy["flops"] == pytest.approx(9 * TFLOP)  # its extra forward passes count
+    assert heavy["frontier"]["flops"]["positions"] == ["costlier than full training"]
+    # The copies of Learn&Drop's run ran in lockstep with the A/A control: timed against it.
+    assert rows["random-drop"]["time_reference"] == "full-aa"
+    assert rows["random-drop"]["time_ratio"] == pytest.approx(0.6)
+    assert report["noise_floor"]["time_ratio"] == pytest.approx(1.1)
+    assert report["noise_floor"]["cpu_ratio"] == pytest.approx(1.02)
+    # Accuracy: mean ± std over seeds; time to target: full's final accuracy - 1 point.
+    assert rows["learndrop"]["final_test_acc"] == pytest.approx(0.855)
+    assert rows["learndrop"]["final_test_acc_std"] == pytest.approx(0.00707, abs=1e-5)
+    assert rows["learndrop"]["per_seed"][0]["target_acc"] == pytest.approx(0.85)
+    assert rows["learndrop"]["per_seed"][0]["time_to_target"]["epoch"] == 3
+    assert rows["learndrop"]["time_to_target"] == {"reached": 2, "of": 2, "time_s": 10.0,
+                                                   "cpu_s": 5.0, "flops": 3 * TFLOP}
+    assert rows["full"]["time_to_target"]["time_s"] == pytest.approx(7.5)  # epoch 3 of 4
+    assert rows["freezeout"]["time_to_target"]["reached"] == 0
+    assert report["convergence"]["last_fifth_gain"] == pytest.approx(0.01)  # epoch 3 -> 4
+
+
+def test_markdown_says_above_below_and_outside(fake_bench):
+    report = {"config": {"model": "resnet20", "dataset": "fashion-mnist", "epochs": 8},
+              "seeds": [0, 1], "finished": 18, "machine": machine_info("cpu"),
+              **aggregate(fake_bench)}
+    md = bench_markdown(report)
+    line = {row.split(" | ")[0]: row for row in md.splitlines() if row.startswith("| ")}
+    assert "above" in line["| learndrop"] and "below" in line["| freezeout"]
+    assert "outside the frontier's range" in line["| stochastic-depth"]
+    assert "time ratio (A/A 1.100)" in md and "Noise floor" in md
+    machine = machine_info()  # every results file names the machine
+    assert machine["torch"] in md and all(flag in md for flag in machine["cpu_flags"])

@@ -1,0 +1,50 @@
+"""benchmarks/proof.py's smoke profile: the whole protocol (the GPU profile's path, epochs
+fitted to a time budget) on a few Fashion-MNIST images, on the CPU."""
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("LEARNDROP_DATA"),
+    reason="Fashion-MNIST not installed (make test installs dataset-fashion-mnist)",
+)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "proof.py"
+
+
+def _proof():
+    spec = importlib.util.spec_from_file_location("proof", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["proof"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsys):
+    proof = _proof()
+    out = tmp_path / "proof"
+    assert proof.main(["--profile", "smoke", "--out", str(out)]) == 0
+    plan = json.loads((out / "proof-plan.json").read_text())
+    assert plan["source"] == "fitted" and 4 <= plan["epochs"] <= 5
+    assert set(plan["step_s"]) == {"resnet32", "resnet20"}
+    report = json.loads((out / "resnet32" / "bench.json").read_text())
+    assert set(report["rows"]) == {*proof.METHODS, "full-b0.25", "full-b0.5", "full-b0.75",
+                                   "full-aa", "full-resnet20"}
+    assert [p["budget"] for p in report["frontier"]["flops"]] == [0.25, 0.5, 0.75, 1.0]
+    assert report["depth"]["model"] == "resnet20" and report["noise_floor"] is not None
+    # Finished runs keep their summaries and metrics, not their checkpoints.
+    assert not list(out.glob("*/*/last.ckpt")) and not list(out.glob("*/*/model.pt"))
+    readme = (out / "README.md").read_text()
+    for check in ("(a) cost", "(b) converged", "(c) depth matters", "Against the budget frontier"):
+        assert check in readme
+    # The same command again: the fitted plan is kept and nothing is redone.
+    capsys.readouterr()
+    assert proof.main(["--profile", "smoke", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted epochs" not in printed and printed.count("done, kept") == 11
+    assert json.loads((out / "proof-plan.json").read_text())["epochs"] == plan["epochs"]
