@@ -70,6 +70,12 @@ class Precision:
             return torch.autocast(self.device_type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def __str__(self) -> str:
+        """What a run's first log line says, e.g. ``fp32 channels_last``."""
+        emulated = (" (emulated: this hardware has no native bf16, expect it slower than fp32)"
+                    if self.name == "bf16" and not self.native else "")
+        return f"{self.name} {self.memory_format}{emulated}"
+
     @property
     def memory_format(self) -> str:
         return "channels_last" if self.channels_last else "contiguous"

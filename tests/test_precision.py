@@ -60,3 +60,10 @@ def test_summary_says_what_ran(tmp_path, precision, one_thread):
     assert f"{precision} channels_last" in lines[0]
     assert summary["final_test_acc"] > 0.1  # it trained (10 classes: chance is 0.1)
     assert summary["fwd_flops"] == summary["fwd_flops_full"] > 0  # FLOPs do not depend on it
+
+
+def test_emulated_bf16_is_said_in_the_log_line(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert str(resolve_precision("bf16", "cpu")).startswith("bf16 channels_last (emulated")
+    assert str(resolve_precision("fp32", "cpu")) == "fp32 channels_last"

@@ -254,3 +254,47 @@ def test_zero_means_the_whole_set_for_both_subsets():
     assert TrainConfig(subset=0, test_subset=0).test_subset is None
     with pytest.raises(ValueError, match=r"--test-subset must be >= 1 \(or 0 for the whole"):
         TrainConfig(test_subset=-1).validate()
+
+
+# ---- found by trying to break the run directory and --resume (review of issues 11 and 14) ----
+
+TINY_CLI = ["--model", "resnet20", "--dataset", "fashion-mnist", "--subset", "100",
+            "--test-subset", "50", "--image-size", "16", "--batch-size", "32", "--quiet",
+            "--no-plots"]
+
+
+def test_resume_keeps_the_precision_the_run_started_with(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *TINY_CLI, "--epochs", "1", "--precision", "bf16", "--method", "full",
+                 "--out", str(run)]) == 0
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    ckpt["config"]["epochs"] = 2  # as if interrupted after epoch 1 of 2
+    torch.save(ckpt, run / "last.ckpt")
+    assert main(["train", "--resume", str(run), "--quiet", "--no-plots"]) == 0
+    assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+
+
+def test_resume_of_a_weights_file_says_what_is_wrong(tmp_path, capsys):
+    from learndrop.models import create_model
+
+    path = tmp_path / "plain.pt"
+    torch.save(create_model("resnet20", in_channels=1).state_dict(), path)
+    assert main(["train", "--resume", str(path), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a learndrop checkpoint" in err and "--weights" in err
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
+    (run / "model.pt").write_bytes(b"old")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert main(["train", *TINY_CLI, "--epochs", "1", "--weights", str(empty),
+                 "--out", str(run), "--overwrite"]) == 1
+    assert (run / "summary.json").read_text() == "{}" and (run / "model.pt").exists()
+    fresh = tmp_path / "fresh"
+    assert main(["train", *TINY_CLI, "--epochs", "1", "--weights", str(empty),
+                 "--out", str(fresh)]) == 1
+    assert not fresh.exists()  # a run that cannot start leaves no directory behind

@@ -27,13 +27,19 @@ class RunDir:
         self.path = Path(path)
 
     def prepare(self, *, resume: bool, overwrite: bool) -> None:
-        """Create the directory; refuse one that holds a run unless resuming or overwriting."""
+        """Refuse a directory that holds a run unless resuming or overwriting. Checks only:
+        nothing is created or removed until :meth:`begin`, so a run that cannot start (bad
+        data, bad weights) leaves an existing run, or the absence of one, as it was."""
         existing = [m for m in self.MARKERS if (self.path / m).exists()]
         if existing and not (resume or overwrite):
             raise RunDirExistsError(
                 f"{self.path} already holds a run ({', '.join(existing)}); "
                 "pass --resume to continue it, --overwrite to replace it, or choose another --out"
             )
+
+    def begin(self, *, resume: bool, overwrite: bool) -> None:
+        """Once the run is built and about to write: remove the files of the run it replaces
+        (``overwrite``) and create the directory."""
         if overwrite and not resume:
             for name in (*self.MARKERS, "model.pt"):
                 (self.path / name).unlink(missing_ok=True)

@@ -203,14 +203,14 @@ def train_stream(
     method = parts.method
     parts.use_memory_format(test_batches, getattr(batches, "loader", None))
 
+    run.begin(resume=False, overwrite=config.overwrite)
     run.write_json("config.json", config.to_dict())
     metrics = MetricsLog(run, tensorboard=config.tensorboard)
     source = "user iterator" if user_stream else f"{config.stream_order} order of {data.name}"
     log(f"{config.method} stream: {config.model}, {source}, "
         f"{total if total else 'unknown number of'} batches of {config.batch_size}, "
         f"check every {config.steps_per_check} steps, test every {config.eval_every} steps, "
-        f"{len(method.units)} droppable units, on {device}, {parts.precision.name} "
-        f"{parts.precision.memory_format}")
+        f"{len(method.units)} droppable units, on {device}, {parts.precision}")
 
     stats = RunningStats(device, classes)
     best = final = None

@@ -122,6 +122,8 @@ def resume_config(asked: TrainConfig, saved: dict, given: Collection[str] | None
                 f"so it cannot take {what}; start a new run (another --out) to change it")
     values = old.to_dict()
     for name in REPORTING_FIELDS | ({"epochs"} if "epochs" in given else set()):
+        if name in ("precision", "device") and name not in given:
+            continue  # the run goes on as it ran (a default must not switch a bf16 run to fp32)
         values[name] = getattr(asked, name)
     values["resume"] = str(resume_from)
     values["out"] = asked.out or str(resume_from.parent)
@@ -170,6 +172,10 @@ class Training:
         if config.resume:
             resume_from = _checkpoint_path(config.resume)
             ckpt = safe_load(resume_from)
+            if not (isinstance(ckpt, dict) and {"config", "method", "model"} <= set(ckpt)):
+                raise ConfigError(
+                    f"--resume {config.resume}: {resume_from} is not a learndrop checkpoint "
+                    "(last.ckpt); to start a new run from weights, pass them with --weights")
             config = resume_config(config, ckpt["config"], given, resume_from)
         config.validate()
         if config.out is None:
@@ -240,6 +246,7 @@ class Training:
             self.log(f"resuming {run.path} at epoch {self.epoch + 1}, step {method.steps}")
         self.metrics = None
         if ctx.is_main:
+            run.begin(resume=ckpt is not None, overwrite=config.overwrite)
             run.write_json("config.json", config.to_dict())
             self.metrics = MetricsLog(run, rows=self.rows, tensorboard=config.tensorboard,
                                       resume_step=method.steps if ckpt is not None else None)
@@ -248,7 +255,7 @@ class Training:
                  f"{data.image_size}), {len(method.units)} droppable units, {config.epochs} "
                  f"epochs on {ctx.device}"
                  + (f" x {ctx.world_size} processes" if ctx.distributed else "")
-                 + f", {parts.precision.name} {parts.precision.memory_format}")
+                 + f", {parts.precision}")
 
     def _extend_schedule(self, ckpt: dict) -> None:
         """Apply a longer ``--epochs`` to a resumed run, or refuse it (see :func:`lr_schedule`)."""
