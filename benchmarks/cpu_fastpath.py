@@ -70,25 +70,8 @@ def spread(values: list[float]) -> dict:
 
 # ---- one training step, as plainly as PyTorch allows ------------------------------------------
 
-def plain_epochs(model, loader, precision: Precision, epochs: int, lr: float = 0.1) -> float:
-    """The plain loop the trainer is compared with; returns the seconds of its steps."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    steps = epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
-    model.train()
-    started = time.perf_counter()
-    for _ in range(epochs):
-        for x, y in loader:
-            with precision.autocast():
-                loss = F.cross_entropy(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    return time.perf_counter() - started
-
-
-def timed_steps(model, batches, precision: Precision, optimizer) -> float:
+def timed_steps(model, batches, precision: Precision, optimizer, scheduler=None) -> float:
+    """Plain PyTorch training steps over ``batches``; returns their seconds."""
     started = time.perf_counter()
     for x, y in batches:
         with precision.autocast():
@@ -96,7 +79,19 @@ def timed_steps(model, batches, precision: Precision, optimizer) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
     return time.perf_counter() - started
+
+
+def plain_epochs(model, loader, precision: Precision, epochs: int, lr: float = 0.1) -> float:
+    """The plain loop the trainer is compared with; returns the seconds of its steps."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    steps = epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
+    model.train()
+    return sum(timed_steps(model, loader, precision, optimizer, scheduler)
+               for _ in range(epochs))
 
 
 def random_batches(n: int, channels_last: bool, batch: int = 128, size: int = 32, seed: int = 0):
