@@ -55,32 +55,31 @@ from learndrop.units import Unit
 __all__ = ["LearnDropCallback", "default_input", "default_target"]
 
 
+def _entry(batch: Any, index: int, keys: tuple[str, ...], what: str, option: str) -> torch.Tensor:
+    """Element ``index`` of a tuple/list batch, or the first of ``keys`` in a dict batch."""
+    if isinstance(batch, (list, tuple)) and len(batch) > index and isinstance(batch[index],
+                                                                            torch.Tensor):
+        return batch[index]
+    if isinstance(batch, dict):
+        for key in keys:
+            if isinstance(batch.get(key), torch.Tensor):
+                return batch[key]
+    raise TypeError(f"cannot find the {what} tensor in a batch of type {type(batch).__name__}; "
+                    f"pass {option}=... to LearnDropCallback")
+
+
 def default_input(batch: Any) -> torch.Tensor:
     """The input tensor of a batch: the batch itself, its first element (``(x, y)``), or its
     ``"x"``/``"input"``/``"image"``/``"pixel_values"`` entry."""
     if isinstance(batch, torch.Tensor):
         return batch
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    if isinstance(batch, dict):
-        for key in ("x", "input", "image", "pixel_values"):
-            if isinstance(batch.get(key), torch.Tensor):
-                return batch[key]
-    raise TypeError(f"cannot find the input tensor in a batch of type {type(batch).__name__}; "
-                    "pass input_fn=... to LearnDropCallback")
+    return _entry(batch, 0, ("x", "input", "image", "pixel_values"), "input", "input_fn")
 
 
 def default_target(batch: Any) -> torch.Tensor:
     """The target tensor of a batch: its second element (``(x, y)``) or its
     ``"y"``/``"target"``/``"label"``/``"labels"`` entry."""
-    if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], torch.Tensor):
-        return batch[1]
-    if isinstance(batch, dict):
-        for key in ("y", "target", "label", "labels"):
-            if isinstance(batch.get(key), torch.Tensor):
-                return batch[key]
-    raise TypeError(f"cannot find the target tensor in a batch of type {type(batch).__name__}; "
-                    "pass target_fn=... to LearnDropCallback")
+    return _entry(batch, 1, ("y", "target", "label", "labels"), "target", "target_fn")
 
 
 class LearnDropCallback(Callback):
