@@ -1,17 +1,21 @@
 """Deciding: which live units to drop (or freeze) at a check.
 
-A unit is a *candidate* when its change score has fallen to ``change_threshold`` of its own peak
-or below and its trend is not rising (``slope <= max_slope``). It is *ready* once it has been a
-candidate for ``patience`` consecutive checks. Ready units are acted on cheapest measured drop
-cost first (lowest continuation score first when no cost was measured), within the guards: no
-decision during the ``warmup_checks`` first checks, none while training is unstable (below), at
-most ``max_drops_per_check`` per check, and never more than ``max_dropped_fraction`` of all units
-dropped or frozen in total. A unit is never acted on twice.
+A unit is a *candidate* when its change score ratio (:mod:`learndrop.scores`: its speed relative
+to the median live unit by default, to its own peak with ``normalization="per-unit"``) is at or
+below ``change_threshold`` and its trend is not rising (``slope <= max_slope``). It is *ready*
+once it has been a candidate for ``patience`` consecutive checks. Ready units are acted on
+cheapest measured drop cost first (lowest continuation score first when no cost was measured),
+within the guards: no decision during the ``warmup_checks`` first checks, none while training is
+unstable (below), at most ``max_drops_per_check`` per check, and never more than
+``max_dropped_fraction`` of all units dropped or frozen in total. A unit is never acted on twice.
 
 The action (:meth:`DropPolicy.action`): a ready unit whose measured drop cost (the training-loss
 increase with it bypassed, :mod:`learndrop.drop_cost`) is at most ``max_drop_cost`` nats is
 dropped; one that has stopped learning but still matters is frozen (it keeps running forward and
-saves its backward pass).
+saves its backward pass). ``max_drop_cost`` is also the budget of one check: the units dropped at
+a check cost at most that much together (each unit's cost was measured with the others in place,
+so the sum is what the check's drops are expected to cost), and a cheap unit that no longer fits
+waits for the next check, measured again there.
 
 Stability (:meth:`DropPolicy.is_stable`): the check loss (the mean training loss on the recent
 batches, measured at every check) must not exceed the lowest of the previous ``trend_window``
@@ -19,9 +23,9 @@ check losses by more than the fraction ``max_loss_rise``. A rising loss means th
 still moving between basins (deep networks at a high learning rate in their first epochs), and
 what it does without a unit now says little about what it will do later.
 
-The defaults come from the prototype recorded in DESIGN.md section 6 (drop below half of the own
-running maximum while still falling, at most a quarter of the units per check, none in the first
-epoch); ``docs/method-card.md`` holds the benchmark evidence behind them.
+The defaults were chosen on the proof regime (ResNet-56, CIFAR-10, 20,000 images, 10 epochs);
+``docs/method-card.md`` holds the evidence ("Calibration") and the paper-reading rule they
+replace (``normalization="per-unit", change_threshold=0.5``, no cost measurement).
 """
 
 from __future__ import annotations
@@ -45,7 +49,10 @@ class DropPolicy:
 
     Attributes:
         warmup_checks: checks with no decision; their scores also stay out of the running peak.
-        change_threshold: candidate when ``change / peak`` is at or below this (0 < x <= 1).
+        change_threshold: candidate when the score's ratio is at or below this (> 0):
+            with ``normalization="median"`` 1.0 means "at most as fast as the median unit"
+            (the slower half), with ``"per-unit"`` 0.5 means "slowed to half its own peak"; a
+            large value makes every unit whose trend is not rising a candidate.
         max_slope: candidate only when the log-change trend is at or below this (0 = not rising).
         trend_window: checks over which the trend is fitted (>= 2).
         patience: consecutive candidate checks needed before a drop (>= 1).
@@ -60,7 +67,8 @@ class DropPolicy:
             measured (>= 0; 0 turns cost measurement, freezing fallback and the stability
             guard off: ready units are then dropped, lowest continuation first).
         max_drop_cost: a ready unit whose drop cost is at most this (nats per sample) is
-            dropped, a costlier one frozen (>= 0; ``inf`` drops every ready unit).
+            dropped, a costlier one frozen; the drops of one check cost at most this in sum
+            (>= 0; ``inf`` drops every ready unit).
         max_loss_rise: no decision while the check loss exceeds the lowest of the previous
             ``trend_window`` ones by more than this fraction (>= 0; ``inf`` turns it off).
         recalibration_batches: recent training batches from which the BatchNorm statistics
@@ -68,14 +76,14 @@ class DropPolicy:
     """
 
     warmup_checks: int = 1
-    change_threshold: float = 0.5
+    change_threshold: float = 1.0
     max_slope: float = 0.0
     trend_window: int = 3
     patience: int = 1
     max_drops_per_check: int | float = 0.25
     max_dropped_fraction: float = 0.75
     normalization: str = "median"
-    cost_batches: int = 4
+    cost_batches: int = 2
     max_drop_cost: float = 0.1
     max_loss_rise: float = 0.1
     recalibration_batches: int = 4
@@ -86,8 +94,8 @@ class DropPolicy:
 
         if not isinstance(self.warmup_checks, int) or self.warmup_checks < 0:
             fail("warmup_checks", "an integer >= 0")
-        if not 0 < self.change_threshold <= 1:
-            fail("change_threshold", "in (0, 1]")
+        if not (0 < self.change_threshold and math.isfinite(self.change_threshold)):
+            fail("change_threshold", "a finite number > 0")
         if not math.isfinite(self.max_slope):
             fail("max_slope", "a finite number")
         if not isinstance(self.trend_window, int) or self.trend_window < 2:
@@ -169,15 +177,28 @@ class DropPolicy:
             check: 1-based index of this check.
             units_total: all units, dropped and frozen ones included.
             units_dropped: units already dropped or frozen.
-            costs: measured drop costs of (at least) the ready units; they go cheapest first.
+            costs: measured drop costs of (at least) the ready units; they go cheapest first,
+                and the dropped ones' costs add up to at most ``max_drop_cost``.
             losses: the check losses so far, this check's last (:meth:`is_stable`).
         """
         if not self.is_stable(losses):
             return []
         ready = self.ready(scores, streaks, check=check)
-        if costs:
-            ready.sort(key=lambda n: costs.get(n, math.inf))  # stable: ties keep the order above
-        return ready[: self.drops_allowed(units_total, units_dropped)]
+        if not costs:
+            return ready[: self.drops_allowed(units_total, units_dropped)]
+        ready.sort(key=lambda n: costs.get(n, math.inf))  # stable: ties keep the order above
+        chosen, spent = [], 0.0
+        for name in ready:
+            if len(chosen) == self.drops_allowed(units_total, units_dropped):
+                break
+            cost = costs.get(name)
+            if self.action(cost) == "drop" and cost is not None:
+                # A negative cost (the network does better without it) adds no budget.
+                if spent + max(cost, 0.0) > self.max_drop_cost:
+                    continue  # cheap, but not at this check: the budget is spent
+                spent += max(cost, 0.0)
+            chosen.append(name)
+        return chosen
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,12 +15,20 @@ Our reading of the paper (DESIGN.md section 1), made precise here:
   learning-rate normalised speed *rises* again near the end of a cosine schedule, DESIGN.md
   section 6) cancels, and a unit scores low only when it slows down *relative to the others*.
   ``normalization="per-unit"`` keeps each unit's own learning-rate normalised reading.
-* **ratio**: ``change(t)`` over the unit's own running maximum, taken over the checks after the
-  warm-up (the warm-up's large early moves would inflate it).
+* **ratio**: the unit's speed against its reference. With ``normalization="median"`` that is
+  the median live unit, so the ratio is the normalised ``change(t)`` itself (1 = as fast as the
+  median unit, 0.8 = 20% slower). With ``"per-unit"`` it is the unit's own running maximum of
+  ``change``, taken over the checks after the warm-up (the warm-up's large early moves would
+  inflate it): the paper's "has slowed down to a fraction of its peak". Why the median reading
+  does not also divide by the own peak: measured on ResNet-56 (CIFAR-10, 20,000 images, the
+  proof regime), the median-normalised speeds drift by about 5% per epoch and almost all alike
+  (a unit's ratio to its own peak after four epochs: 0.73-1.0, and the one outlier, the first
+  block at 0.54, is the costliest to drop), so a ratio to the own peak separates nothing there
+  (``docs/method-card.md``, "Calibration").
 * **slope**: least-squares slope of ``log change`` over the last ``trend_window`` checks after the
   warm-up (negative = still slowing down).
 * **continuation score** = ``ratio * exp(slope)``: the change expected at the next check if the
-  trend holds, relative to the unit's peak. Low means "has stopped learning and is not about to
+  trend holds, relative to the unit's reference. Low means "has stopped learning and is not about to
   resume".
 
 Only a unit that learns is scored: one with a parameter that requires grad and that one of the
@@ -194,7 +202,10 @@ class ScoreTracker:
             recent = [v for v in history[skip:] if not math.isnan(v)]
             recent = recent[-self.trend_window:]
             peak = self.peak[name]
-            ratio = change / peak if peak > 0 else 1.0
+            if self.normalization == "median":
+                ratio = change  # the reference is the median live unit (module docstring)
+            else:
+                ratio = change / peak if peak > 0 else 1.0
             slope = log_slope(recent)
             scores[name] = UnitScore(change, ratio, slope, ratio * math.exp(slope))
         return scores

@@ -56,7 +56,7 @@ def test_an_error_closes_the_other_runs():
 
 # Drops at every check after the first, without measurements (2 steps per check is too few
 # for them to pay off).
-EAGER = {"change_threshold": 1.0, "max_slope": 100.0, "cost_batches": 0,
+EAGER = {"change_threshold": 100.0, "max_slope": 100.0, "cost_batches": 0,
          "max_drop_cost": float("inf"), "max_loss_rise": float("inf"), "recalibration_batches": 0}
 
 

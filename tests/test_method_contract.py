@@ -68,7 +68,7 @@ def options_for(name: str, reference: str) -> dict:
     gets its defaults (and a reference when it needs one)."""
     cls = METHODS[name]
     fields = {f.name for f in dataclasses.fields(cls.options_type)} if cls.options_type else set()
-    eager = {"warmup_checks": 0, "change_threshold": 1.0, "max_slope": 100.0,
+    eager = {"warmup_checks": 0, "change_threshold": 100.0, "max_slope": 100.0,
              "max_drops_per_check": 1, "max_dropped_fraction": 1.0, "t0": 0.3,
              "drop_rate": 0.5}
     options = {k: v for k, v in eager.items() if k in fields}

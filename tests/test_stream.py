@@ -3,6 +3,7 @@
 import gc
 import itertools
 import json
+import math
 import os
 import tracemalloc
 
@@ -108,7 +109,8 @@ def stream_config(tmp_path, name="run", **overrides) -> TrainConfig:
     values = dict(model="tiny_stream_net", method="learndrop", batch_size=8, lr=0.05,
                   steps_per_check=5, eval_every=10, out=str(tmp_path / name), quiet=True,
                   plots=False, device="cpu",
-                  method_options={"change_threshold": 0.95, "max_drops_per_check": 1})
+                  method_options={"change_threshold": 1.0, "max_drops_per_check": 1,
+                                  "max_drop_cost": math.inf})
     values.update(overrides)
     return TrainConfig(**values)
 

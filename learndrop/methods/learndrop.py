@@ -142,6 +142,8 @@ class LearnDrop(Method):
             # A drop after the last step saves nothing and leaves the final network with stale
             # BatchNorm statistics downstream: score, but do not act.
             return []
+        if not self.policy.drops_allowed(len(self.units), len(self.removed)):
+            return []  # the cap is reached for good: nothing left to measure or decide
         if self.policy.cost_batches:
             self._measure(self.policy.ready(scores, self.streaks, check=self.checks))
         # Never the last trainable unit: with every parameter gone, backward() would fail.
