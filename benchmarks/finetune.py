@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/finetune"))
     p.add_argument("--work", default=str(cache_dir() / "bench" / "cifar10-split"),
                    help="where the two tasks' image folders are written")
+    p.add_argument("--source", default=None,
+                   help="the CIFAR-10 dataset to split: default the tarball at ../shared/data "
+                        "(offline), else torchvision's cifar10 (downloads)")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--image-size", type=int, default=16)
     p.add_argument("--pretrain-subset", type=int, default=2500,
@@ -67,6 +70,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def cifar10_source() -> str:
+    """The offline CIFAR-10 tarball beside the checkout (``../shared/data``), else ``cifar10``."""
+    for path in (ROOT.parent / "shared/data/cifar10-jpg.tar.gz",
+                 ROOT / "shared/data/cifar10-jpg.tar.gz"):
+        if path.is_file():
+            return f"folder:{path}"
+    return "cifar10"
+
+
 def write_split(args: argparse.Namespace) -> tuple[str, str]:
     """The two tasks as folder datasets (written once; a marker file says it is complete)."""
     from PIL import Image
@@ -75,7 +87,7 @@ def write_split(args: argparse.Namespace) -> tuple[str, str]:
     tasks = {"a": range(0, 5), "b": range(5, 10)}
     if (work / "done").is_file():
         return str(work / "a"), str(work / "b")
-    data = load_dataset("cifar10")
+    data = load_dataset(args.source or cifar10_source())
     sizes = {"a": args.pretrain_subset, "b": args.finetune_subset}
     for task, classes in tasks.items():
         for split, x, y in (("train", data.train_x, data.train_y),

@@ -3,11 +3,13 @@
 Per model (CIFAR ResNet-56 and the CIFAR-size VGG-16) one ``learndrop bench``
 (:func:`learndrop.bench.run_bench`) on CIFAR-10: full training; full training at 0.25, 0.5 and
 0.75 of the epochs with the schedule compressed (the budget frontier); Learn&Drop with its
-current defaults; random-drop (Learn&Drop's drop schedule, units drawn at random);
-slim-from-scratch (Learn&Drop's final structure trained from the first step: the oracle where a
-smaller network is as good); FreezeOut; stochastic depth; the A/A control (full training timed a
-second time: the noise floor); and, for ResNet-56, full training of ResNet-20 (the check that
-depth matters). Each seed's runs train in lockstep (one epoch of each in turn).
+current defaults; Learn&Drop with the paper's rule as it stood before issue 15
+(``learndrop-paper``: the "before" picture); random-drop (Learn&Drop's drop schedule, units
+drawn at random); slim-from-scratch (Learn&Drop's final structure trained from the first step:
+the oracle where a smaller network is as good); FreezeOut; stochastic depth; the A/A control
+(full training timed a second time: the noise floor); and, for ResNet-56, full training of
+ResNet-20 (the check that depth matters). Each seed's runs train in lockstep (one epoch of each
+in turn).
 
 Profiles (``--profile``):
 
@@ -54,6 +56,7 @@ if str(REPO) not in sys.path:  # run as a plain script from a checkout
 from learndrop.atomic import atomic_write  # noqa: E402
 from learndrop.bench import (  # noqa: E402
     DEFAULT_BUDGETS,
+    Variant,
     machine_info,
     run_bench,
     write_report,
@@ -62,6 +65,12 @@ from learndrop.train import ConfigError, TrainConfig  # noqa: E402
 
 METHODS = ["full", "learndrop", "random-drop", "slim-from-scratch", "freezeout",
            "stochastic-depth"]
+# The "before" picture (issue 13): Learn&Drop as it stood before the decisions issue (15), the
+# paper reading: each unit's own learning-rate normalised change, candidate at half of its own
+# peak, no drop cost measured, no stability guard, no BatchNorm recalibration.
+PAPER_RULE = Variant("learndrop-paper", "learndrop", {
+    "normalization": "per-unit", "change_threshold": 0.5, "cost_batches": 0,
+    "max_drop_cost": math.inf, "max_loss_rise": math.inf, "recalibration_batches": 0})
 CIFAR10 = ("../shared/data/cifar10-jpg.tar.gz", "shared/data/cifar10-jpg.tar.gz")
 PLAN = "proof-plan.json"
 # The regime's checks (issue 13): a full run within about 15 minutes on 2 cores, converged (the
@@ -343,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {model}: {base.dataset}, {base.subset or 'all'} training images, {epochs} "
               f"epochs, seeds {','.join(map(str, seeds))}", flush=True)
         run_bench(base, METHODS, seeds, out / model, budgets=DEFAULT_BUDGETS,
-                  aa_control=True, shallow=profile.shallow.get(model), dry_run=args.dry_run,
+                  aa_control=True, shallow=profile.shallow.get(model),
+                  variants=[PAPER_RULE], dry_run=args.dry_run,
                   prune=True, log=lambda s: print(s, flush=True))
         if not args.dry_run:
             write_readme(out, args.profile, settings)

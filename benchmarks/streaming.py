@@ -1,9 +1,15 @@
-"""Streaming benchmark: Learn&Drop against full training on the same one-pass stream.
+"""Streaming benchmark: Learn&Drop against full training and the stream frontier, one pass.
 
-For each stream order (the dataset's shuffled order, class-incremental) it trains the same
-model on the same stream with each method, then writes to ``--out``:
+For each stream order (the dataset's shuffled order, class-incremental) and seed it trains the
+same model on the same stream with each method, and full training on the first 25%, 50% and 75%
+of the stream (``--budgets``): the *stream frontier*, the budget alternative of a stream (train
+on only part of it, at the same constant learning rate). Learn&Drop is worth using on a stream
+where its accuracy lies above that frontier at its own executed FLOPs (forward, its extra passes
+included, plus backward; :mod:`learndrop.bench.frontier`, interpolated between the budgets).
+It writes to ``--out``:
 
-* ``<order>-<method>/``: each run's directory (summary.json, metrics.jsonl, plots);
+* ``<order>-<method>-s<seed>/`` and ``<order>-full-b<f>-s<seed>/``: each run's directory
+  (summary.json, metrics.jsonl, plots);
 * ``results.json`` and ``results.md``: wall-clock ratio learndrop/full, accuracy of both,
   FLOPs reductions and drops, and the machine it ran on;
 * ``streaming.png``: test accuracy over time and forward FLOPs per step over the stream.
@@ -27,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +43,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from learndrop.bench.frontier import build_frontier, compare, mean_std, verdict  # noqa: E402
+from learndrop.bench.plan import parse_budgets  # noqa: E402
 from learndrop.train.config import TrainConfig  # noqa: E402
 from learndrop.train.report import read_rows  # noqa: E402
 from learndrop.train.stream import train_stream  # noqa: E402
@@ -73,7 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default="full,learndrop")
     p.add_argument("--policy", default="{}", help='JSON of DropPolicy fields, e.g. '
                                                  '\'{"change_threshold": 0.6}\'')
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--budgets", default="0.25,0.5,0.75",
+                   help="full training on these fractions of the stream: the stream frontier "
+                        "('none' for none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 avoids oversubscription on shared cores; 0 = "
@@ -81,92 +93,172 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
+        raise SystemExit(f"streaming.py: error: --seeds must be distinct integers >= 0 like "
+                         f"0,1,2, got {args.seeds!r}")
+    return seeds
+
+
+def planned_runs(args: argparse.Namespace) -> list[tuple[str, str, str, float, int]]:
+    """``(order, label, method, fraction of the stream, seed)`` of every run, seed by seed."""
+    try:
+        budgets = parse_budgets(args.budgets)
+    except ValueError as err:
+        raise SystemExit(f"streaming.py: error: {err}") from err
+    runs = []
+    for seed in seeds_of(args):
+        for order in args.orders.split(","):
+            runs += [(order, m, m, 1.0, seed) for m in args.methods.split(",")]
+            runs += [(order, f"full-b{f:g}", "full", f, seed) for f in budgets]
+    return runs
+
+
 def run_all(args: argparse.Namespace) -> dict:
+    """``{order: {label: {seed: summary}}}``; a run whose summary.json exists is kept."""
     out = Path(args.out)
-    results: dict[str, dict[str, dict]] = {}
-    for order in args.orders.split(","):
-        for method in args.methods.split(","):
-            run = out / f"{order}-{method}"
-            summary_file = run / "summary.json"
-            if summary_file.is_file():
-                print(f"{run.name}: done already, skipped")
-                summary = json.loads(summary_file.read_text())
-            else:
-                config = TrainConfig(
-                    model=args.model, dataset=args.dataset, method=method, stream=True,
-                    stream_order=order, classes_per_stage=args.classes_per_stage,
-                    image_size=args.image_size, subset=args.subset or None,
-                    test_subset=args.test_subset or None, batch_size=args.batch_size,
-                    lr=args.lr, steps_per_check=args.steps_per_check, eval_every=args.eval_every,
-                    method_options=json.loads(args.policy) if method != "full" else {},
-                    seed=args.seed, device=args.device,
-                    out=str(run), overwrite=True, quiet=True)
-                print(f"{run.name}: running")
-                summary = train_stream(config, log=lambda s, n=run.name: print(f"  [{n}] {s}"))
-            results.setdefault(order, {})[method] = summary
+    results: dict[str, dict[str, dict[int, dict]]] = {}
+    for order, label, method, fraction, seed in planned_runs(args):
+        run = out / f"{order}-{label}-s{seed}"
+        summary_file = run / "summary.json"
+        if summary_file.is_file():
+            print(f"{run.name}: done already, kept")
+            summary = json.loads(summary_file.read_text())
+        else:
+            batches = None
+            if fraction < 1.0:  # the first fraction of the same stream, in batches
+                images = args.subset or None
+                if images is None:
+                    raise SystemExit("streaming.py: error: --budgets needs --subset N (the "
+                                     "stream's length); use --budgets none with --subset 0")
+                batches = max(1, round(fraction * images / args.batch_size))
+            config = TrainConfig(
+                model=args.model, dataset=args.dataset, method=method, stream=True,
+                stream_order=order, classes_per_stage=args.classes_per_stage,
+                image_size=args.image_size, subset=args.subset or None,
+                test_subset=args.test_subset or None, batch_size=args.batch_size,
+                lr=args.lr, steps_per_check=args.steps_per_check, eval_every=args.eval_every,
+                method_options=json.loads(args.policy) if method != "full" else {},
+                stream_length=batches, seed=seed, device=args.device,
+                out=str(run), overwrite=True, quiet=True)
+            print(f"{run.name}: running")
+            summary = train_stream(config, log=lambda s, n=run.name: print(f"  [{n}] {s}"))
+        summary["budget"] = fraction
+        results.setdefault(order, {}).setdefault(label, {})[seed] = summary
     return results
+
+
+def flops(summary: dict) -> float:
+    return summary["fwd_flops"] + summary["bwd_flops"]
+
+
+def stream_frontier(by_label: dict[str, dict[int, dict]]) -> dict:
+    """The stream frontier of one order and every method's place against it (FLOPs axis)."""
+    points = build_frontier((s["budget"], flops(s), s["final_test_acc"])
+                            for label, by_seed in by_label.items()
+                            if label == "full" or label.startswith("full-b")
+                            for s in by_seed.values())
+    rows = {}
+    for label, by_seed in by_label.items():
+        accs = [s["final_test_acc"] for s in by_seed.values()]
+        mean, std = mean_std(accs)
+        full = by_label.get("full", {})
+        deltas = [s["final_test_acc"] - full[seed]["final_test_acc"]
+                  for seed, s in by_seed.items() if seed in full]
+        comparisons = [compare(points, flops(s), s["final_test_acc"]) for s in by_seed.values()]
+        margins = [c.margin for c in comparisons]
+        known = [m for m in margins if m is not None]
+        rows[label] = {
+            "seeds": sorted(by_seed), "acc_mean": mean, "acc_std": std,
+            "acc_delta_vs_full_mean": mean_std(deltas)[0],
+            "flops_mean": statistics.fmean(flops(s) for s in by_seed.values()),
+            "flops_ratio_vs_full": (statistics.fmean(flops(s) / flops(full[seed])
+                                                     for seed, s in by_seed.items()
+                                                     if seed in full) if full else None),
+            "units_dropped": [s["units_dropped"] for s in by_seed.values()],
+            "units_total": next(iter(by_seed.values()))["units_total"],
+            "margin_mean": mean_std(known)[0], "margin_std": mean_std(known)[1],
+            "frontier_acc_mean": mean_std([c.frontier_acc for c in comparisons
+                                           if c.frontier_acc is not None])[0],
+            "verdict": verdict(margins),
+            # The issue's bar: above the frontier by more than one seed-std of the accuracy.
+            "above_by_more_than_one_std": bool(known and std is not None
+                                               and mean_std(known)[0] > std),
+        }
+    return {"points": [vars(p) for p in points], "rows": rows}
+
+
+def _pct(x: float | None, sign: bool = False) -> str:
+    return "" if x is None else f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
 
 
 def write_report(args: argparse.Namespace, results: dict) -> None:
     out = Path(args.out)
     lines = [
-        "# Streaming: Learn&Drop vs full training on the same stream",
+        "# Streaming: Learn&Drop vs full training and the stream frontier",
         "",
-        f"Machine: {machine()}. Shared with other workers while it ran: wall-clock times are "
-        "noisy; compare the ratio of the two runs, measured one after the other.",
+        f"Machine: {machine()}. Runs one after another; time on a shared machine is noisy, so "
+        "the comparison is on executed FLOPs (exact: forward, the method's extra passes "
+        "included, plus backward).",
         "",
         f"Setup: {args.model} on a one-pass stream of {args.dataset} "
         f"({args.subset or 'all'} training images at {args.image_size}x{args.image_size}, "
         f"batches of {args.batch_size}, each used once), SGD lr {args.lr} constant after a "
         f"{args.steps_per_check}-step warm-up, scores and drop decisions every "
-        f"{args.steps_per_check} "
-        f"steps, test accuracy on {args.test_subset or 'all'} held-out images every "
-        f"{args.eval_every} steps. Policy: {args.policy}.",
+        f"{args.steps_per_check} steps, test accuracy on {args.test_subset or 'all'} held-out "
+        f"images every {args.eval_every} steps. Seeds {args.seeds}. Policy: {args.policy}. The "
+        f"stream frontier: full training on the first {args.budgets} of the stream, same "
+        "constant rate, and on all of it.",
         "",
         "Command: `python benchmarks/streaming.py " + " ".join(sys.argv[1:]) + "`",
         "",
-        "| stream order | method | stream time (s) | time ratio vs full | final test acc | "
-        "best test acc | fwd FLOPs saved | bwd FLOPs saved | units dropped |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    table = {}
-    for order, by_method in results.items():
-        full = by_method.get("full")
-        for method, s in by_method.items():
-            ratio = s["train_time_s"] / full["train_time_s"] if full else None
-            table[f"{order}/{method}"] = {
-                "train_time_s": s["train_time_s"], "time_ratio_vs_full": ratio,
-                "final_test_acc": s["final_test_acc"], "best_test_acc": s["best_test_acc"],
-                "fwd_flops_reduction": s["fwd_flops_reduction"],
-                "bwd_flops_reduction": s["bwd_flops_reduction"],
-                "units_dropped": s["units_dropped"], "units_total": s["units_total"],
-                "steps": s["steps"], "samples_seen": s["samples_seen"],
-            }
+    report = {}
+    for order, by_label in results.items():
+        front = stream_frontier(by_label)
+        report[order] = front
+        lines += [
+            f"## {order} stream", "",
+            "| run | seeds | final test acc (mean ± std) | vs full | FLOPs vs full | "
+            "stream frontier at its FLOPs | margin (mean ± std) | verdict | units dropped |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for label, row in front["rows"].items():
+            std = "" if row["acc_std"] is None else f" ± {_pct(row['acc_std'])}"
+            mstd = "" if row["margin_std"] is None else f" ± {_pct(row['margin_std'])}"
+            ratio = row["flops_ratio_vs_full"]
             lines.append(
-                f"| {order} | {method} | {s['train_time_s']:.1f} | "
-                f"{'' if ratio is None else f'{ratio:.2f}'} | {100 * s['final_test_acc']:.1f}% | "
-                f"{100 * s['best_test_acc']:.1f}% | {100 * s['fwd_flops_reduction']:.1f}% | "
-                f"{100 * s['bwd_flops_reduction']:.1f}% | "
-                f"{s['units_dropped']}/{s['units_total']} |")
-    lines += ["", "Drops (step: unit):", ""]
-    for order, by_method in results.items():
-        for method, s in by_method.items():
-            if s["drops"]:
-                drops = ", ".join(f"{d['step']}: {d['unit']}" for d in s["drops"])
-                lines.append(f"- {order}/{method}: {drops}")
+                f"| {label} | {len(row['seeds'])} | {_pct(row['acc_mean'])}%{std} | "
+                f"{_pct(row['acc_delta_vs_full_mean'], True)} | "
+                f"{'' if ratio is None else f'{ratio:.3f}'} | "
+                f"{_pct(row['frontier_acc_mean'])} | {_pct(row['margin_mean'], True)}{mstd} | "
+                f"{row['verdict'] if not label.startswith('full') else 'frontier'} | "
+                f"{', '.join(map(str, row['units_dropped']))} of {row['units_total']} |")
+        lines += ["", "Drops (seed, step: unit):", ""]
+        for label, by_seed in by_label.items():
+            for seed, s in by_seed.items():
+                if s["drops"]:
+                    drops = ", ".join(f"{d['step']}: {d.get('action', 'drop')} {d['unit']}"
+                                      for d in s["drops"])
+                    lines.append(f"- {label}, seed {seed}: {drops}")
+        lines.append("")
     lines += [
-        "",
-        "Notes: the time ratio cannot truly beat the executed-FLOPs ratio (1 - saved); where it "
-        "seems to, the full run was slowed more by the other workers. The class-incremental "
-        "stream has no replay: both methods forget the earlier classes, so the final accuracy "
-        "is about that of the last stage's classes alone (metrics.jsonl's test_acc_seen follows "
-        "the classes seen so far). Test accuracy is measured every --eval-every steps on the "
-        "held-out images; evaluation time is not counted as stream time.",
+        "Accuracies in percent, differences in points. The margin is a run's accuracy minus the "
+        "stream frontier's at the run's own executed FLOPs (linear between the budgets, never "
+        "extrapolated). The class-incremental stream has no replay: every method forgets the "
+        "earlier classes, so its final accuracy is about that of the last stage's classes alone "
+        "(metrics.jsonl's test_acc_seen follows the classes seen so far), and a prefix of it has "
+        "seen other classes: its frontier says little. Test accuracy is measured every "
+        "--eval-every steps on the held-out images; evaluation is not counted as stream time.",
         "",
         "![accuracy and FLOPs over the stream](streaming.png)", ""]
     (out / "results.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(
-        {"machine": machine(), "args": vars(args), "results": table}, indent=2))
+        {"machine": machine(), "args": vars(args), "orders": report}, indent=2))
     plot(out, results)
 
 
@@ -180,14 +272,15 @@ def plot(out: Path, results: dict) -> None:
     fig, axes = plt.subplots(len(orders), 2, figsize=(11, 3.6 * len(orders)), squeeze=False)
     for row, order in enumerate(orders):
         ax_acc, ax_flops = axes[row]
-        for method in results[order]:
-            rows = read_rows(out / f"{order}-{method}" / "metrics.jsonl")
+        for label, by_seed in results[order].items():
+            seed = min(by_seed)
+            rows = read_rows(out / f"{order}-{label}-s{seed}" / "metrics.jsonl")
             ax_acc.plot([r["time_s"] for r in rows], [100 * r["test_acc"] for r in rows],
-                        marker=".", label=method)
+                        marker=".", label=f"{label} (seed {seed})")
             steps = [0] + [r["step"] for r in rows]
             fwd = [rows[0]["fwd_flops_per_sample_full"]] + [r["fwd_flops_per_sample"]
                                                              for r in rows]
-            ax_flops.step(steps, [f / 1e6 for f in fwd], where="post", label=method)
+            ax_flops.step(steps, [f / 1e6 for f in fwd], where="post", label=label)
         ax_acc.set(xlabel="stream time (s, evaluation excluded)", ylabel="test accuracy (%)",
                    title=f"{order} stream: accuracy over time")
         ax_flops.set(xlabel="stream step", ylabel="forward MFLOPs per sample",

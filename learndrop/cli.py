@@ -219,6 +219,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     bench.add_argument("--shallow", default=None, metavar="MODEL",
                        help="also train this shallower model in full: the check that depth "
                             "matters in this regime")
+    bench.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD[:K=V,...]",
+                       help="also run METHOD under the label LABEL with these options of its own "
+                            "(repeatable), e.g. learndrop-paper=learndrop:normalization=per-unit,"
+                            "change_threshold=0.5")
     bench.add_argument("--dry-run", action="store_true",
                        help="check the configuration, data and one training step, print the "
                             "plan, write nothing")
@@ -230,7 +234,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from learndrop.bench import BENCH_MD, run_bench
+    from learndrop.bench import BENCH_MD, parse_variant, run_bench
     from learndrop.train import ConfigError
 
     for flag in ("method", "resume", "reference"):
@@ -241,14 +245,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.nproc != 1:
         raise ConfigError("bench runs every run in this one process: leave out --nproc "
                           "(on several GPUs, use `learndrop train --nproc N` per method)")
+    variants = [parse_variant(text) for text in args.variant]  # fail before anything runs
     args.method = "full"
     config = config_from_args(args)
     out = Path(args.out or f"runs/bench-{config.model}-"
                f"{config.dataset.replace('folder:', '').replace('/', '_').strip('._')}")
     config.out = None
     report = run_bench(config, args.methods, args.seeds, out, budgets=args.budgets,
-                       aa_control=args.aa_control, shallow=args.shallow, dry_run=args.dry_run,
-                       log=print)
+                       aa_control=args.aa_control, shallow=args.shallow, variants=variants,
+                       dry_run=args.dry_run, log=print)
     if not args.dry_run:
         print((out / BENCH_MD).read_text())
     return 0 if report else 1

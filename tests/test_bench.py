@@ -1,13 +1,22 @@
 """`learndrop bench` end to end on a tiny Fashion-MNIST bench (one bench, shared by the tests)."""
 
 import json
+import math
 import os
 import time
 
 import pytest
 
-from learndrop.bench import budget_epochs, parse_budgets, parse_methods, plan_bench, run_bench
-from learndrop.bench.plan import default_budgets
+from learndrop.bench import (
+    Variant,
+    budget_epochs,
+    parse_budgets,
+    parse_methods,
+    parse_variant,
+    plan_bench,
+    run_bench,
+)
+from learndrop.bench.plan import default_budgets, run_config
 from learndrop.bench.report import write_report
 from learndrop.cli import main
 from learndrop.methods import METHODS
@@ -35,7 +44,7 @@ def tiny(**overrides) -> TrainConfig:
     would outweigh what the drops save)."""
     values = dict(model="resnet20", dataset="fashion-mnist", subset=192, test_subset=100,
                   image_size=16, epochs=3, batch_size=64, lr=0.05, quiet=True, plots=False,
-                  method_options={"change_threshold": 1.0, "max_slope": 100.0,
+                  method_options={"change_threshold": 100.0, "max_slope": 100.0,
                                   "max_drops_per_check": 2, "cost_batches": 0,
                                   "max_drop_cost": float("inf"), "max_loss_rise": float("inf"),
                                   "recalibration_batches": 0})
@@ -90,6 +99,29 @@ def test_plan_groups_budgets_and_the_aa_control():
     for bad in ("1.0", "0,0.5", "half", "0.5,0.5"):
         with pytest.raises(ConfigError, match="--budgets"):
             parse_budgets(bad)
+
+
+def test_variants_run_a_method_under_their_own_label_and_options(tmp_path):
+    paper = parse_variant("learndrop-paper=learndrop:normalization=per-unit,"
+                          "change-threshold=0.5,cost_batches=0,max_drop_cost=inf,"
+                          "max_loss_rise=inf,recalibration_batches=0")
+    assert paper == Variant("learndrop-paper", "learndrop", {
+        "normalization": "per-unit", "change_threshold": 0.5, "cost_batches": 0,
+        "max_drop_cost": math.inf, "max_loss_rise": math.inf, "recalibration_batches": 0})
+    groups = plan_bench(["full", "learndrop", "random-drop"], [0], 8, [], variants=[paper])
+    first = {s.name: s for s in groups[0]}
+    assert list(first) == ["full-s0", "learndrop-s0", "learndrop-paper-s0"]
+    spec = first["learndrop-paper-s0"]
+    assert (spec.method, spec.role, spec.group) == ("learndrop", "method", 1)
+    # The variant's own options win over the bench's; the bench's others still apply.
+    base = tiny(method_options={"change_threshold": 0.9, "patience": 2})
+    config = run_config(base, spec, tmp_path)
+    assert config.method == "learndrop" and config.out == str(tmp_path / "learndrop-paper-s0")
+    assert config.method_options["change_threshold"] == 0.5
+    assert config.method_options["patience"] == 2
+    assert config.method_options["normalization"] == "per-unit"
+    plain = run_config(base, first["learndrop-s0"], tmp_path)
+    assert plain.method_options == {"change_threshold": 0.9, "patience": 2}
 
 
 def test_bench_report(bench):
@@ -200,6 +232,14 @@ def test_bad_bench_config_is_one_line(tmp_path, capsys):
         (["--budgets", "0.5,0.6"], "both round to 2 of 3 epochs"),
         (["--shallow", "resnet9000"], "--shallow: unknown model"),
         (["--shallow", "resnet20"], "is the bench's own --model"),
+        (["--variant", "learndrop"], "write LABEL=METHOD"),
+        (["--variant", "learndrop=learndrop"], "label 'learndrop' is taken"),
+        (["--variant", "x=nope"], "unknown method 'nope'"),
+        (["--variant", "x=random-drop"], "copies Learn&Drop's run"),
+        (["--variant", "x=learndrop:patience=2,patience=3"], "'patience' is given twice"),
+        (["--variant", "x=learndrop:drop_rate=0.1"], "'drop_rate' is not an option of learndrop"),
+        (["--variant", "x=learndrop:patience=0"], "patience=0 is invalid"),
+        (["--variant", "x=full", "--variant", "x=full"], "label 'x' is given twice"),
     ):
         assert main(["bench", *TINY, "--out", str(out), "--dry-run", *argv]) == 1
         err = capsys.readouterr().err

@@ -19,9 +19,11 @@ from learndrop.bench.frontier import build_frontier, compare, frontier_accuracy
 from learndrop.bench.lockstep import EpochRun, run_lockstep
 from learndrop.bench.plan import (
     RunSpec,
+    Variant,
     budget_epochs,
     parse_budgets,
     parse_methods,
+    parse_variant,
     plan_bench,
 )
 from learndrop.bench.plots import plot_bench
@@ -30,8 +32,8 @@ from learndrop.bench.run import DEFAULT_BUDGETS, prune_checkpoints, run_bench
 from learndrop.bench.trainer_run import TrainerRun
 
 __all__ = [
-    "BENCH_JSON", "BENCH_MD", "DEFAULT_BUDGETS", "EpochRun", "RunSpec", "TrainerRun",
+    "BENCH_JSON", "BENCH_MD", "DEFAULT_BUDGETS", "EpochRun", "RunSpec", "TrainerRun", "Variant",
     "aggregate", "budget_epochs", "build_frontier", "compare", "frontier_accuracy",
-    "machine_info", "parse_budgets", "parse_methods", "plan_bench", "plot_bench",
+    "machine_info", "parse_budgets", "parse_methods", "parse_variant", "plan_bench", "plot_bench",
     "prune_checkpoints", "run_bench", "run_lockstep", "write_report",
 ]

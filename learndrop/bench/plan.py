@@ -6,7 +6,10 @@ A bench of methods M, seeds S and budgets B has, per seed:
 - one full-training run per budget fraction f (``full-b<f>-s<seed>``): ``budget_epochs(f, E)``
   epochs, warm-up scaled by the same factor, cosine decay to zero at its own end;
 - the A/A control (``full-aa-s<seed>``): full training a second time, same everything;
-- optionally a full-training run of a shallower model (``full-<model>-s<seed>``), the depth check.
+- optionally a full-training run of a shallower model (``full-<model>-s<seed>``), the depth check;
+- one run per *variant* (``<label>-s<seed>``): a method under a label of its own with options of
+  its own, e.g. Learn&Drop with the paper's rule beside Learn&Drop with its defaults
+  (:class:`Variant`, ``learndrop bench --variant``).
 
 Runs of a seed are trained in lockstep (:mod:`learndrop.bench.lockstep`): group 1 holds every
 run that needs nothing else; group 2 the methods that copy that seed's Learn&Drop run
@@ -28,15 +31,16 @@ from pathlib import Path
 from learndrop.methods import METHODS
 from learndrop.train.config import ConfigError, TrainConfig
 
-__all__ = ["NEEDS_REFERENCE", "REFERENCE_METHOD", "RunSpec", "budget_epochs",
+__all__ = ["NEEDS_REFERENCE", "REFERENCE_METHOD", "RunSpec", "Variant", "budget_epochs",
            "check_same_experiment", "default_budgets", "parse_budgets", "parse_label",
-           "parse_methods", "plan_bench", "run_config", "run_state"]
+           "parse_methods", "parse_variant", "plan_bench", "run_config", "run_state"]
 
 REFERENCE_METHOD = "learndrop"
 # Methods that copy the drops of the Learn&Drop run of the same seed (their ``reference``).
 NEEDS_REFERENCE = tuple(name for name, cls in METHODS.items() if cls.needs_reference)
 AA_LABEL = "full-aa"
 _BUDGET_LABEL = re.compile(r"^full-b(?P<budget>\d*\.?\d+)$")
+_VARIANT_LABEL = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 RUN_DIR = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
 # Config fields that may differ between an existing run directory and the bench's plan without
 # making its result a different experiment (where and how it reports, where it ran).
@@ -62,11 +66,86 @@ class RunSpec:
     epochs: int | None = None
     model: str | None = None
     group: int = 1
+    options: tuple[tuple[str, object], ...] = ()  # a variant's own method options
 
     @property
     def name(self) -> str:
         """The run directory's name, ``<label>-s<seed>``."""
         return f"{self.label}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method run under a label of its own with method options of its own, which take
+    precedence over the bench's (``Variant("learndrop-paper", "learndrop",
+    {"normalization": "per-unit", "change_threshold": 0.5})``).
+
+    Raises :class:`ConfigError` for a label that is a method's name, could be read as another
+    role's (``full-...``) or is not lower-case letters, digits and dashes; for an unknown method,
+    one that copies Learn&Drop's run (its drops would come from the reference, not from its
+    options), and for options that are not the method's or are invalid.
+    """
+
+    label: str
+    method: str
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        label, method = self.label, self.method
+        if not _VARIANT_LABEL.match(label) or RUN_DIR.match(label + "-s0")["label"] != label:
+            raise ConfigError(f"--variant label {label!r}: use lower-case letters, digits and "
+                              "dashes, e.g. learndrop-paper")
+        if label in METHODS or label.startswith("full") or label == AA_LABEL:
+            raise ConfigError(f"--variant label {label!r} is taken (a method's name or a role "
+                              "of the bench's own runs); choose another, e.g. learndrop-paper")
+        if method not in METHODS:
+            raise ConfigError(f"--variant {label}: unknown method {method!r}; choose from "
+                              f"{', '.join(sorted(METHODS))}")
+        if method in NEEDS_REFERENCE:
+            raise ConfigError(f"--variant {label}: {method} copies Learn&Drop's run of the "
+                              "same seed; a variant of it is not supported")
+        option_type = METHODS[method].options_type
+        fields = {f.name for f in dataclasses.fields(option_type)} if option_type else set()
+        unknown = sorted(set(self.options) - fields)
+        if unknown:
+            raise ConfigError(f"--variant {label}: {unknown[0]!r} is not an option of {method} "
+                              f"({', '.join(sorted(fields)) or 'it has none'})")
+        if option_type:
+            try:
+                option_type(**self.options)  # validated now, not after hours of other runs
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"--variant {label}: {err}") from err
+
+
+def _option_value(text: str) -> object:
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_variant(text: str) -> Variant:
+    """A :class:`Variant` from ``LABEL=METHOD[:KEY=VALUE,KEY=VALUE...]``, e.g.
+    ``learndrop-paper=learndrop:normalization=per-unit,change_threshold=0.5,cost_batches=0``
+    (option names as in :class:`~learndrop.policy.DropPolicy` etc.; values are read as an
+    integer, else a number, ``inf`` included, else text). Raises :class:`ConfigError`."""
+    label, eq, rest = text.partition("=")
+    method, _, options_text = rest.partition(":")
+    if not eq or not label.strip() or not method.strip():
+        raise ConfigError(f"--variant {text!r}: write LABEL=METHOD[:KEY=VALUE,...], e.g. "
+                          "learndrop-paper=learndrop:normalization=per-unit")
+    options = {}
+    for item in filter(None, (i.strip() for i in options_text.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
+            raise ConfigError(f"--variant {label}: option {item!r} is not KEY=VALUE")
+        if key in options:
+            raise ConfigError(f"--variant {label}: option {key!r} is given twice")
+        options[key] = _option_value(value.strip())
+    return Variant(label.strip(), method.strip(), options)
 
 
 def parse_label(label: str) -> tuple[str, float | None]:
@@ -167,7 +246,8 @@ def _check_budgets(budgets: Sequence[float], epochs: int) -> None:
 
 def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
                budgets: Sequence[float] = (), aa_control: bool = True,
-               shallow: str | None = None) -> list[list[RunSpec]]:
+               shallow: str | None = None, variants: Sequence[Variant] = ()
+               ) -> list[list[RunSpec]]:
     """The lockstep groups of the bench, in the order they run: seed by seed (so that a stopped
     bench has complete seeds), group 1 then group 2 (see the module docstring).
 
@@ -176,10 +256,16 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
     round to no epoch, to full training, or to the same number of epochs.
     """
     _check_budgets(budgets, epochs)
+    labels = [v.label for v in variants]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ConfigError(f"--variant label {twice[0]!r} is given twice")
     groups = []
     for i, seed in enumerate(seeds):
         first = [RunSpec(m, seed, m, "method", epochs=epochs)
                  for m in methods if m not in NEEDS_REFERENCE]
+        first += [RunSpec(v.label, seed, v.method, "method", epochs=epochs,
+                          options=tuple(sorted(v.options.items()))) for v in variants]
         first += [RunSpec(f"full-b{f:g}", seed, "full", "budget", f, budget_epochs(f, epochs))
                   for f in budgets]
         if shallow:
@@ -205,6 +291,7 @@ def run_config(base: TrainConfig, spec: RunSpec, out: Path) -> TrainConfig:
     option_type = METHODS[spec.method].options_type
     names = {f.name for f in dataclasses.fields(option_type)} if option_type else set()
     options = {k: v for k, v in base.method_options.items() if k in names}
+    options.update(spec.options)  # a variant's own options win
     if spec.method in NEEDS_REFERENCE:
         options["reference"] = str(out / f"{REFERENCE_METHOD}-s{spec.seed}")
     return dataclasses.replace(

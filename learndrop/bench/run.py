@@ -17,6 +17,7 @@ import torch
 from learndrop.bench.lockstep import run_lockstep
 from learndrop.bench.plan import (
     RunSpec,
+    Variant,
     check_same_experiment,
     default_budgets,
     parse_budgets,
@@ -46,6 +47,7 @@ def run_bench(
     budgets: str | Sequence[float] | None = None,
     aa_control: bool = True,
     shallow: str | None = None,
+    variants: Sequence[Variant] = (),
     dry_run: bool = False,
     prune: bool = False,
     log: Log = print,
@@ -58,8 +60,9 @@ def run_bench(
     (``()`` or ``"none"``: none; ``None``: :data:`DEFAULT_BUDGETS`, less those that make no
     distinct run at so few epochs, each left out with a logged note). ``aa_control``: time full
     training a second time (the noise floor). ``shallow``: a model name whose full training is
-    the depth check. ``prune``: delete each finished run's checkpoint and model
-    (:func:`prune_checkpoints`), so that the directory stays small enough to commit.
+    the depth check. ``variants``: methods under labels of their own with options of their own
+    (:class:`~learndrop.bench.plan.Variant`). ``prune``: delete each finished run's checkpoint
+    and model (:func:`prune_checkpoints`), so that the directory stays small enough to commit.
 
     Returns the bench report (what ``bench.json`` holds); with ``dry_run`` it checks everything
     and returns the plan instead, writing nothing. ``base.overwrite`` redoes every run. Raises
@@ -88,7 +91,7 @@ def run_bench(
         if shallow == base.model:
             raise ConfigError(f"--shallow {shallow} is the bench's own --model; name a "
                               "shallower network (e.g. resnet20)")
-    groups = plan_bench(methods, seed_list, base.epochs, budgets, aa_control, shallow)
+    groups = plan_bench(methods, seed_list, base.epochs, budgets, aa_control, shallow, variants)
     configs = {spec.name: run_config(base, spec, out) for group in groups for spec in group}
     used = {k for c in configs.values() for k in c.method_options}
     unused = sorted(set(base.method_options) - used)
@@ -101,6 +104,7 @@ def run_bench(
         if not base.overwrite:
             check_same_experiment(config, out / name)
     plan = {"methods": methods, "seeds": seed_list, "budgets": budgets,
+            "variants": {v.label: {"method": v.method, "options": v.options} for v in variants},
             "aa_control": aa_control, "shallow": shallow,
             "groups": [[spec.name for spec in group] for group in groups]}
     if dry_run:
