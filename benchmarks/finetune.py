@@ -34,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.proof import cifar10_tarball  # noqa: E402
 from benchmarks.streaming import machine  # noqa: E402
 from learndrop.data import balanced_subset, cache_dir, load_dataset  # noqa: E402
 from learndrop.train import TrainConfig, train  # noqa: E402
@@ -72,11 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def cifar10_source() -> str:
     """The offline CIFAR-10 tarball beside the checkout (``../shared/data``), else ``cifar10``."""
-    for path in (ROOT.parent / "shared/data/cifar10-jpg.tar.gz",
-                 ROOT / "shared/data/cifar10-jpg.tar.gz"):
-        if path.is_file():
-            return f"folder:{path}"
-    return "cifar10"
+    found = cifar10_tarball()
+    return f"folder:{found}" if found else "cifar10"
 
 
 def write_split(args: argparse.Namespace) -> tuple[str, str]:

@@ -123,16 +123,22 @@ PROFILES = {
 }
 
 
+def cifar10_tarball() -> Path | None:
+    """The offline CIFAR-10 tarball (the first of ``CIFAR10`` that exists, relative to the
+    repository), or None."""
+    return next(((REPO / p).resolve() for p in CIFAR10 if (REPO / p).is_file()), None)
+
+
 def dataset_of(profile: Profile, override: str | None) -> str:
     if override:
         return override
     if profile.dataset:
         return profile.dataset
-    found = next((REPO / p for p in CIFAR10 if (REPO / p).is_file()), None)
+    found = cifar10_tarball()
     if found is None:
         raise ConfigError(f"CIFAR-10 not found at {' or '.join(CIFAR10)} (relative to {REPO}); "
                           "pass --dataset folder:PATH")
-    return f"folder:{found.resolve()}"
+    return f"folder:{found}"
 
 
 def base_config(profile: Profile, model: str, epochs: int, args: argparse.Namespace

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from learndrop.bench.frontier import build_frontier, compare, mean_std, verdict  # noqa: E402
 from learndrop.bench.plan import parse_budgets  # noqa: E402
+from learndrop.bench.report import run_cost  # noqa: E402
 from learndrop.train.config import TrainConfig  # noqa: E402
 from learndrop.train.report import read_rows  # noqa: E402
 from learndrop.train.stream import train_stream  # noqa: E402
@@ -153,7 +154,8 @@ def run_all(args: argparse.Namespace) -> dict:
 
 
 def flops(summary: dict) -> float:
-    return summary["fwd_flops"] + summary["bwd_flops"]
+    """Executed FLOPs, the bench's own measure (forward with the extra passes, plus backward)."""
+    return run_cost(summary, "flops")
 
 
 def stream_frontier(by_label: dict[str, dict[int, dict]]) -> dict:
@@ -162,16 +164,15 @@ def stream_frontier(by_label: dict[str, dict[int, dict]]) -> dict:
                             for label, by_seed in by_label.items()
                             if label == "full" or label.startswith("full-b")
                             for s in by_seed.values())
+    full = by_label.get("full", {})
     rows = {}
     for label, by_seed in by_label.items():
-        accs = [s["final_test_acc"] for s in by_seed.values()]
-        mean, std = mean_std(accs)
-        full = by_label.get("full", {})
+        mean, std = mean_std([s["final_test_acc"] for s in by_seed.values()])
         deltas = [s["final_test_acc"] - full[seed]["final_test_acc"]
                   for seed, s in by_seed.items() if seed in full]
         comparisons = [compare(points, flops(s), s["final_test_acc"]) for s in by_seed.values()]
         margins = [c.margin for c in comparisons]
-        known = [m for m in margins if m is not None]
+        margin_mean, margin_std = mean_std([m for m in margins if m is not None])
         rows[label] = {
             "seeds": sorted(by_seed), "acc_mean": mean, "acc_std": std,
             "acc_delta_vs_full_mean": mean_std(deltas)[0],
@@ -181,13 +182,13 @@ def stream_frontier(by_label: dict[str, dict[int, dict]]) -> dict:
                                                      if seed in full) if full else None),
             "units_dropped": [s["units_dropped"] for s in by_seed.values()],
             "units_total": next(iter(by_seed.values()))["units_total"],
-            "margin_mean": mean_std(known)[0], "margin_std": mean_std(known)[1],
+            "margin_mean": margin_mean, "margin_std": margin_std,
             "frontier_acc_mean": mean_std([c.frontier_acc for c in comparisons
                                            if c.frontier_acc is not None])[0],
             "verdict": verdict(margins),
             # The issue's bar: above the frontier by more than one seed-std of the accuracy.
-            "above_by_more_than_one_std": bool(known and std is not None
-                                               and mean_std(known)[0] > std),
+            "above_by_more_than_one_std": bool(margin_mean is not None and std is not None
+                                               and margin_mean > std),
         }
     return {"points": [vars(p) for p in points], "rows": rows}
 

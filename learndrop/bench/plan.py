@@ -92,10 +92,10 @@ class Variant:
 
     def __post_init__(self) -> None:
         label, method = self.label, self.method
-        if not _VARIANT_LABEL.match(label) or RUN_DIR.match(label + "-s0")["label"] != label:
+        if not _VARIANT_LABEL.match(label):
             raise ConfigError(f"--variant label {label!r}: use lower-case letters, digits and "
                               "dashes, e.g. learndrop-paper")
-        if label in METHODS or label.startswith("full") or label == AA_LABEL:
+        if label in METHODS or label.startswith("full"):  # full-aa, full-b..., full-<model>
             raise ConfigError(f"--variant label {label!r} is taken (a method's name or a role "
                               "of the bench's own runs); choose another, e.g. learndrop-paper")
         if method not in METHODS:
