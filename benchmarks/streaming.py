@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from learndrop.bench.frontier import build_frontier, compare, mean_std, verdict  # noqa: E402
-from learndrop.bench.plan import parse_budgets  # noqa: E402
+from learndrop.bench.plan import parse_budgets, parse_seeds  # noqa: E402
 from learndrop.bench.report import run_cost  # noqa: E402
 from learndrop.train.config import TrainConfig  # noqa: E402
 from learndrop.train.report import read_rows  # noqa: E402
@@ -96,13 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def seeds_of(args: argparse.Namespace) -> list[int]:
     try:
-        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
-        raise SystemExit(f"streaming.py: error: --seeds must be distinct integers >= 0 like "
-                         f"0,1,2, got {args.seeds!r}")
-    return seeds
+        return parse_seeds(args.seeds)
+    except ValueError as err:
+        raise SystemExit(f"streaming.py: error: {err}") from err
 
 
 def planned_runs(args: argparse.Namespace) -> list[tuple[str, str, str, float, int]]:

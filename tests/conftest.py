@@ -1,7 +1,13 @@
 """Shared fixtures."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
@@ -54,3 +60,23 @@ def trained_resnet20(fashion16):
             recent.append((x, y))
     torch.set_num_threads(threads)
     return model, list(recent), test_loader
+
+
+@pytest.fixture
+def benchmark_script():
+    """Load ``benchmarks/<name>.py`` as the module ``<name>_script`` (the scripts are not a
+    package); registered in ``sys.modules`` because dataclasses look their module up there."""
+    loaded = []
+
+    def load(name: str):
+        module_name = f"{name}_script"
+        spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        loaded.append(module_name)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for module_name in loaded:
+        sys.modules.pop(module_name, None)

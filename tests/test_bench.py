@@ -12,6 +12,7 @@ from learndrop.bench import (
     budget_epochs,
     parse_budgets,
     parse_methods,
+    parse_seeds,
     parse_variant,
     plan_bench,
     run_bench,
@@ -99,6 +100,11 @@ def test_plan_groups_budgets_and_the_aa_control():
     for bad in ("1.0", "0,0.5", "half", "0.5,0.5"):
         with pytest.raises(ConfigError, match="--budgets"):
             parse_budgets(bad)
+    # Seeds: a count from the first seed, or a list (what proof.py and streaming.py pass).
+    assert parse_seeds(3, first=2) == [2, 3, 4] and parse_seeds("0, 2") == [0, 2]
+    for bad in (0, "", "1,1", "-1", "one", [1.5], True):
+        with pytest.raises(ConfigError, match="seeds"):
+            parse_seeds(bad)
 
 
 def test_variants_run_a_method_under_their_own_label_and_options(tmp_path):

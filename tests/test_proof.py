@@ -1,11 +1,8 @@
 """benchmarks/proof.py's smoke profile: the whole protocol (the GPU profile's path, epochs
 fitted to a time budget) on a few Fashion-MNIST images, on the CPU."""
 
-import importlib.util
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,19 +11,9 @@ pytestmark = pytest.mark.skipif(
     reason="Fashion-MNIST not installed (make test installs dataset-fashion-mnist)",
 )
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "proof.py"
-
-
-def _proof():
-    spec = importlib.util.spec_from_file_location("proof", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["proof"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsys):
-    proof = _proof()
+def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsys,
+                                                     benchmark_script):
+    proof = benchmark_script("proof")
     out = tmp_path / "proof"
     assert proof.main(["--profile", "smoke", "--out", str(out)]) == 0
     plan = json.loads((out / "proof-plan.json").read_text())

@@ -1,11 +1,8 @@
 """benchmarks/streaming.py: Learn&Drop on a one-pass stream against the stream frontier (full
 training on the first part of the same stream), seeds and all, on a few Fashion-MNIST images."""
 
-import importlib.util
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,25 +11,14 @@ pytestmark = pytest.mark.skipif(
     reason="Fashion-MNIST not installed (make test installs dataset-fashion-mnist)",
 )
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "streaming.py"
-
-
-def _streaming():
-    spec = importlib.util.spec_from_file_location("streaming_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["streaming_bench"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 ARGS = ["--subset", "256", "--test-subset", "100", "--image-size", "8", "--batch-size", "32",
         "--steps-per-check", "2", "--eval-every", "4", "--orders", "dataset",
         "--budgets", "0.25,0.5", "--seeds", "0,1",
         "--policy", '{"warmup_checks": 0, "max_drop_cost": Infinity, "max_loss_rise": Infinity}']
 
 
-def test_stream_frontier_and_seeds(tmp_path, one_thread, capsys):
-    streaming = _streaming()
+def test_stream_frontier_and_seeds(tmp_path, one_thread, capsys, benchmark_script):
+    streaming = benchmark_script("streaming")
     out = tmp_path / "s"
     streaming.main([*ARGS, "--out", str(out)])
     names = sorted(p.name for p in out.iterdir() if p.is_dir())

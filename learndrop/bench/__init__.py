@@ -23,6 +23,7 @@ from learndrop.bench.plan import (
     budget_epochs,
     parse_budgets,
     parse_methods,
+    parse_seeds,
     parse_variant,
     plan_bench,
 )
@@ -34,6 +35,6 @@ from learndrop.bench.trainer_run import TrainerRun
 __all__ = [
     "BENCH_JSON", "BENCH_MD", "DEFAULT_BUDGETS", "EpochRun", "RunSpec", "TrainerRun", "Variant",
     "aggregate", "budget_epochs", "build_frontier", "compare", "frontier_accuracy",
-    "machine_info", "parse_budgets", "parse_methods", "parse_variant", "plan_bench", "plot_bench",
-    "prune_checkpoints", "run_bench", "run_lockstep", "write_report",
+    "machine_info", "parse_budgets", "parse_methods", "parse_seeds", "parse_variant",
+    "plan_bench", "plot_bench", "prune_checkpoints", "run_bench", "run_lockstep", "write_report",
 ]

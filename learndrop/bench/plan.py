@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -179,6 +180,30 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
     if "full" not in names:
         names.insert(0, "full")
     return names
+
+
+def parse_seeds(seeds: int | str | Sequence[int], first: int = 0) -> list[int]:
+    """Seeds from a count (``3``: ``first``, ``first + 1``, ``first + 2``), a comma-separated
+    list (``"0,1,2"``) or a sequence of integers.
+
+    Raises :class:`ConfigError` for a count below 1, a non-integer, a negative or a repeated
+    seed, or an empty list.
+    """
+    if isinstance(seeds, bool):
+        raise ConfigError(f"--seeds must be a count or distinct integers >= 0, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+        return [first + i for i in range(seeds)]
+    items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
+    try:
+        seed_list = [int(s) if isinstance(s, str) else operator.index(s)
+                     for s in items if not isinstance(s, str) or s.strip()]
+    except (TypeError, ValueError):
+        seed_list = []
+    if not seed_list or len(set(seed_list)) < len(seed_list) or min(seed_list) < 0:
+        raise ConfigError(f"--seeds must be distinct integers >= 0 like 0,1,2, got {seeds!r}")
+    return seed_list
 
 
 def parse_budgets(text: str | Sequence[float] | None) -> list[float]:

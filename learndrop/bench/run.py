@@ -22,6 +22,7 @@ from learndrop.bench.plan import (
     default_budgets,
     parse_budgets,
     parse_methods,
+    parse_seeds,
     plan_bench,
     run_config,
     run_state,
@@ -77,7 +78,7 @@ def run_bench(
             log(f"note: {note}")
     else:
         budgets = parse_budgets(budgets)
-    seed_list = _seed_list(base, seeds)
+    seed_list = parse_seeds(seeds, first=base.seed)
     if base.resume:
         raise ConfigError("bench resumes by itself: run the same bench command again")
     if base.stream:  # a stream run has no epochs to compare or resume
@@ -175,17 +176,6 @@ def prune_checkpoints(out: Path) -> None:
     for summary in Path(out).glob("*/summary.json"):
         for name in ("last.ckpt", "model.pt"):
             (summary.parent / name).unlink(missing_ok=True)
-
-
-def _seed_list(base: TrainConfig, seeds: int | Sequence[int]) -> list[int]:
-    if isinstance(seeds, int):
-        if seeds < 1:
-            raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-        return [base.seed + i for i in range(seeds)]
-    seed_list = [int(s) for s in seeds]
-    if not seed_list or len(set(seed_list)) < len(seed_list) or min(seed_list) < 0:
-        raise ConfigError(f"seeds must be distinct integers >= 0, got {seeds!r}")
-    return seed_list
 
 
 def _prefixed(log: Log, name: str) -> Log:
