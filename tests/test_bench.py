@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+import torch
 
 from learndrop.bench import (
     Variant,
@@ -55,8 +56,6 @@ def tiny(**overrides) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("bench")
@@ -209,6 +208,29 @@ def test_bench_resumes_run_by_run(bench, one_thread):
     # Another experiment into the same directory is refused, not mixed in.
     with pytest.raises(ConfigError, match="epochs=3"):
         run_bench(tiny(epochs=4), METHOD_NAMES, 1, out, budgets=BUDGETS, log=logs.append)
+
+
+def test_ctrl_c_stops_the_bench_at_the_next_step_and_the_same_command_continues(
+        tmp_path, one_thread):
+    import signal
+
+    from learndrop.train import TrainingInterrupted
+
+    out, logs, config = tmp_path / "b", [], tiny(method_options={})
+
+    def ctrl_c_after_first_epoch(line: str) -> None:
+        logs.append(line)
+        if "full-s0: epoch 1/3" in line:  # a real SIGINT, between full's epoch and the A/A's
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted, match="run the same command again"):
+        run_bench(config, ["full"], 1, out, budgets="none", log=ctrl_c_after_first_epoch)
+    # The first Ctrl-C stopped the run that trained next after one step, not at its epoch's end.
+    assert not any("full-aa-s0: epoch 1/3" in line for line in logs)
+    assert torch.load(out / "full-aa-s0" / "last.ckpt", weights_only=True)["batch"] == 1
+    report = run_bench(config, ["full"], 1, out, budgets="none", log=logs.append)
+    # Both runs continued (mid-epoch for the A/A) to the same network as one uninterrupted run.
+    assert report["rows"]["full-aa"]["final_test_acc"] == report["rows"]["full"]["final_test_acc"]
 
 
 def test_dry_run_writes_nothing(tmp_path, capsys):

@@ -112,3 +112,34 @@ def test_an_error_in_a_run_is_raised_by_next_epoch(tmp_path, one_thread):
     with pytest.raises(TrainingDivergedError, match="lower --lr"):
         for _ in range(4):
             run.next_epoch()
+
+
+def test_ctrl_c_stops_the_run_that_is_training_not_the_last_one_built(tmp_path, one_thread):
+    import signal
+
+    import torch
+
+    from learndrop.train import TrainingInterrupted
+    from learndrop.train.steps import StopFlag
+
+    stop = StopFlag()
+    runs = [TrainerRun(name, tiny(tmp_path, name), log=lambda s: None, stop=stop)
+            for name in ("a", "b")]
+    turns = []
+
+    def ctrl_c_after_a(run, row):
+        turns.append((run.name, row["epoch"]))
+        if run.name == "a":  # a real SIGINT, delivered between a's epoch and b's
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with stop, pytest.raises(TrainingInterrupted, match="checkpoint saved"):
+        run_lockstep(runs, on_epoch=ctrl_c_after_a)
+    # b built its training after a, yet the one flag made b stop after its first step, its
+    # checkpoint saved mid-epoch; a kept its finished epoch. Nothing half-written.
+    assert turns == [("a", 1)]
+    b = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)
+    assert (b["epoch"], b["batch"]) == (0, 1)
+    a = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)
+    assert (a["epoch"], a["batch"]) == (1, 0)
+    assert not (tmp_path / "a" / "summary.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

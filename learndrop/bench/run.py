@@ -112,6 +112,7 @@ def run_bench(
         return dry_run_check(base, groups, configs, out, log)
 
     from learndrop.train import TrainingInterrupted
+    from learndrop.train.steps import StopFlag
 
     def report(plots: bool = True) -> dict:
         result = write_report(out, base, plan)
@@ -121,6 +122,7 @@ def run_bench(
 
     total = sum(len(g) for g in groups)
     done, result = 0, None
+    stop = StopFlag()
     for g, group in enumerate(groups):
         runs = []
         for spec in group:
@@ -134,7 +136,7 @@ def run_bench(
                 config = dataclasses.replace(config, resume=str(out / spec.name))
             elif state == "restart":  # started, stopped before its first checkpoint
                 config = dataclasses.replace(config, overwrite=True)
-            runs.append(TrainerRun(spec.name, config, log=_prefixed(log, spec.name)))
+            runs.append(TrainerRun(spec.name, config, log=_prefixed(log, spec.name), stop=stop))
             log(f"{spec.name}: {'resuming' if state == 'resume' else 'training'} "
                 f"({config.model}, {config.epochs} epochs)")
         if not runs:
@@ -155,7 +157,8 @@ def run_bench(
             report(plots=False)  # the tables after every run; the plots after every group
 
         try:
-            run_lockstep(runs, on_done=finished)
+            with stop:  # one Ctrl-C handler for the whole group: the run training now stops
+                run_lockstep(runs, on_done=finished)
         except KeyboardInterrupt as err:
             report()
             raise TrainingInterrupted(
