@@ -32,6 +32,8 @@ The CIFAR-10 tarball is looked for at ``../shared/data`` and ``shared/data`` fro
 root::
 
     python benchmarks/proof.py --seeds 0 --models resnet56        # about 2 h on 2 quiet cores
+    python benchmarks/proof.py --seeds 0 --models vgg16_cifar --methods learndrop
+                                        # a first look: full and Learn&Drop alone (kept later)
     python benchmarks/proof.py --dry-run                          # the plan and an estimate
     python benchmarks/proof.py --profile gpu --device cuda        # about 8 min on one H200
     python benchmarks/proof.py --profile smoke --out /tmp/proof   # seconds, checks the path
@@ -58,6 +60,8 @@ from learndrop.bench import (  # noqa: E402
     DEFAULT_BUDGETS,
     Variant,
     machine_info,
+    parse_methods,
+    parse_seeds,
     run_bench,
     write_report,
 )
@@ -217,7 +221,7 @@ def fit_epochs(profile: Profile, args: argparse.Namespace, log=print) -> dict:
             per_image = s / config.batch_size
             epoch_s += weight * per_image * (train_images + test_images / 3)
     budget = 0.9 * profile.time_budget_s
-    seeds = len(args.seeds or profile.seeds)
+    seeds = len(parse_seeds(args.seeds) if args.seeds else profile.seeds)
     lo, hi = profile.epoch_range
     epochs = max(lo, min(hi, math.floor(budget / (epoch_s * seeds))))
     log(f"fitted epochs: {epochs} (one epoch of every run of every model: {epoch_s:.1f}s, "
@@ -306,6 +310,7 @@ def write_readme(out: Path, profile_name: str, settings: dict) -> Path:
 
 # ---- main -------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -313,9 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None,
                    help="default benchmarks/results/proof-<profile> (relative to the repository)")
     p.add_argument("--models", default=None, help="comma-separated; default: the profile's")
-    p.add_argument("--seeds", default=None, type=lambda s: [int(x) for x in s.split(",")],
+    p.add_argument("--seeds", default=None,
                    help="comma-separated seeds, e.g. 0 (one per invocation is fine); default: "
                         "the profile's")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated, from " + ",".join(METHODS) + ": a first look at those "
+                        "runs alone (no budget runs, A/A control, learndrop-paper or depth "
+                        "check); the whole bench, run later without --methods, keeps them. "
+                        "Default: the whole bench")
     p.add_argument("--epochs", type=int, default=None,
                    help="override the profile's (fitted) epochs: use a new --out")
     p.add_argument("--dataset", default=None, help="default: the profile's")
@@ -343,7 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in models if m not in list_models()]
     if unknown:
         raise ConfigError(f"--models: unknown model {unknown[0]!r}; see `learndrop models`")
-    seeds = args.seeds or list(profile.seeds)
+    seeds = parse_seeds(args.seeds) if args.seeds else list(profile.seeds)
+    methods = METHODS
+    if args.methods:
+        methods = parse_methods(args.methods)
+        outside = [m for m in methods if m not in METHODS]
+        if outside:
+            raise ConfigError(f"--methods: {outside[0]!r} is not in the proof bench; choose from "
+                              f"{','.join(METHODS)}")
+        methods = [m for m in METHODS if m in methods]  # the bench's order
     epochs, plan = planned_epochs(profile, args, out)
     settings = {
         "profile": args.profile, "epochs": epochs, "epochs_source": plan.get("source"),
@@ -357,10 +375,13 @@ def main(argv: list[str] | None = None) -> int:
         base = base_config(profile, model, epochs, args)
         print(f"== {model}: {base.dataset}, {base.subset or 'all'} training images, {epochs} "
               f"epochs, seeds {','.join(map(str, seeds))}", flush=True)
-        run_bench(base, METHODS, seeds, out / model, budgets=DEFAULT_BUDGETS,
-                  aa_control=True, shallow=profile.shallow.get(model),
-                  variants=[PAPER_RULE], dry_run=args.dry_run,
-                  prune=True, log=lambda s: print(s, flush=True))
+        if methods == METHODS:
+            extras = dict(budgets=DEFAULT_BUDGETS, aa_control=True,
+                          shallow=profile.shallow.get(model), variants=[PAPER_RULE])
+        else:  # a first look: the chosen runs alone, named and configured as in the whole bench
+            extras = dict(budgets="none", aa_control=False, shallow=None, variants=[])
+        run_bench(base, methods, seeds, out / model, dry_run=args.dry_run, prune=True,
+                  log=lambda s: print(s, flush=True), **extras)
         if not args.dry_run:
             write_readme(out, args.profile, settings)
     if not args.dry_run:

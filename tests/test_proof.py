@@ -15,7 +15,15 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
                                                      benchmark_script):
     proof = benchmark_script("proof")
     out = tmp_path / "proof"
+    # A first look (full and Learn&Drop alone), then the whole bench, which keeps those two.
+    assert proof.main(["--profile", "smoke", "--out", str(out), "--methods", "learndrop"]) == 0
+    first = json.loads((out / "resnet32" / "bench.json").read_text())
+    assert set(first["rows"]) == {"full", "learndrop"}
+    capsys.readouterr()
     assert proof.main(["--profile", "smoke", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "full-s0: done, kept" in printed and "learndrop-s0: done, kept" in printed
+    assert printed.count("done, kept") == 2
     plan = json.loads((out / "proof-plan.json").read_text())
     assert plan["source"] == "fitted" and 4 <= plan["epochs"] <= 5
     assert set(plan["step_s"]) == {"resnet32", "resnet20"}
