@@ -138,6 +138,35 @@ def test_report_from_fake_summaries(fake_bench):
     assert report["convergence"]["last_fifth_gain"] == pytest.approx(0.01)  # epoch 3 -> 4
 
 
+def test_accuracy_right_after_the_first_decision(fake_bench):
+    full0 = [r["test_acc"] for r in fake_bench[("full", 0)]["metrics"]]
+    for seed, after in ((0, -0.01), (1, -0.03)):
+        full = fake_bench[("full", seed)]["metrics"]
+        rows = fake_bench[("learndrop", seed)]["metrics"] = _curve(
+            [full[0]["test_acc"], full[1]["test_acc"] + after, 0.85], 10)
+        rows[1]["dropped"] = ["layer1.0", "layer1.1"]  # decided at the end of epoch 2
+    # FreezeOut differs from full training before its first freeze: not comparable.
+    freeze = fake_bench[("freezeout", 0)]["metrics"] = _curve([full0[0] - 0.1, 0.7, 0.8], 10)
+    freeze[1]["dropped"] = ["layer1.0"]
+    report = aggregate(fake_bench)
+    ld = report["rows"]["learndrop"]["after_first_decision"]
+    assert ld["seeds"] == 2 and ld["epochs"] == [2, 2] and ld["units"] == [2, 2]
+    assert ld["delta"] == pytest.approx(-0.02) and ld["delta_std"] == pytest.approx(0.01414,
+                                                                                   abs=1e-5)
+    first = report["rows"]["learndrop"]["per_seed"][0]["after_first_decision"]
+    assert first["full_acc"] == pytest.approx(full0[1])
+    assert first["test_acc"] == pytest.approx(full0[1] - 0.01)
+    assert report["rows"]["freezeout"]["per_seed"][0]["after_first_decision"] is None
+    assert report["rows"]["full"]["after_first_decision"] is None  # never decided
+    md = bench_markdown({"config": {}, "seeds": [0, 1], "finished": 18,
+                         "machine": machine_info("cpu"), **report})
+    line = next(row for row in md.split("## Right after the first decision")[1].splitlines()
+                if row.startswith("| learndrop |"))
+    assert line.endswith("| -2.00 ± 1.41 |") and "| 2/2 |" in line
+    assert "| freezeout |" not in md.split("## Right after the first decision")[1].split(
+        "## Checks")[0]
+
+
 def test_markdown_says_above_below_and_outside(fake_bench):
     report = {"config": {"model": "resnet20", "dataset": "fashion-mnist", "epochs": 8},
               "seeds": [0, 1], "finished": 18, "machine": machine_info("cpu"),

@@ -96,6 +96,26 @@ def _time_to_target(rows: list[dict], target: float) -> dict | None:
     return None
 
 
+def _after_first_decision(rows: list[dict], full_rows: list[dict] | None) -> dict | None:
+    """The test accuracy at the end of the first epoch in which the run dropped or froze units
+    (measured after the decision and its BatchNorm recalibration) and full training's at the
+    same epoch of the same seed. Until that decision the run is full training, so the difference
+    is what the decision cost at once (issue 15: "the test accuracy measured right after a drop
+    is within 1 point of the one before it"). ``None`` for a run that never decided, and for
+    one whose earlier epochs' test accuracies differ from full training's (it was not full
+    training until then, e.g. FreezeOut's per-layer schedules)."""
+    full_acc = {r["epoch"]: r["test_acc"] for r in full_rows or ()}
+    for row in rows:
+        if row.get("dropped"):
+            ref = full_acc.get(row["epoch"])
+            return {"epoch": row["epoch"], "units": len(row["dropped"]),
+                    "test_acc": row["test_acc"], "full_acc": ref,
+                    "delta": None if ref is None else row["test_acc"] - ref}
+        if full_acc.get(row["epoch"]) != row["test_acc"]:
+            return None
+    return None
+
+
 def _median(values: Sequence[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.median(known) if known else None
@@ -175,6 +195,8 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
             row["target_acc"] = target
             row["time_to_target"] = (_time_to_target(run["metrics"], target)
                                      if target is not None else None)
+            row["after_first_decision"] = _after_first_decision(
+                run["metrics"], ref["metrics"] if ref else None)
             per_seed.append(row)
         rows[label] = _summarise(label, role, budget, per_seed, runs)
 
@@ -208,6 +230,9 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
             "positions": sorted({c["position"] for c in cells if c}),
         }
     reached = [r["time_to_target"] for r in per_seed if r["time_to_target"]]
+    decided = [r["after_first_decision"] for r in per_seed
+               if r["after_first_decision"] and r["after_first_decision"]["delta"] is not None]
+    delta, delta_std = mean_std([d["delta"] for d in decided])
     return {
         "role": role,
         "method": first.get("method"),
@@ -234,6 +259,10 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
             "cpu_s": _median([t["cpu_s"] for t in reached]),
             "flops": _median([t["flops"] for t in reached]),
         },
+        "after_first_decision": {
+            "seeds": len(decided), "epochs": [d["epoch"] for d in decided],
+            "units": [d["units"] for d in decided], "delta": delta, "delta_std": delta_std,
+        } if decided else None,
         "units_dropped": med("units_dropped"),
         "units_total": first["units_total"],
         "params_initial": first["params_initial"],
@@ -457,6 +486,31 @@ def bench_markdown(report: dict) -> str:
                           a["verdict"] + (f" ({where})" if where and a["margin"] is not None
                                           else "")]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    decided = {label: r["after_first_decision"] for label, r in rows.items()
+               if r["after_first_decision"]}
+    if decided:
+        lines += [
+            "", "## Right after the first decision", "",
+            "Test accuracy at the end of the first epoch in which a run dropped or froze units "
+            "(after the decision and its BatchNorm recalibration) minus full training's at the "
+            "same epoch, for the runs that were full training until then (the same test "
+            "accuracy at every earlier epoch). Points, mean ± std over seeds.",
+            "",
+            "| run | seeds | epoch | units | test acc (%) | full at that epoch (%) "
+            "| Δ (pts) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, d in decided.items():
+            cells = [s["after_first_decision"] for s in rows[label]["per_seed"]
+                     if s["after_first_decision"] and s["after_first_decision"]["delta"]
+                     is not None]
+            acc = mean_std([c["test_acc"] for c in cells])
+            full_acc = mean_std([c["full_acc"] for c in cells])
+            lines.append(
+                f"| {label} | {d['seeds']} | {'/'.join(map(str, d['epochs']))} "
+                f"| {'/'.join(map(str, d['units']))} | {_pm(*acc)} | {_pm(*full_acc)} "
+                f"| {_pm(d['delta'], d['delta_std'], sign=True)} |")
 
     checks = []
     if noise:
