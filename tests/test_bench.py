@@ -204,7 +204,9 @@ def test_bench_resumes_run_by_run(bench, one_thread):
             assert path.stat().st_mtime_ns == mtime
     assert again["rows"]["full"] == report["rows"]["full"]
     # The report can be redone from the run directories alone.
-    assert write_report(out)["rows"].keys() == again["rows"].keys()
+    redone = write_report(out)
+    assert redone["rows"].keys() == again["rows"].keys()
+    assert redone["plan"] == again["plan"] and redone["plan"]["budgets"] == [0.25, 0.5]
     # Another experiment into the same directory is refused, not mixed in.
     with pytest.raises(ConfigError, match="epochs=3"):
         run_bench(tiny(epochs=4), METHOD_NAMES, 1, out, budgets=BUDGETS, log=logs.append)

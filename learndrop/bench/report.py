@@ -355,10 +355,16 @@ def write_report(out: Path, base: TrainConfig | None = None, plan: dict | None =
     ``<label>-s<seed>`` run directory with a ``summary.json``), atomically.
 
     ``base``: the bench's settings (default: read from a run's config.json); ``plan``: what was
-    asked for (methods, seeds, budgets), recorded as is.
+    asked for (methods, seeds, budgets), recorded as is (default: the plan already recorded in
+    ``bench.json``, so that redoing the report from the run directories keeps it).
     """
     out = Path(out)
     runs = read_runs(out)
+    if plan is None and (out / BENCH_JSON).is_file():
+        try:
+            plan = json.loads((out / BENCH_JSON).read_text()).get("plan")
+        except (json.JSONDecodeError, AttributeError):
+            plan = None  # an unreadable old report: rewritten without its plan
     if base is None:
         configs = sorted(out.glob("full-s*/config.json")) or sorted(out.glob("*/config.json"))
         base = TrainConfig.from_dict(json.loads(configs[0].read_text())) if configs else None
