@@ -65,6 +65,7 @@ from learndrop.bench import (  # noqa: E402
     run_bench,
     write_report,
 )
+from learndrop.bench.plan import NEEDS_REFERENCE  # noqa: E402
 from learndrop.train import ConfigError, TrainConfig  # noqa: E402
 
 METHODS = ["full", "learndrop", "random-drop", "slim-from-scratch", "freezeout",
@@ -379,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
             extras = dict(budgets=DEFAULT_BUDGETS, aa_control=True,
                           shallow=profile.shallow.get(model), variants=[PAPER_RULE])
         else:  # a first look: the chosen runs alone, named and configured as in the whole bench
-            extras = dict(budgets="none", aa_control=False, shallow=None, variants=[])
+            # (the copies of Learn&Drop's run are timed against the A/A control beside them)
+            extras = dict(budgets="none", shallow=None, variants=[],
+                          aa_control=any(m in NEEDS_REFERENCE for m in methods))
         run_bench(base, methods, seeds, out / model, dry_run=args.dry_run, prune=True,
                   log=lambda s: print(s, flush=True), **extras)
         if not args.dry_run:
@@ -394,3 +397,5 @@ if __name__ == "__main__":
         sys.exit(main())
     except ConfigError as err:
         sys.exit(f"proof.py: error: {err}")
+    except KeyboardInterrupt as err:  # TrainingInterrupted says how to continue
+        sys.exit(f"proof.py: {err or 'interrupted; run the same command again to continue'}")

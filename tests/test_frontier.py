@@ -140,15 +140,28 @@ def test_report_from_fake_summaries(fake_bench):
 
 def test_accuracy_right_after_the_first_decision(fake_bench):
     full0 = [r["test_acc"] for r in fake_bench[("full", 0)]["metrics"]]
+    for seed in (0, 1):  # the training loss of full training's first epoch
+        fake_bench[("full", seed)]["metrics"][0]["train_loss"] = 2.0
     for seed, after in ((0, -0.01), (1, -0.03)):
         full = fake_bench[("full", seed)]["metrics"]
         rows = fake_bench[("learndrop", seed)]["metrics"] = _curve(
             [full[0]["test_acc"], full[1]["test_acc"] + after, 0.85], 10)
+        rows[0]["train_loss"] = 2.0
         rows[1]["dropped"] = ["layer1.0", "layer1.1"]  # decided at the end of epoch 2
     # FreezeOut differs from full training before its first freeze: not comparable.
     freeze = fake_bench[("freezeout", 0)]["metrics"] = _curve([full0[0] - 0.1, 0.7, 0.8], 10)
     freeze[1]["dropped"] = ["layer1.0"]
+    # A decision in the first epoch counts only if that epoch trained as full training did
+    # (the same training loss): FreezeOut's seed 1 did not, random-drop's seeds did.
+    for seed in (0, 1):
+        early = fake_bench[("random-drop", seed)]["metrics"]
+        early[0].update(dropped=["layer2.0"], train_loss=2.0, test_acc=0.4)
+    late = fake_bench[("freezeout", 1)]["metrics"]
+    late[0].update(dropped=["layer1.0"], train_loss=2.1)
     report = aggregate(fake_bench)
+    rd = report["rows"]["random-drop"]["after_first_decision"]
+    assert rd["epochs"] == [1, 1] and rd["delta"] == pytest.approx(-0.1)
+    assert report["rows"]["freezeout"]["after_first_decision"] is None
     ld = report["rows"]["learndrop"]["after_first_decision"]
     assert ld["seeds"] == 2 and ld["epochs"] == [2, 2] and ld["units"] == [2, 2]
     assert ld["delta"] == pytest.approx(-0.02) and ld["delta_std"] == pytest.approx(0.01414,

@@ -122,6 +122,7 @@ def test_ctrl_c_stops_the_run_that_is_training_not_the_last_one_built(tmp_path, 
     from learndrop.train import TrainingInterrupted
     from learndrop.train.steps import StopFlag
 
+    before = signal.getsignal(signal.SIGINT)
     stop = StopFlag()
     runs = [TrainerRun(name, tiny(tmp_path, name), log=lambda s: None, stop=stop)
             for name in ("a", "b")]
@@ -142,4 +143,4 @@ def test_ctrl_c_stops_the_run_that_is_training_not_the_last_one_built(tmp_path, 
     a = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)
     assert (a["epoch"], a["batch"]) == (1, 0)
     assert not (tmp_path / "a" / "summary.json").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored

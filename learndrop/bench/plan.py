@@ -34,7 +34,8 @@ from learndrop.train.config import ConfigError, TrainConfig
 
 __all__ = ["NEEDS_REFERENCE", "REFERENCE_METHOD", "RunSpec", "Variant", "budget_epochs",
            "check_same_experiment", "default_budgets", "parse_budgets", "parse_label",
-           "parse_methods", "parse_variant", "plan_bench", "run_config", "run_state"]
+           "parse_methods", "parse_seeds", "parse_variant", "plan_bench", "run_config",
+           "run_state"]
 
 REFERENCE_METHOD = "learndrop"
 # Methods that copy the drops of the Learn&Drop run of the same seed (their ``reference``).
@@ -195,8 +196,10 @@ def parse_seeds(seeds: int | str | Sequence[int], first: int = 0) -> list[int]:
         if seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {seeds}")
         return [first + i for i in range(seeds)]
-    items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
     try:
+        items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
+        if any(isinstance(s, bool) for s in items):
+            raise TypeError("a bool is not a seed")
         seed_list = [int(s) if isinstance(s, str) else operator.index(s)
                      for s in items if not isinstance(s, str) or s.strip()]
     except (TypeError, ValueError):

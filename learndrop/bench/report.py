@@ -98,20 +98,30 @@ def _time_to_target(rows: list[dict], target: float) -> dict | None:
 
 def _after_first_decision(rows: list[dict], full_rows: list[dict] | None) -> dict | None:
     """The test accuracy at the end of the first epoch in which the run dropped or froze units
-    (measured after the decision and its BatchNorm recalibration) and full training's at the
-    same epoch of the same seed. Until that decision the run is full training, so the difference
-    is what the decision cost at once (issue 15: "the test accuracy measured right after a drop
-    is within 1 point of the one before it"). ``None`` for a run that never decided, and for
-    one whose earlier epochs' test accuracies differ from full training's (it was not full
-    training until then, e.g. FreezeOut's per-layer schedules)."""
-    full_acc = {r["epoch"]: r["test_acc"] for r in full_rows or ()}
+    (measured after the decision and, where the method does it, its BatchNorm recalibration)
+    and full training's at the same epoch of the same seed: issue 15's "the test accuracy
+    measured right after a drop is within 1 point of the one before it".
+
+    Only for a run that was full training until that decision: its test accuracy equals full
+    training's at every earlier epoch, and its training loss at the decision's epoch (so that
+    epoch trained alike and the decision came at its end; an epoch resumed mid-way logs the loss
+    of its remaining steps only, which is why earlier epochs are compared by test accuracy).
+    That needs deterministic runs (the CPU path; cuDNN autotuning and bf16 make GPU runs differ)
+    and excludes methods that change training from the first step (FreezeOut's per-layer
+    rates). ``None`` otherwise, and for a run that never decided.
+    """
+    full = {r["epoch"]: r for r in full_rows or ()}
     for row in rows:
+        ref = full.get(row["epoch"])
+        if ref is None:
+            return None
         if row.get("dropped"):
-            ref = full_acc.get(row["epoch"])
+            if ref.get("train_loss") != row.get("train_loss"):
+                return None
             return {"epoch": row["epoch"], "units": len(row["dropped"]),
-                    "test_acc": row["test_acc"], "full_acc": ref,
-                    "delta": None if ref is None else row["test_acc"] - ref}
-        if full_acc.get(row["epoch"]) != row["test_acc"]:
+                    "test_acc": row["test_acc"], "full_acc": ref["test_acc"],
+                    "delta": row["test_acc"] - ref["test_acc"]}
+        if ref["test_acc"] != row["test_acc"]:
             return None
     return None
 
@@ -356,14 +366,14 @@ def write_report(out: Path, base: TrainConfig | None = None, plan: dict | None =
 
     ``base``: the bench's settings (default: read from a run's config.json); ``plan``: what was
     asked for (methods, seeds, budgets), recorded as is (default: the plan already recorded in
-    ``bench.json``, so that redoing the report from the run directories keeps it).
+    ``bench.json``, that is the last invocation's, so that redoing the report keeps it).
     """
     out = Path(out)
     runs = read_runs(out)
     if plan is None and (out / BENCH_JSON).is_file():
         try:
             plan = json.loads((out / BENCH_JSON).read_text()).get("plan")
-        except (json.JSONDecodeError, AttributeError):
+        except (OSError, ValueError, AttributeError):
             plan = None  # an unreadable old report: rewritten without its plan
     if base is None:
         configs = sorted(out.glob("full-s*/config.json")) or sorted(out.glob("*/config.json"))
@@ -499,9 +509,11 @@ def bench_markdown(report: dict) -> str:
         lines += [
             "", "## Right after the first decision", "",
             "Test accuracy at the end of the first epoch in which a run dropped or froze units "
-            "(after the decision and its BatchNorm recalibration) minus full training's at the "
-            "same epoch, for the runs that were full training until then (the same test "
-            "accuracy at every earlier epoch). Points, mean ± std over seeds.",
+            "(after the decision and, where the method does it, its BatchNorm recalibration) "
+            "minus full training's at the same epoch, for the runs that were full training "
+            "until then (the same test accuracy at every earlier epoch, the same training loss "
+            "in that one). Points, mean ± std over seeds; the seeds column counts the seeds "
+            "compared, the epochs and units are per seed in order.",
             "",
             "| run | seeds | epoch | units | test acc (%) | full at that epoch (%) "
             "| Δ (pts) |",

@@ -1,8 +1,9 @@
 """``run_bench``: plan the bench, train its runs in lockstep, report after every finished run.
 
 Resumable run by run and epoch by epoch: a run with a ``summary.json`` is read back, not redone;
-a run with a ``last.ckpt`` continues from its last finished epoch; so an interrupted bench
-continues where it stopped when the same command is run again.
+a run with a ``last.ckpt`` continues from its checkpoint (its last finished epoch, or the step
+at which Ctrl-C stopped it); so an interrupted bench continues where it stopped when the same
+command is run again.
 """
 
 from __future__ import annotations
@@ -122,49 +123,56 @@ def run_bench(
 
     total = sum(len(g) for g in groups)
     done, result = 0, None
+    # One Ctrl-C handler for the whole bench: the first Ctrl-C stops the run training at that
+    # moment after its step (each suspended training would otherwise keep its own handler).
     stop = StopFlag()
-    for g, group in enumerate(groups):
-        runs = []
-        for spec in group:
-            config = configs[spec.name]
-            state = "new" if base.overwrite else run_state(out / spec.name)
-            if state == "done":
-                done += 1
-                log(f"[{done}/{total}] {spec.name}: done, kept")
-                continue
-            if state == "resume":
-                config = dataclasses.replace(config, resume=str(out / spec.name))
-            elif state == "restart":  # started, stopped before its first checkpoint
-                config = dataclasses.replace(config, overwrite=True)
-            runs.append(TrainerRun(spec.name, config, log=_prefixed(log, spec.name), stop=stop))
-            log(f"{spec.name}: {'resuming' if state == 'resume' else 'training'} "
-                f"({config.model}, {config.epochs} epochs)")
-        if not runs:
-            continue
-        log(f"lockstep group {g + 1}/{len(groups)}: {', '.join(r.name for r in runs)} "
-            "(one epoch of each in turn)")
+    try:
+        with stop:
+            for g, group in enumerate(groups):
+                if stop.set:  # Ctrl-C between two groups' training
+                    raise KeyboardInterrupt
+                runs = []
+                for spec in group:
+                    config = configs[spec.name]
+                    state = "new" if base.overwrite else run_state(out / spec.name)
+                    if state == "done":
+                        done += 1
+                        log(f"[{done}/{total}] {spec.name}: done, kept")
+                        continue
+                    if state == "resume":
+                        config = dataclasses.replace(config, resume=str(out / spec.name))
+                    elif state == "restart":  # started, stopped before its first checkpoint
+                        config = dataclasses.replace(config, overwrite=True)
+                    runs.append(TrainerRun(spec.name, config, log=_prefixed(log, spec.name),
+                                           stop=stop))
+                    log(f"{spec.name}: {'resuming' if state == 'resume' else 'training'} "
+                        f"({config.model}, {config.epochs} epochs)")
+                if not runs:
+                    continue
+                log(f"lockstep group {g + 1}/{len(groups)}: {', '.join(r.name for r in runs)} "
+                    "(one epoch of each in turn)")
 
-        def finished(run: TrainerRun) -> None:
-            nonlocal done
-            done += 1
-            s = run.summary
-            log(f"[{done}/{total}] {run.name}: test acc {s['final_test_acc']:.4f}, "
-                f"{s['train_time_s']:.1f}s ({s['train_cpu_s']:.1f}s CPU), fwd FLOPs "
-                f"-{100 * s['fwd_flops_reduction']:.1f}%, "
-                f"{s['units_dropped']}/{s['units_total']} units dropped")
-            if prune:
-                prune_checkpoints(out)
-            report(plots=False)  # the tables after every run; the plots after every group
+                def finished(run: TrainerRun) -> None:
+                    nonlocal done
+                    done += 1
+                    s = run.summary
+                    log(f"[{done}/{total}] {run.name}: test acc {s['final_test_acc']:.4f}, "
+                        f"{s['train_time_s']:.1f}s ({s['train_cpu_s']:.1f}s CPU), fwd FLOPs "
+                        f"-{100 * s['fwd_flops_reduction']:.1f}%, "
+                        f"{s['units_dropped']}/{s['units_total']} units dropped")
+                    if prune:
+                        prune_checkpoints(out)
+                    report(plots=False)  # the tables after every run; the plots after every group
 
-        try:
-            with stop:  # one Ctrl-C handler for the whole group: the run training now stops
                 run_lockstep(runs, on_done=finished)
-        except KeyboardInterrupt as err:
-            report()
-            raise TrainingInterrupted(
-                "bench interrupted; every run's last finished epoch is checkpointed: run the "
-                "same command again to continue") from err
-        result = report()
+                result = report()
+                if stop.set:  # Ctrl-C after the group's last step (its report, its plots)
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt as err:
+        report()
+        raise TrainingInterrupted(
+            "bench interrupted; every run is checkpointed where it stopped: run the same "
+            "command again to continue") from err
     if result is None:  # nothing left to train: the report of what is there
         result = report()
     log(f"wrote {out / BENCH_JSON}, {out / BENCH_MD}, {out / 'accuracy_vs_flops.png'}, "
