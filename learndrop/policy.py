@@ -184,12 +184,13 @@ class DropPolicy:
         if not self.is_stable(losses):
             return []
         ready = self.ready(scores, streaks, check=check)
+        allowed = self.drops_allowed(units_total, units_dropped)
         if not costs:
-            return ready[: self.drops_allowed(units_total, units_dropped)]
+            return ready[:allowed]
         ready.sort(key=lambda n: costs.get(n, math.inf))  # stable: ties keep the order above
         chosen, spent = [], 0.0
         for name in ready:
-            if len(chosen) == self.drops_allowed(units_total, units_dropped):
+            if len(chosen) == allowed:
                 break
             cost = costs.get(name)
             if self.action(cost) == "drop" and cost is not None:

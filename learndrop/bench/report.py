@@ -240,8 +240,7 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
             "positions": sorted({c["position"] for c in cells if c}),
         }
     reached = [r["time_to_target"] for r in per_seed if r["time_to_target"]]
-    decided = [r["after_first_decision"] for r in per_seed
-               if r["after_first_decision"] and r["after_first_decision"]["delta"] is not None]
+    decided = [r["after_first_decision"] for r in per_seed if r["after_first_decision"]]
     delta, delta_std = mean_std([d["delta"] for d in decided])
     return {
         "role": role,
@@ -521,8 +520,7 @@ def bench_markdown(report: dict) -> str:
         ]
         for label, d in decided.items():
             cells = [s["after_first_decision"] for s in rows[label]["per_seed"]
-                     if s["after_first_decision"] and s["after_first_decision"]["delta"]
-                     is not None]
+                     if s["after_first_decision"]]
             acc = mean_std([c["test_acc"] for c in cells])
             full_acc = mean_std([c["full_acc"] for c in cells])
             lines.append(

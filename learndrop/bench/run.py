@@ -126,47 +126,49 @@ def run_bench(
     # One Ctrl-C handler for the whole bench: the first Ctrl-C stops the run training at that
     # moment after its step (each suspended training would otherwise keep its own handler).
     stop = StopFlag()
+
+    def runs_to_train(group: list[RunSpec]) -> list[TrainerRun]:
+        """The group's runs that are not finished, each new, resumed or restarted."""
+        nonlocal done
+        runs = []
+        for spec in group:
+            config = configs[spec.name]
+            state = "new" if base.overwrite else run_state(out / spec.name)
+            if state == "done":
+                done += 1
+                log(f"[{done}/{total}] {spec.name}: done, kept")
+                continue
+            if state == "resume":
+                config = dataclasses.replace(config, resume=str(out / spec.name))
+            elif state == "restart":  # started, stopped before its first checkpoint
+                config = dataclasses.replace(config, overwrite=True)
+            runs.append(TrainerRun(spec.name, config, log=_prefixed(log, spec.name), stop=stop))
+            log(f"{spec.name}: {'resuming' if state == 'resume' else 'training'} "
+                f"({config.model}, {config.epochs} epochs)")
+        return runs
+
+    def finished(run: TrainerRun) -> None:
+        nonlocal done
+        done += 1
+        s = run.summary
+        log(f"[{done}/{total}] {run.name}: test acc {s['final_test_acc']:.4f}, "
+            f"{s['train_time_s']:.1f}s ({s['train_cpu_s']:.1f}s CPU), fwd FLOPs "
+            f"-{100 * s['fwd_flops_reduction']:.1f}%, "
+            f"{s['units_dropped']}/{s['units_total']} units dropped")
+        if prune:
+            prune_checkpoints(out)
+        report(plots=False)  # the tables after every run; the plots after every group
+
     try:
         with stop:
             for g, group in enumerate(groups):
-                if stop.set:  # Ctrl-C between two groups' training
-                    raise KeyboardInterrupt
-                runs = []
-                for spec in group:
-                    config = configs[spec.name]
-                    state = "new" if base.overwrite else run_state(out / spec.name)
-                    if state == "done":
-                        done += 1
-                        log(f"[{done}/{total}] {spec.name}: done, kept")
-                        continue
-                    if state == "resume":
-                        config = dataclasses.replace(config, resume=str(out / spec.name))
-                    elif state == "restart":  # started, stopped before its first checkpoint
-                        config = dataclasses.replace(config, overwrite=True)
-                    runs.append(TrainerRun(spec.name, config, log=_prefixed(log, spec.name),
-                                           stop=stop))
-                    log(f"{spec.name}: {'resuming' if state == 'resume' else 'training'} "
-                        f"({config.model}, {config.epochs} epochs)")
-                if not runs:
-                    continue
-                log(f"lockstep group {g + 1}/{len(groups)}: {', '.join(r.name for r in runs)} "
-                    "(one epoch of each in turn)")
-
-                def finished(run: TrainerRun) -> None:
-                    nonlocal done
-                    done += 1
-                    s = run.summary
-                    log(f"[{done}/{total}] {run.name}: test acc {s['final_test_acc']:.4f}, "
-                        f"{s['train_time_s']:.1f}s ({s['train_cpu_s']:.1f}s CPU), fwd FLOPs "
-                        f"-{100 * s['fwd_flops_reduction']:.1f}%, "
-                        f"{s['units_dropped']}/{s['units_total']} units dropped")
-                    if prune:
-                        prune_checkpoints(out)
-                    report(plots=False)  # the tables after every run; the plots after every group
-
-                run_lockstep(runs, on_done=finished)
-                result = report()
-                if stop.set:  # Ctrl-C after the group's last step (its report, its plots)
+                runs = runs_to_train(group)
+                if runs:
+                    log(f"lockstep group {g + 1}/{len(groups)}: "
+                        f"{', '.join(r.name for r in runs)} (one epoch of each in turn)")
+                    run_lockstep(runs, on_done=finished)
+                    result = report()
+                if stop.set:  # Ctrl-C outside a step: building a group, its report, its plots
                     raise KeyboardInterrupt
     except KeyboardInterrupt as err:
         report()
