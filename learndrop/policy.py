@@ -12,7 +12,8 @@ unstable (below), at most ``max_drops_per_check`` per check, and never more than
 The action (:meth:`DropPolicy.action`): a ready unit whose measured drop cost (the training-loss
 increase with it bypassed, :mod:`learndrop.drop_cost`) is at most ``max_drop_cost`` nats is
 dropped; one that has stopped learning but still matters is frozen (it keeps running forward and
-saves its backward pass). ``max_drop_cost`` is also the budget of one check: the units dropped at
+saves its backward pass), or, with ``costly_units="keep"``, left to train (measured again at the
+next check). ``max_drop_cost`` is also the budget of one check: the units dropped at
 a check cost at most that much together (each unit's cost was measured with the others in place,
 so the sum is what the check's drops are expected to cost), and a cheap unit that no longer fits
 waits for the next check, measured again there.
@@ -36,7 +37,10 @@ from dataclasses import asdict, dataclass
 
 from learndrop.scores import NORMALIZATIONS, UnitScore
 
-__all__ = ["DropPolicy", "PolicyError"]
+__all__ = ["COSTLY_UNITS", "DropPolicy", "FreezePolicy", "PolicyError"]
+
+#: What :class:`DropPolicy` does with a ready unit too costly to drop.
+COSTLY_UNITS = ("freeze", "keep")
 
 
 class PolicyError(ValueError):
@@ -67,10 +71,15 @@ class DropPolicy:
             measured (>= 0; 0 turns cost measurement, freezing fallback and the stability
             guard off: ready units are then dropped, lowest continuation first).
         max_drop_cost: a ready unit whose drop cost is at most this (nats per sample) is
-            dropped, a costlier one frozen; the drops of one check cost at most this in sum
-            (>= 0; ``inf`` drops every ready unit).
+            dropped, a costlier one frozen (or left to train: ``costly_units``); the drops of
+            one check cost at most this in sum (>= 0; ``inf`` drops every ready unit).
         max_loss_rise: no decision while the check loss exceeds the lowest of the previous
             ``trend_window`` ones by more than this fraction (>= 0; ``inf`` turns it off).
+        costly_units: what becomes of a ready unit whose drop cost is above ``max_drop_cost``:
+            ``"freeze"`` (it keeps running forward, saves its backward pass) or ``"keep"`` (it
+            stays live and trained, and is measured again at the next check; a frozen unit
+            can no longer adapt to the drops around it). ``--method freeze`` freezes every
+            unit it acts on: ``"freeze"`` only.
         recalibration_batches: recent training batches from which the BatchNorm statistics
             are recomputed after a drop (>= 0; 0 = no recalibration).
     """
@@ -87,6 +96,7 @@ class DropPolicy:
     max_drop_cost: float = 0.1
     max_loss_rise: float = 0.1
     recalibration_batches: int = 4
+    costly_units: str = "freeze"
 
     def __post_init__(self) -> None:
         def fail(name: str, rule: str) -> None:
@@ -111,6 +121,8 @@ class DropPolicy:
             fail("max_dropped_fraction", "in [0, 1]")
         if self.normalization not in NORMALIZATIONS:
             fail("normalization", " or ".join(NORMALIZATIONS))
+        if self.costly_units not in COSTLY_UNITS:
+            fail("costly_units", " or ".join(map(repr, COSTLY_UNITS)))
         for name in ("cost_batches", "recalibration_batches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -155,8 +167,8 @@ class DropPolicy:
 
     def action(self, cost: float | None) -> str:
         """``"drop"`` when the measured drop cost is at most ``max_drop_cost`` (or was not
-        measured), else ``"freeze"``."""
-        return "drop" if cost is None or cost <= self.max_drop_cost else "freeze"
+        measured), else ``costly_units`` (``"freeze"``, or ``"keep"``: no action)."""
+        return "drop" if cost is None or cost <= self.max_drop_cost else self.costly_units
 
     def decide(
         self,
@@ -193,6 +205,8 @@ class DropPolicy:
             if len(chosen) == allowed:
                 break
             cost = costs.get(name)
+            if self.action(cost) == "keep":
+                continue  # too costly to drop, and left to train
             if self.action(cost) == "drop" and cost is not None:
                 # A negative cost (the network does better without it) adds no budget.
                 if spent + max(cost, 0.0) > self.max_drop_cost:
@@ -203,3 +217,17 @@ class DropPolicy:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class FreezePolicy(DropPolicy):
+    """The options of ``--method freeze``: :class:`DropPolicy`'s, with ``costly_units`` fixed
+    at ``"freeze"`` (the method freezes every unit it acts on, so "keep" would change which
+    units it freezes; refused when the options are read, before anything runs)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.costly_units != "freeze":
+            raise PolicyError(
+                f"costly_units={self.costly_units!r} is an option of --method learndrop; "
+                "--method freeze freezes every unit it acts on: leave --costly-units out")

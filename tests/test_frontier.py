@@ -11,7 +11,7 @@ from learndrop.bench.frontier import (
     frontier_accuracy,
     verdict,
 )
-from learndrop.bench.report import aggregate, bench_markdown, machine_info
+from learndrop.bench.report import aggregate, bench_markdown, machine_info, merge_plans
 
 TFLOP = 1e12
 
@@ -33,6 +33,14 @@ def test_frontier_interpolates_between_the_seed_means():
     assert frontier_accuracy(frontier, 1.9) is None
     assert frontier_accuracy(frontier, 8.1) is None
     assert frontier_accuracy([], 3.0) is None
+
+
+def test_a_slowed_seed_does_not_move_the_frontier():
+    # Time ratios of three seeds, one of them slowed by other load: the point sits at the median.
+    frontier = build_frontier([(0.5, 0.53, 0.63), (0.5, 1.21, 0.64), (0.5, 0.51, 0.62),
+                               (1.0, 1.0, 0.75), (1.0, 1.0, 0.74), (1.0, 1.0, 0.75)])
+    assert [p.cost for p in frontier] == [0.53, 1.0]
+    assert frontier[0].acc == pytest.approx(0.63)
 
 
 def test_compare_and_verdict_say_above_below_and_outside():
@@ -191,3 +199,34 @@ def test_markdown_says_above_below_and_outside(fake_bench):
     assert "time ratio (A/A 1.100)" in md and "Noise floor" in md
     machine = machine_info()  # every results file names the machine
     assert machine["torch"] in md and all(flag in md for flag in machine["cpu_flags"])
+
+
+def test_a_bench_asked_for_seed_by_seed_records_every_invocation():
+    """proof.py runs one seed per invocation, and ``--methods`` a first look completed later:
+    bench.json's plan is what all the invocations asked for, not only the last."""
+    seed0 = {"methods": ["full", "learndrop"], "seeds": [0], "budgets": [0.5, 0.25],
+             "variants": {}, "aa_control": False, "shallow": None,
+             "groups": [["full-s0", "learndrop-s0"]]}
+    seed1 = {"methods": ["full", "learndrop", "random-drop"], "seeds": [1], "budgets": [0.75],
+             "variants": {"learndrop-paper": {"method": "learndrop", "options": {}}},
+             "aa_control": True, "shallow": "resnet20",
+             "groups": [["full-s1", "learndrop-s1"], ["random-drop-s1", "full-aa-s1"]]}
+    merged = merge_plans(seed0, seed1)
+    assert merged["methods"] == ["full", "learndrop", "random-drop"]
+    assert merged["seeds"] == [0, 1] and merged["budgets"] == [0.25, 0.5, 0.75]
+    assert merged["aa_control"] and merged["shallow"] == "resnet20"
+    assert list(merged["variants"]) == ["learndrop-paper"]
+    assert merged["groups"] == [["full-s0", "learndrop-s0"], *seed1["groups"]]
+    # The same invocation again (a resumed bench) changes nothing; a later first look without
+    # the A/A control or shallow network keeps them.
+    assert merge_plans(merged, seed1) == merged
+    again = merge_plans(merged, {**seed0, "seeds": [2]})
+    assert again["seeds"] == [0, 1, 2] and again["aa_control"]
+    assert again["shallow"] == "resnet20"
+    # A group asked for again in another order (groups rotate with the seed's place in
+    # --seeds) is recorded once.
+    rotated = {**seed1, "seeds": [0, 1], "groups": [["learndrop-s1", "full-s1"]]}
+    assert merge_plans(merged, rotated)["groups"] == merged["groups"]
+    # Nothing recorded yet (or an unreadable report): the invocation's plan, normalised alike.
+    assert merge_plans(None, seed0) == merge_plans(merge_plans([], seed0), seed0)
+    assert merge_plans(None, {**seed0, "seeds": [2, 0]})["seeds"] == [0, 2]

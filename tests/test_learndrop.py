@@ -11,7 +11,7 @@ from torch import nn
 
 from learndrop import DropPolicy, LearnDrop, PolicyError
 from learndrop.drop_cost import drop_costs
-from learndrop.methods import MissingBatchesError, create_method
+from learndrop.methods import MissingBatchesError, create_method, parse_options
 from learndrop.models import create_model
 from learndrop.recalibrate import batchnorms_after
 from learndrop.scores import UnitScore, log_slope
@@ -33,6 +33,7 @@ NO_BATCHES = {"cost_batches": 0, "max_drop_cost": math.inf, "max_loss_rise": mat
         ({"trend_window": 1}, "trend_window=1 is invalid"),
         ({"warmup_checks": -1}, "warmup_checks=-1 is invalid"),
         ({"max_slope": float("nan")}, "max_slope=nan is invalid"),
+        ({"costly_units": "drop"}, "costly_units='drop' is invalid: it must be 'freeze' or"),
     ],
 )
 def test_policy_rejects_impossible_hyperparameters(kwargs, message):
@@ -372,6 +373,43 @@ def test_a_unit_that_still_matters_is_frozen_not_dropped(trained_resnet20, one_t
     # Check loss and 7 bypassed passes on the 2 cost batches, and the recalibration on 4, of 64
     # samples each, are counted.
     assert summary["extra_fwd_flops"] > (8 * 2 + 4) * 64 * ld.ledger.cost(ld.flops_key()).fwd
+
+
+def test_costly_units_keep_leaves_them_training(trained_resnet20, one_thread):
+    """``costly_units="keep"``: the same drops as with freezing, and the units too costly to
+    drop stay live and trained instead of frozen."""
+    trained, batches, _ = trained_resnet20
+    model = copy.deepcopy(trained)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ld = LearnDrop(model, optimizer, F16, policy=DropPolicy(
+        **EAGER_FIELDS, max_loss_rise=math.inf, costly_units="keep"))
+    sgd_steps(model, optimizer, ld, batches)
+    _, costs = drop_costs(model, ld.units, list(ld.recent_batches)[-ld.policy.cost_batches:])
+    threshold = sorted(costs.values())[3]
+    ld.policy = dataclasses.replace(ld.policy, max_drop_cost=threshold)
+    events = ld.check()
+    costly = [n for n in costs if costs[n] > threshold]
+    assert len(costly) == len(costs) - 4 >= 1
+    # The same drops as with freezing (cheapest first, within the check's budget).
+    spent, expected = 0.0, []
+    for name in sorted(costs, key=costs.get):
+        if costs[name] <= threshold and spent + max(costs[name], 0.0) <= threshold:
+            spent += max(costs[name], 0.0)
+            expected.append(name)
+    assert [(e.unit, e.action) for e in events] == [(n, "drop") for n in expected]
+    trained_params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for name in costly:  # still in the forward pass, and still trained
+        module = model.get_submodule(name)
+        assert not isinstance(module, nn.Identity)
+        assert all(p.requires_grad and id(p) in trained_params for p in module.parameters())
+    assert ld.summary()["units_frozen"] == 0
+    # --method freeze freezes whatever it acts on: "keep" would change its decisions, refused
+    # when its options are read (a bench checks them before any run) and by its constructor.
+    with pytest.raises(PolicyError, match="costly_units='keep' is an option of --method learnd"):
+        parse_options("freeze", {"costly_units": "keep"})
+    with pytest.raises(ValueError, match="--costly-units keep is an option of --method learndrop"):
+        create_method("freeze", copy.deepcopy(trained), optimizer, F16,
+                      policy=DropPolicy(costly_units="keep"))
 
 
 def test_no_decision_while_the_training_loss_rises(trained_resnet20, one_thread):

@@ -72,7 +72,9 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 def build_frontier(runs: Iterable[tuple[float, float, float]]) -> list[FrontierPoint]:
     """The frontier from ``(budget, cost, acc)`` of every budget run and seed (full training
-    included as budget 1.0): one point per budget, mean over its seeds, sorted by cost.
+    included as budget 1.0): one point per budget, sorted by cost, at the median of its seeds'
+    costs (time ratios are medians: one seed slowed by other load does not move the frontier)
+    and the mean ± std of their accuracies.
 
     Raises ``ValueError`` for a non-finite cost or accuracy.
     """
@@ -84,8 +86,8 @@ def build_frontier(runs: Iterable[tuple[float, float, float]]) -> list[FrontierP
     points = []
     for budget, pairs in by_budget.items():
         acc, acc_std = mean_std([a for _, a in pairs])
-        points.append(FrontierPoint(budget, statistics.fmean(c for c, _ in pairs), acc, acc_std,
-                                    len(pairs)))
+        points.append(FrontierPoint(budget, statistics.median(c for c, _ in pairs), acc,
+                                    acc_std, len(pairs)))
     return sorted(points, key=lambda p: (p.cost, p.budget))
 
 

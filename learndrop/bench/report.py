@@ -36,7 +36,7 @@ from learndrop.bench.plan import AA_LABEL, NEEDS_REFERENCE, RUN_DIR, parse_label
 from learndrop.train.config import TrainConfig
 
 __all__ = ["AXES", "BENCH_JSON", "BENCH_MD", "TARGET_GAP", "aggregate", "bench_markdown",
-           "machine_info", "read_runs", "run_cost", "write_report"]
+           "machine_info", "merge_plans", "read_runs", "run_cost", "write_report"]
 
 BENCH_JSON = "bench.json"
 BENCH_MD = "bench.md"
@@ -363,17 +363,21 @@ def write_report(out: Path, base: TrainConfig | None = None, plan: dict | None =
     """Rewrite ``bench.json`` and ``bench.md`` from the finished runs under ``out`` (every
     ``<label>-s<seed>`` run directory with a ``summary.json``), atomically.
 
-    ``base``: the bench's settings (default: read from a run's config.json); ``plan``: what was
-    asked for (methods, seeds, budgets), recorded as is (default: the plan already recorded in
-    ``bench.json``, that is the last invocation's, so that redoing the report keeps it).
+    ``base``: the bench's settings (default: read from a run's config.json); ``plan``: what
+    this invocation asked for (methods, seeds, budgets ...), merged into the plan already
+    recorded in ``bench.json`` (:func:`merge_plans`: a bench run seed by seed, or a first look
+    with ``--methods`` completed later, records everything it was asked for); without it, the
+    recorded plan is kept as it is.
     """
     out = Path(out)
     runs = read_runs(out)
-    if plan is None and (out / BENCH_JSON).is_file():
+    recorded = None
+    if (out / BENCH_JSON).is_file():
         try:
-            plan = json.loads((out / BENCH_JSON).read_text()).get("plan")
+            recorded = json.loads((out / BENCH_JSON).read_text()).get("plan")
         except (OSError, ValueError, AttributeError):
-            plan = None  # an unreadable old report: rewritten without its plan
+            recorded = None  # an unreadable old report: rewritten without its plan
+    plan = merge_plans(recorded, plan) if plan is not None else recorded
     if base is None:
         configs = sorted(out.glob("full-s*/config.json")) or sorted(out.glob("*/config.json"))
         base = TrainConfig.from_dict(json.loads(configs[0].read_text())) if configs else None
@@ -391,6 +395,36 @@ def write_report(out: Path, base: TrainConfig | None = None, plan: dict | None =
     markdown = bench_markdown(report).encode()
     atomic_write(out / BENCH_MD, lambda f: f.write(markdown))
     return report
+
+
+def merge_plans(recorded: dict | None, new: dict) -> dict:
+    """The plan of a bench asked for in several invocations into one directory: the union of
+    their methods, seeds, budgets, variants and lockstep groups (in the order first asked);
+    ``aa_control`` if any asked for it; the latest ``shallow`` network named. ``recorded``:
+    the plan in ``bench.json`` (``None`` or not a dict: none yet). A lockstep group asked
+    for again in another order (each seed's groups rotate with its place in ``--seeds``) is
+    recorded once."""
+    if not isinstance(recorded, dict):
+        recorded = {}
+
+    def union(key: str, same=lambda item: item) -> list:
+        items, seen = [], []
+        for item in [*recorded.get(key, []), *new.get(key, [])]:
+            if same(item) not in seen:
+                seen.append(same(item))
+                items.append(item)
+        return items
+
+    merged = {**recorded, **new}
+    merged["methods"] = union("methods")
+    merged["seeds"] = union("seeds")
+    merged["groups"] = union("groups", frozenset)
+    merged["seeds"] = sorted(merged["seeds"])
+    merged["budgets"] = sorted(set(union("budgets")))
+    merged["variants"] = {**recorded.get("variants", {}), **new.get("variants", {})}
+    merged["aa_control"] = bool(recorded.get("aa_control") or new.get("aa_control"))
+    merged["shallow"] = new.get("shallow") or recorded.get("shallow")
+    return merged
 
 
 def _settings(base: TrainConfig | None) -> dict:

@@ -3,7 +3,8 @@
 At each check (after the warm-up): score the live units (:mod:`learndrop.scores`); measure the
 check loss on the recent training batches and hold back while it rises
 (:meth:`DropPolicy.is_stable`); measure the drop cost of the units that are ready
-(:mod:`learndrop.drop_cost`); drop the cheap ones, freeze the costly ones, cheapest first
+(:mod:`learndrop.drop_cost`); drop the cheap ones, freeze the costly ones (or, with
+``costly_units="keep"``, leave them to train), cheapest first
 (:meth:`DropPolicy.decide`); after a drop, recompute the BatchNorm statistics from the recent
 batches (:mod:`learndrop.recalibrate`, :meth:`Method.after_change`). Every extra forward pass
 is charged to the FLOPs ledger and its time to ``check_time_s``.
@@ -19,9 +20,9 @@ from torch import nn
 
 from learndrop.drop_cost import LossFn, drop_costs
 from learndrop.flops import unit_costs
-from learndrop.methods.base import Event, Method, RunInfo
+from learndrop.methods.base import Event, Method, MethodOptionError, RunInfo
 from learndrop.methods.registry import register_method
-from learndrop.policy import DropPolicy
+from learndrop.policy import DropPolicy, FreezePolicy
 from learndrop.scores import ScoreTracker, UnitScore
 from learndrop.units import Unit
 
@@ -53,7 +54,8 @@ class LearnDrop(Method):
     recalibration_batches=0``).
 
     Args:
-        mode: ``"drop"`` removes units from the network (or freezes those too costly to drop);
+        mode: ``"drop"`` removes units from the network (and freezes those too costly to drop,
+            or leaves them to train: ``policy.costly_units``);
             ``"freeze"`` freezes every unit it acts on (the baseline of the same scores).
         policy: the drop decision's hyperparameters (:class:`DropPolicy`).
         total_steps: the run's length in steps, when known: no unit is dropped at the last
@@ -81,6 +83,11 @@ class LearnDrop(Method):
     ) -> None:
         if mode not in ("drop", "freeze"):
             raise ValueError(f"mode must be 'drop' or 'freeze', got {mode!r}")
+        policy = policy or DropPolicy()
+        if mode == "freeze" and policy.costly_units != "freeze":
+            raise MethodOptionError(
+                f"--costly-units {policy.costly_units} is an option of --method learndrop; "
+                "--method freeze freezes every unit it acts on: leave --costly-units out")
         super().__init__(
             model, optimizer, example_input,
             units=units, unit_names=unit_names, steps_per_check=steps_per_check,
@@ -89,7 +96,7 @@ class LearnDrop(Method):
         if mode == "freeze":
             self.name = "freeze"  # its checkpoints resume as --method freeze
         self.total_steps = total_steps
-        self.policy = policy or DropPolicy()
+        self.policy = policy
         self.loss_fn = loss_fn
         # Freezing keeps the forward pass as it is: nothing to recalibrate.
         self.recalibration_batches = self.policy.recalibration_batches if mode == "drop" else 0
@@ -201,7 +208,7 @@ class LearnDrop(Method):
         self.check_losses = list(state.get("check_losses", []))
 
 
-@register_method("freeze", options=DropPolicy)
+@register_method("freeze", options=FreezePolicy)
 class Freeze(LearnDrop):
     """Learn&Drop's scores and policy, freezing units instead of dropping them (the baseline
     that keeps the forward pass and saves only weight gradients)."""

@@ -48,6 +48,23 @@ class RunningStats:
         """The mean training loss so far (one host sync)."""
         return self.loss.item() / max(1, self.samples)
 
+    def state_dict(self) -> dict:
+        """The sums so far, for a checkpoint taken mid-row (tensors and plain values only, so
+        ``torch.load(weights_only=True)`` reads it back)."""
+        return {"loss": self.loss.detach().cpu(), "correct": self.correct.detach().cpu(),
+                "samples": self.samples, "events": [e.to_dict() for e in self.events],
+                "seen": None if self.seen is None else self.seen.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the sums of :meth:`state_dict` (a run resumed mid-row reports the whole
+        row, not only the steps after the resume)."""
+        self.loss.copy_(state["loss"])
+        self.correct.copy_(state["correct"])
+        self.samples = int(state["samples"])
+        self.events = [Event(**e) for e in state["events"]]
+        if self.seen is not None and state.get("seen") is not None:
+            self.seen.copy_(state["seen"])
+
     def reset(self) -> None:
         """Start the next row's statistics (the classes seen are kept)."""
         self.loss.zero_()

@@ -227,6 +227,9 @@ class Training:
 
         self.rows: list[dict] = []
         self.epoch, self.batch, self.train_time = 0, 0, 0.0
+        # The unfinished epoch's running sums (RunningStats.state_dict) while stopped mid-epoch;
+        # checkpoints before them lack it, and their resumed epoch reports its last steps only.
+        self.epoch_stats: dict | None = None
         # Process CPU time of the training steps: on a shared machine it varies far less with
         # the load than wall-clock (the bench reports both).
         self.train_cpu = 0.0
@@ -243,6 +246,7 @@ class Training:
             self.epoch, self.batch, self.train_time = ckpt["epoch"], ckpt["batch"], ckpt[
                 "train_time"]
             self.train_cpu = ckpt.get("train_cpu", 0.0)
+            self.epoch_stats = ckpt.get("epoch_stats")
             self.log(f"resuming {run.path} at epoch {self.epoch + 1}, step {method.steps}")
         self.metrics = None
         if ctx.is_main:
@@ -299,6 +303,9 @@ class Training:
         self.train_loader.set_epoch(epoch)
         parts.model.train()
         stats = RunningStats(ctx.device)
+        if skip and self.epoch_stats is not None and ctx.is_main:
+            stats.load_state_dict(self.epoch_stats)  # all ranks' sums (saved below)
+        self.epoch_stats = None
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=self.quiet, leave=False, dynamic_ncols=True)
         bar.update(skip)
@@ -322,6 +329,9 @@ class Training:
                 self.train_time += self._elapsed(started)
                 self.train_cpu += time.process_time() - started_cpu
                 self.batch = i + 1
+                if ctx.distributed:
+                    _all_ranks_stats(stats, ctx)  # rank 0 saves, and later resumes, the total
+                self.epoch_stats = stats.state_dict()
                 self._save_checkpoint()
                 bar.close()
                 raise TrainingInterrupted(
@@ -372,6 +382,7 @@ class Training:
             "scheduler": parts.scheduler.state_dict(), "method": self.method.state_dict(),
             "metrics": self.rows, "epoch": self.epoch, "batch": self.batch,
             "train_time": self.train_time, "train_cpu": self.train_cpu,
+            "epoch_stats": self.epoch_stats,
             "config": self.config.to_dict(),
             "lr_extensions": [list(e) for e in self.lr_extensions],
         })
