@@ -205,9 +205,10 @@ class DropPolicy:
             if len(chosen) == allowed:
                 break
             cost = costs.get(name)
-            if self.action(cost) == "keep":
+            action = self.action(cost)
+            if action == "keep":
                 continue  # too costly to drop, and left to train
-            if self.action(cost) == "drop" and cost is not None:
+            if action == "drop" and cost is not None:
                 # A negative cost (the network does better without it) adds no budget.
                 if spent + max(cost, 0.0) > self.max_drop_cost:
                     continue  # cheap, but not at this check: the budget is spent

@@ -104,8 +104,9 @@ def _after_first_decision(rows: list[dict], full_rows: list[dict] | None) -> dic
 
     Only for a run that was full training until that decision: its test accuracy equals full
     training's at every earlier epoch, and its training loss at the decision's epoch (so that
-    epoch trained alike and the decision came at its end; an epoch resumed mid-way logs the loss
-    of its remaining steps only, which is why earlier epochs are compared by test accuracy).
+    epoch trained alike and the decision came at its end; an epoch resumed mid-way from a
+    checkpoint older than its epoch sums logs the loss of its remaining steps only, which is why
+    earlier epochs are compared by test accuracy).
     That needs deterministic runs (the CPU path; cuDNN autotuning and bf16 make GPU runs differ)
     and excludes methods that change training from the first step (FreezeOut's per-layer
     rates). ``None`` otherwise, and for a run that never decided.
@@ -417,9 +418,8 @@ def merge_plans(recorded: dict | None, new: dict) -> dict:
 
     merged = {**recorded, **new}
     merged["methods"] = union("methods")
-    merged["seeds"] = union("seeds")
+    merged["seeds"] = sorted(union("seeds"))
     merged["groups"] = union("groups", frozenset)
-    merged["seeds"] = sorted(merged["seeds"])
     merged["budgets"] = sorted(set(union("budgets")))
     merged["variants"] = {**recorded.get("variants", {}), **new.get("variants", {})}
     merged["aa_control"] = bool(recorded.get("aa_control") or new.get("aa_control"))
