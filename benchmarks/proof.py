@@ -4,12 +4,12 @@ Per model (CIFAR ResNet-56 and the CIFAR-size VGG-16) one ``learndrop bench``
 (:func:`learndrop.bench.run_bench`) on CIFAR-10: full training; full training at 0.25, 0.5 and
 0.75 of the epochs with the schedule compressed (the budget frontier); Learn&Drop with its
 current defaults; Learn&Drop with the paper's rule as it stood before issue 15
-(``learndrop-paper``: the "before" picture); random-drop (Learn&Drop's drop schedule, units
-drawn at random); slim-from-scratch (Learn&Drop's final structure trained from the first step:
-the oracle where a smaller network is as good); FreezeOut; stochastic depth; the A/A control
-(full training timed a second time: the noise floor); and, for ResNet-56, full training of
-ResNet-20 (the check that depth matters). Each seed's runs train in lockstep (one epoch of each
-in turn).
+(``learndrop-paper``: the "before" picture); random-drop (Learn&Drop's schedule of drops and
+freezes, units drawn at random); slim-from-scratch (Learn&Drop's final structure trained from the
+first step: the oracle where a smaller network is as good); FreezeOut; stochastic depth; the A/A
+control (full training timed a second time: the noise floor); and, for ResNet-56, full training
+of ResNet-20 (the check that depth matters). Each seed's runs train in lockstep (one epoch of
+each in turn).
 
 Profiles (``--profile``):
 

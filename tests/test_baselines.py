@@ -127,8 +127,8 @@ def test_registered_and_strict_about_arguments():
         FreezeOut(model, sgd(model), X, total_steps=0)
     with pytest.raises(ValueError, match="drop_rate"):
         StochasticDepth(model, sgd(model), X, drop_rate=1.0)
-    for bad in ([(1, 0)], [(-1, 1)], [(1, 1, 1)], [(1, 7)], [{"unit": "blocks.0",
-                                                              "action": "freeze", "step": 1}]):
+    for bad in ([(1, 0)], [(1, 0, 0)], [(-1, 1)], [(1, 1, -1)], [(1, 1, 1, 1)], [(1, 7)],
+                [(1, 4, 3)], [{"unit": "blocks.0", "action": "prune", "step": 1}]):
         with pytest.raises(ValueError):
             RandomDrop(model, sgd(model), X, schedule=bad)
     with pytest.raises(ValueError, match="not droppable"):
@@ -413,9 +413,10 @@ def run_random_drop(seed: int, steps: int = 8, schedule=REFERENCE,
 
 
 def test_random_drop_reproduces_the_reference_timing():
-    assert schedule_from(REFERENCE) == [(3, 2), (6, 1)]
-    assert schedule_from([(6, 1), (3, 1), (3, 1)]) == [(3, 2), (6, 1)]
-    assert schedule_from([Event(**e) for e in REFERENCE]) == [(3, 2), (6, 1)]
+    assert schedule_from(REFERENCE) == [(3, 2, 0), (6, 1, 0)]
+    assert schedule_from([(6, 1), (3, 1), (3, 1)]) == [(3, 2, 0), (6, 1, 0)]
+    assert schedule_from([Event(**e) for e in REFERENCE]) == [(3, 2, 0), (6, 1, 0)]
+    assert schedule_from({"drops": REFERENCE}) == [(3, 2, 0), (6, 1, 0)]
     method = run_random_drop(seed=0)
     drops = method.summary()["drops"]
     assert Counter(e["step"] for e in drops) == Counter(e["step"] for e in REFERENCE)
@@ -429,6 +430,49 @@ def test_random_drop_reproduces_the_reference_timing():
     # A (step, count) schedule gives the same run.
     pairs = run_random_drop(seed=0, schedule=[(3, 2), (6, 1)])
     assert pairs.summary()["drops"] == drops
+
+
+REFERENCE_WITH_FREEZES = REFERENCE + [  # Learn&Drop froze a costly unit at each check
+    {"unit": "blocks.0", "action": "freeze", "step": 3, "epoch": 1.0},
+    {"unit": "blocks.5", "action": "freeze", "step": 6, "epoch": 2.0},
+]
+
+
+def test_random_drop_copies_the_reference_freezes_too():
+    """Learn&Drop's cap counts its freezes: a random-drop that copied only its drops would
+    leave more units learning than its reference (issue 15)."""
+    assert schedule_from(REFERENCE_WITH_FREEZES) == [(3, 2, 1), (6, 1, 1)]
+    assert schedule_from([(3, 2, 1), (6, 1), (6, 0, 1)]) == [(3, 2, 1), (6, 1, 1)]
+    method = run_random_drop(seed=0, schedule=REFERENCE_WITH_FREEZES)
+    model, events = method.model, method.summary()["drops"]
+    assert Counter((e["step"], e["action"]) for e in events) == Counter(
+        (e["step"], e["action"]) for e in REFERENCE_WITH_FREEZES)
+    summary = method.summary()
+    assert (summary["units_dropped"], summary["units_frozen"]) == (3, 2)
+    in_optimizer = {id(p) for g in method.optimizer.param_groups for p in g["params"]}
+    for name, action in method.removed.items():
+        unit = model.get_submodule(name)
+        if action == "drop":
+            assert isinstance(unit, nn.Identity)
+        else:  # still runs forward, learns nothing
+            assert not isinstance(unit, nn.Identity)
+            assert all(not p.requires_grad and id(p) not in in_optimizer
+                       for p in unit.parameters())
+    # The draw lists drops first: at the first step with a freeze the drops are those of the
+    # schedule without freezes (later the live units differ, and so do the choices).
+    drops_only = run_random_drop(seed=0)
+    assert [e for e in events if e["action"] == "drop" and e["step"] == 3] == [
+        e for e in drops_only.summary()["drops"] if e["step"] == 3]
+    # A checkpoint written before freezes were copied ((step, drops) pairs) still resumes.
+    state = drops_only.state_dict()
+    state["schedule"] = [[3, 2], [6, 1]]
+    same = RandomDrop(tiny(), sgd(tiny()), X, schedule=REFERENCE, seed=0, steps_per_check=3,
+                      recalibration_batches=0)
+    same.load_state_dict(checkpoint(state))
+    assert same.removed == drops_only.removed
+    # Slim-from-scratch keeps the frozen units: they are part of the final network.
+    slim = SlimFromScratch(tiny(), sgd(tiny()), X, dropped=summary)
+    assert set(slim.dropped) == {n for n, a in method.removed.items() if a == "drop"}
 
 
 def test_random_drop_recalibrates_batchnorm_after_its_drops_and_counts_it():

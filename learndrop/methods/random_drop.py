@@ -1,20 +1,25 @@
 """Random-drop: the ablation of Learn&Drop's scores (no peer paper; DESIGN.md section 6).
 
-It drops as many units, at the same steps, as a reference Learn&Drop run did, but chooses them
-uniformly at random among the live units. If it matches Learn&Drop's accuracy, the scores are
-not what makes the difference.
+It drops and freezes as many units, at the same steps, as a reference Learn&Drop run did, but
+chooses them uniformly at random among the live units. If it matches Learn&Drop's accuracy, the
+scores are not what makes the difference.
 
 Our reading:
 
-* The schedule is a list of ``(step, count)`` pairs, or a reference run's events
-  (``summary["drops"]``, :class:`~learndrop.methods.base.Event` objects or their dicts, or the
-  whole summary), from which the drops per step are counted. Only ``"drop"`` events are
-  accepted.
+* The schedule is a list of ``(step, drops)`` or ``(step, drops, freezes)`` entries, or a
+  reference run's events (``summary["drops"]``, :class:`~learndrop.methods.base.Event` objects
+  or their dicts, or the whole summary), from which the drops and freezes per step are counted.
+* Freezes are copied as well as drops (issue 15): Learn&Drop freezes a unit that has stopped
+  learning but is too costly to drop, and its cap (``max_dropped_fraction``) counts frozen
+  units too. A random-drop that copied only the drops would end with more units still learning
+  than its reference (11 against 7 on ResNet-56, seed 1) and so would not be the same schedule
+  with other units; copying both, it removes as many units from training, at the same steps,
+  and only the choice of units differs.
 * An event's ``step`` is the method's step counter when the unit was dropped, at a check after
-  that step's optimizer step; random-drop drops in :meth:`RandomDrop.on_step` when
-  ``self.steps`` reaches it, so the drop comes after the same optimizer step and the step's
-  samples are counted in the FLOPs ledger under the configuration before the drop, as in the
-  reference run. Drops scheduled at step 0 happen at construction.
+  that step's optimizer step; random-drop acts in :meth:`RandomDrop.on_step` when
+  ``self.steps`` reaches it, so the change comes after the same optimizer step and the step's
+  samples are counted in the FLOPs ledger under the configuration before it, as in the
+  reference run. Changes scheduled at step 0 happen at construction.
 * After each step's drops the BatchNorm statistics are recomputed from the last
   ``recalibration_batches`` training batches, as Learn&Drop does after its drops
   (:meth:`~learndrop.methods.base.Method.after_change`), so that the comparison isolates the
@@ -28,7 +33,6 @@ Our reading:
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +46,22 @@ from learndrop.methods.stochastic_depth import step_generator
 from learndrop.policy import DropPolicy
 from learndrop.units import Unit
 
-__all__ = ["RandomDrop", "ReferenceOptions", "drop_events", "reference_drops", "schedule_from"]
+__all__ = ["RandomDrop", "ReferenceOptions", "drop_events", "reference_drops",
+           "reference_events", "schedule_from"]
 
 EventsLike = Mapping | Iterable[Event | Mapping]
+ACTIONS = ("drop", "freeze")
 
 
-def drop_events(events: EventsLike, method: str) -> list[tuple[str, int]]:
-    """``(unit, step)`` of every drop in a reference run's events (or its whole summary)."""
+def reference_events(events: EventsLike, method: str) -> list[tuple[str, str, int]]:
+    """``(unit, action, step)`` of every drop and freeze in a reference run's events (or its
+    whole summary), in the run's order.
+
+    Raises:
+        ValueError: not a summary or a list of events, an event without ``unit``, ``action``
+            or ``step``, an action other than drop or freeze, a step that is not an integer
+            >= 0.
+    """
     if isinstance(events, Mapping):
         if "drops" not in events:
             raise ValueError(f"{method}: a mapping must be a run summary with a 'drops' list")
@@ -64,12 +77,20 @@ def drop_events(events: EventsLike, method: str) -> list[tuple[str, int]]:
                 raise ValueError(f"{method}: event {event!r} lacks {missing}") from None
         else:
             raise ValueError(f"{method}: expected an Event or an event dict, got {event!r}")
-        if action != "drop":
-            raise ValueError(f"{method}: only 'drop' events can be reproduced, got {action!r}")
+        if action not in ACTIONS:
+            raise ValueError(f"{method}: event action must be one of {', '.join(ACTIONS)}, "
+                             f"got {action!r}")
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"{method}: event step must be an integer >= 0, got {step!r}")
-        out.append((unit, step))
+        out.append((unit, action, step))
     return out
+
+
+def drop_events(events: EventsLike, method: str) -> list[tuple[str, int]]:
+    """``(unit, step)`` of every drop in a reference run's events (or its whole summary);
+    freezes are left out (a frozen unit stays in the network)."""
+    return [(unit, step) for unit, action, step in reference_events(events, method)
+            if action == "drop"]
 
 
 @dataclass(frozen=True)
@@ -85,8 +106,8 @@ class ReferenceOptions:
 
 
 def reference_drops(options: ReferenceOptions, method: str, run: RunInfo) -> list[dict]:
-    """The drop events of ``options.reference``'s summary.json (``[]`` in a dry run whose
-    reference has not run yet).
+    """The drop and freeze events of ``options.reference``'s summary.json (``[]`` in a dry run
+    whose reference has not run yet).
 
     Raises:
         MethodOptionError: no reference given, or no finished run there.
@@ -102,51 +123,63 @@ def reference_drops(options: ReferenceOptions, method: str, run: RunInfo) -> lis
             return []
         raise MethodOptionError(
             f"--reference {options.reference}: no summary.json of a finished run there")
-    return [d for d in json.loads(path.read_text())["drops"] if d["action"] == "drop"]
+    return [d for d in json.loads(path.read_text())["drops"] if d["action"] in ACTIONS]
 
 
 def _is_event(entry: object) -> bool:
     return isinstance(entry, Event | Mapping)
 
 
-def schedule_from(schedule: EventsLike | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Normalise a schedule (``(step, count)`` pairs or a reference run's events) to sorted
-    ``(step, count)`` pairs, one per step."""
-    if isinstance(schedule, Mapping):
-        pairs = Counter(step for _, step in drop_events(schedule, "random-drop"))
-        return sorted(pairs.items())
-    entries = list(schedule)
-    counts: Counter[int] = Counter()
-    if entries and all(_is_event(e) for e in entries):
-        counts.update(step for _, step in drop_events(entries, "random-drop"))
-        return sorted(counts.items())
+def schedule_from(
+        schedule: EventsLike | Sequence[tuple[int, ...]]) -> list[tuple[int, int, int]]:
+    """Normalise a schedule to sorted ``(step, drops, freezes)`` triples, one per step.
+
+    Args:
+        schedule: ``(step, drops)`` pairs, ``(step, drops, freezes)`` triples (both: integers,
+            step >= 0, at least one unit per entry), or a reference run's events or summary.
+
+    Raises:
+        ValueError: a malformed entry, or events mixed with pairs.
+    """
+    counts: dict[int, list[int]] = {}
+    entries = schedule if isinstance(schedule, Mapping) else list(schedule)
+    if isinstance(entries, Mapping) or (entries and all(_is_event(e) for e in entries)):
+        for _, action, step in reference_events(entries, "random-drop"):
+            counts.setdefault(step, [0, 0])[ACTIONS.index(action)] += 1
+        return sorted((step, d, f) for step, (d, f) in counts.items())
     for entry in entries:
-        if _is_event(entry) or isinstance(entry, str | bytes) or len(entry) != 2:
+        if _is_event(entry) or isinstance(entry, str | bytes) or len(entry) not in (2, 3):
             raise ValueError(
-                f"random-drop: schedule entries must all be (step, count) pairs or all events, "
-                f"got {entry!r}"
+                f"random-drop: schedule entries must all be (step, drops[, freezes]) or all "
+                f"events, got {entry!r}"
             )
-        step, count = entry
-        for what, value, low in (("step", step, 0), ("count", count, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"random-drop: {what} must be an integer >= {low}, got {value!r}")
-        counts[step] += count
-    return sorted(counts.items())
+        step, drops, freezes = (*entry, 0) if len(entry) == 2 else entry
+        for what, value in (("step", step), ("drops", drops), ("freezes", freezes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"random-drop: {what} must be an integer >= 0, got {value!r}")
+        if drops + freezes < 1:
+            raise ValueError(f"random-drop: entry {entry!r} changes no unit")
+        total = counts.setdefault(step, [0, 0])
+        total[0] += drops
+        total[1] += freezes
+    return sorted((step, d, f) for step, (d, f) in counts.items())
 
 
 @register_method("random-drop", options=ReferenceOptions)
 class RandomDrop(Method):
-    """Drops ``count`` random live units at each scheduled ``step``.
+    """Drops and freezes random live units at each scheduled ``step``: as many as the
+    schedule says.
 
     Args:
-        schedule: ``(step, count)`` pairs, or a reference run's drop events / summary.
+        schedule: ``(step, drops)`` pairs, ``(step, drops, freezes)`` triples, or a reference
+            run's events / summary (see :func:`schedule_from`).
         seed: seed of the choices.
         recalibration_batches: recent training batches from which the BatchNorm statistics
             are recomputed after a drop (0 = none; default as :class:`~learndrop.DropPolicy`).
         Other arguments: see :class:`learndrop.methods.base.Method`.
 
     Attributes:
-        schedule: the normalised schedule, sorted ``(step, count)`` pairs.
+        schedule: the normalised schedule, sorted ``(step, drops, freezes)`` triples.
     """
 
     needs_reference = True
@@ -161,7 +194,7 @@ class RandomDrop(Method):
         optimizer: torch.optim.Optimizer,
         example_input: torch.Tensor,
         *,
-        schedule: EventsLike | Sequence[tuple[int, int]],
+        schedule: EventsLike | Sequence[tuple[int, ...]],
         seed: int = 0,
         recalibration_batches: int = DropPolicy.recalibration_batches,
         units: list[Unit] | None = None,
@@ -175,53 +208,64 @@ class RandomDrop(Method):
             raise ValueError(f"recalibration_batches must be an integer >= 0, got "
                              f"{recalibration_batches!r}")
         self.recalibration_batches = recalibration_batches
-        pairs = schedule_from(schedule)
+        triples = schedule_from(schedule)
         super().__init__(
             model, optimizer, example_input,
             units=units, unit_names=unit_names, steps_per_check=steps_per_check,
         )
-        total = sum(count for _, count in pairs)
+        total = sum(d + f for _, d, f in triples)
         if total > len(self.units):
             raise ValueError(
-                f"random-drop: the schedule drops {total} units, the model has {len(self.units)}"
+                f"random-drop: the schedule drops or freezes {total} units, the model has "
+                f"{len(self.units)}"
             )
-        self.schedule = pairs
+        self.schedule = triples
         self.seed = seed
-        self._counts = dict(pairs)
+        self._counts = {step: (d, f) for step, d, f in triples}
         if 0 in self._counts:
-            self._drop(self._counts[0])
+            self._act(*self._counts[0])
 
     def choose(self, count: int) -> list[Unit]:
-        """The ``count`` live units the seed picks at the current step, in execution order."""
+        """The ``count`` live units the seed picks at the current step, in the order drawn
+        (the first ones are dropped, the rest frozen)."""
         live = self.live_units
         generator = step_generator(self.seed, self.steps, self.name)
         picked = torch.randperm(len(live), generator=generator)[:count].tolist()
-        return [live[i] for i in sorted(picked)]
+        return [live[i] for i in picked]
 
-    def _drop(self, count: int) -> list[Event]:
+    def _act(self, drops: int, freezes: int) -> list[Event]:
         # The choice is already the same on every process with the same seed; sync_decision
-        # makes it rank 0's even when the seeds differ.
-        names = self.sync_decision([u.name for u in self.choose(count)])
+        # makes it rank 0's even when the seeds differ. Drops come first in the draw, so a
+        # schedule without freezes drops the units it dropped before freezes were copied.
+        chosen = [u.name for u in self.choose(drops + freezes)]
+        dropped = sorted(chosen[:drops], key=self._index)
+        frozen = sorted(chosen[drops:], key=self._index)
+        names = self.sync_decision(dropped + frozen)
         by_name = {u.name: u for u in self.units}
-        return [self.apply(by_name[name], "drop") for name in names]
+        return [self.apply(by_name[name], "drop" if i < drops else "freeze")
+                for i, name in enumerate(names)]
+
+    def _index(self, name: str) -> int:
+        return next(u.index for u in self.units if u.name == name)
 
     def on_step(self) -> list[Event]:
-        count = self._counts.get(self.steps)
-        return self._drop(count) if count else []
+        counts = self._counts.get(self.steps)
+        return self._act(*counts) if counts else []
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "seed": self.seed,
-                "schedule": [list(p) for p in self.schedule]}
+                "schedule": [list(t) for t in self.schedule]}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed") != self.seed:
             raise ValueError(f"checkpoint has seed={state.get('seed')!r}, this method {self.seed}")
-        if [tuple(p) for p in state.get("schedule", [])] != self.schedule:
+        # Checkpoints from before freezes were copied hold (step, drops) pairs.
+        if schedule_from([tuple(p) for p in state.get("schedule", [])]) != self.schedule:
             raise ValueError("checkpoint's random-drop schedule differs from this method's")
-        # Step-0 drops were made at construction; the checkpoint's events re-apply them.
+        # Step-0 changes were made at construction; the checkpoint's events re-apply them.
         self.events = []
         super().load_state_dict(state)
 
     def summary(self) -> dict:
         return {**super().summary(), "seed": self.seed,
-                "schedule": [list(p) for p in self.schedule]}
+                "schedule": [list(t) for t in self.schedule]}
