@@ -152,9 +152,9 @@ def run_bench(
         done += 1
         s = run.summary
         log(f"[{done}/{total}] {run.name}: test acc {s['final_test_acc']:.4f}, "
-            f"{s['train_time_s']:.1f}s ({s['train_cpu_s']:.1f}s CPU), fwd FLOPs "
-            f"-{100 * s['fwd_flops_reduction']:.1f}%, "
-            f"{s['units_dropped']}/{s['units_total']} units dropped")
+            f"{s['train_time_s']:.1f}s ({s['train_cpu_s']:.1f}s CPU), fwd FLOPs saved "
+            f"{100 * s['fwd_flops_reduction']:.1f}%, {s['units_dropped']} dropped and "
+            f"{s.get('units_frozen', 0)} frozen of {s['units_total']} units")
         if prune:
             prune_checkpoints(out)
         report(plots=False)  # the tables after every run; the plots after every group
