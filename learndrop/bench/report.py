@@ -420,7 +420,7 @@ def merge_plans(recorded: dict | None, new: dict) -> dict:
     merged["methods"] = union("methods")
     merged["seeds"] = sorted(union("seeds"))
     merged["groups"] = union("groups", frozenset)
-    merged["budgets"] = sorted(set(union("budgets")))
+    merged["budgets"] = sorted(union("budgets"))
     merged["variants"] = {**recorded.get("variants", {}), **new.get("variants", {})}
     merged["aa_control"] = bool(recorded.get("aa_control") or new.get("aa_control"))
     merged["shallow"] = new.get("shallow") or recorded.get("shallow")

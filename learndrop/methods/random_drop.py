@@ -141,28 +141,33 @@ def schedule_from(
     Raises:
         ValueError: a malformed entry, or events mixed with pairs.
     """
-    counts: dict[int, list[int]] = {}
     entries = schedule if isinstance(schedule, Mapping) else list(schedule)
     if isinstance(entries, Mapping) or (entries and all(_is_event(e) for e in entries)):
-        for _, action, step in reference_events(entries, "random-drop"):
-            counts.setdefault(step, [0, 0])[ACTIONS.index(action)] += 1
-        return sorted((step, d, f) for step, (d, f) in counts.items())
-    for entry in entries:
-        if _is_event(entry) or isinstance(entry, str | bytes) or len(entry) not in (2, 3):
-            raise ValueError(
-                f"random-drop: schedule entries must all be (step, drops[, freezes]) or all "
-                f"events, got {entry!r}"
-            )
-        step, drops, freezes = (*entry, 0) if len(entry) == 2 else entry
-        for what, value in (("step", step), ("drops", drops), ("freezes", freezes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"random-drop: {what} must be an integer >= 0, got {value!r}")
-        if drops + freezes < 1:
-            raise ValueError(f"random-drop: entry {entry!r} changes no unit")
-        total = counts.setdefault(step, [0, 0])
-        total[0] += drops
-        total[1] += freezes
+        triples = [(step, int(action == "drop"), int(action == "freeze"))
+                   for _, action, step in reference_events(entries, "random-drop")]
+    else:
+        triples = [_schedule_entry(entry) for entry in entries]
+    counts: dict[int, tuple[int, int]] = {}
+    for step, drops, freezes in triples:
+        d, f = counts.get(step, (0, 0))
+        counts[step] = (d + drops, f + freezes)
     return sorted((step, d, f) for step, (d, f) in counts.items())
+
+
+def _schedule_entry(entry: object) -> tuple[int, int, int]:
+    """One ``(step, drops[, freezes])`` entry as a checked triple."""
+    if _is_event(entry) or isinstance(entry, str | bytes) or len(entry) not in (2, 3):
+        raise ValueError(
+            f"random-drop: schedule entries must all be (step, drops[, freezes]) or all "
+            f"events, got {entry!r}"
+        )
+    step, drops, freezes = (*entry, 0) if len(entry) == 2 else entry
+    for what, value in (("step", step), ("drops", drops), ("freezes", freezes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"random-drop: {what} must be an integer >= 0, got {value!r}")
+    if drops + freezes < 1:
+        raise ValueError(f"random-drop: entry {entry!r} changes no unit")
+    return step, drops, freezes
 
 
 @register_method("random-drop", options=ReferenceOptions)
@@ -237,16 +242,13 @@ class RandomDrop(Method):
         # The choice is already the same on every process with the same seed; sync_decision
         # makes it rank 0's even when the seeds differ. Drops come first in the draw, so a
         # schedule without freezes drops the units it dropped before freezes were copied.
-        chosen = [u.name for u in self.choose(drops + freezes)]
-        dropped = sorted(chosen[:drops], key=self._index)
-        frozen = sorted(chosen[drops:], key=self._index)
-        names = self.sync_decision(dropped + frozen)
+        chosen = self.choose(drops + freezes)
+        in_order = [*sorted(chosen[:drops], key=lambda u: u.index),
+                    *sorted(chosen[drops:], key=lambda u: u.index)]
+        names = self.sync_decision([u.name for u in in_order])
         by_name = {u.name: u for u in self.units}
         return [self.apply(by_name[name], "drop" if i < drops else "freeze")
                 for i, name in enumerate(names)]
-
-    def _index(self, name: str) -> int:
-        return next(u.index for u in self.units if u.name == name)
 
     def on_step(self) -> list[Event]:
         counts = self._counts.get(self.steps)
