@@ -35,6 +35,8 @@ root::
     python benchmarks/proof.py --seeds 0 --models resnet56        # about 2 h on 2 quiet cores
     python benchmarks/proof.py --seeds 0 --models vgg16_cifar --methods learndrop
                                         # a first look: full and Learn&Drop alone (kept later)
+    python benchmarks/proof.py --seeds 0 --models resnet56 --methods full \
+        --variant cap0.5=learndrop:max_dropped_fraction=0.5     # a tuning run, in the report
     python benchmarks/proof.py --dry-run                          # the plan and an estimate
     python benchmarks/proof.py --profile gpu --device cuda        # about 8 min on one H200
     python benchmarks/proof.py --profile smoke --out /tmp/proof   # seconds, checks the path
@@ -63,6 +65,7 @@ from learndrop.bench import (  # noqa: E402
     machine_info,
     parse_methods,
     parse_seeds,
+    parse_variant,
     run_bench,
     write_report,
 )
@@ -335,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
                         "runs alone (no budget runs, A/A control, learndrop-paper or depth "
                         "check); the whole bench, run later without --methods, keeps them. "
                         "Default: the whole bench")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD[:K=V,...]",
+                   help="also train METHOD under LABEL with options of its own (repeatable), "
+                        "e.g. cap0.5=learndrop:max_dropped_fraction=0.5: a tuning run, reported "
+                        "beside the proof runs of its seed (frontier, full, random-drop); with "
+                        "--methods full it trains alone and the finished runs are kept")
     p.add_argument("--epochs", type=int, default=None,
                    help="override the profile's (fitted) epochs: use a new --out")
     p.add_argument("--dataset", default=None, help="default: the profile's")
@@ -371,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--methods: {outside[0]!r} is not in the proof bench; choose from "
                               f"{','.join(METHODS)}")
         methods = [m for m in METHODS if m in methods]  # the bench's order
+    variants = [parse_variant(text) for text in args.variant]
+    taken = [v.label for v in variants if v.label == PAPER_RULE.label]
+    if taken:
+        raise ConfigError(f"--variant {taken[0]}: the label is the proof bench's own run (the "
+                          "paper rule); choose another")
     epochs, plan = planned_epochs(profile, args, out)
     settings = {
         "profile": args.profile, "epochs": epochs, "epochs_source": plan.get("source"),
@@ -386,10 +399,10 @@ def main(argv: list[str] | None = None) -> int:
               f"epochs, seeds {','.join(map(str, seeds))}", flush=True)
         if methods == METHODS:
             extras = dict(budgets=DEFAULT_BUDGETS, aa_control=True,
-                          shallow=profile.shallow.get(model), variants=[PAPER_RULE])
+                          shallow=profile.shallow.get(model), variants=[PAPER_RULE, *variants])
         else:  # a first look: the chosen runs alone, named and configured as in the whole bench
             # (the copies of Learn&Drop's run are timed against the A/A control beside them)
-            extras = dict(budgets="none", shallow=None, variants=[],
+            extras = dict(budgets="none", shallow=None, variants=variants,
                           aa_control=any(m in NEEDS_REFERENCE for m in methods))
         run_bench(base, methods, seeds, out / model, dry_run=args.dry_run, prune=True,
                   log=lambda s: print(s, flush=True), **extras)
