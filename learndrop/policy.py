@@ -230,5 +230,5 @@ class FreezePolicy(DropPolicy):
         super().__post_init__()
         if self.costly_units != "freeze":
             raise PolicyError(
-                f"costly_units={self.costly_units!r} is an option of --method learndrop; "
+                f"--costly-units {self.costly_units} is an option of --method learndrop; "
                 "--method freeze freezes every unit it acts on: leave --costly-units out")

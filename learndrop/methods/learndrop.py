@@ -20,7 +20,7 @@ from torch import nn
 
 from learndrop.drop_cost import LossFn, drop_costs
 from learndrop.flops import unit_costs
-from learndrop.methods.base import Event, Method, MethodOptionError, RunInfo
+from learndrop.methods.base import Event, Method, RunInfo
 from learndrop.methods.registry import register_method
 from learndrop.policy import DropPolicy, FreezePolicy
 from learndrop.scores import ScoreTracker, UnitScore
@@ -84,10 +84,8 @@ class LearnDrop(Method):
         if mode not in ("drop", "freeze"):
             raise ValueError(f"mode must be 'drop' or 'freeze', got {mode!r}")
         policy = policy or DropPolicy()
-        if mode == "freeze" and policy.costly_units != "freeze":
-            raise MethodOptionError(
-                f"--costly-units {policy.costly_units} is an option of --method learndrop; "
-                "--method freeze freezes every unit it acts on: leave --costly-units out")
+        if mode == "freeze" and not isinstance(policy, FreezePolicy):
+            policy = FreezePolicy(**policy.to_dict())  # refuses costly_units="keep"
         super().__init__(
             model, optimizer, example_input,
             units=units, unit_names=unit_names, steps_per_check=steps_per_check,
