@@ -219,8 +219,9 @@ def fit_epochs(profile: Profile, args: argparse.Namespace, log=print) -> dict:
     from learndrop.data import load_dataset
 
     config = base_config(profile, profile.models[0], 1, args)
-    data = load_dataset(config.dataset, None, config.image_size, config.subset, 0,
-                        config.test_subset)
+    subsets = [profile.subset_of(m) for m in profile.models]
+    data = load_dataset(config.dataset, None, config.image_size,
+                        None if None in subsets else max(subsets), 0, config.test_subset)
     train_images, test_images = len(data.train_y), len(data.test_y)
     shape = (config.batch_size, data.in_channels, data.image_size, data.image_size)
     runs_per_epoch = len(METHODS) + 1 + sum(DEFAULT_BUDGETS)  # + A/A; budgets in epochs
@@ -231,7 +232,8 @@ def fit_epochs(profile: Profile, args: argparse.Namespace, log=print) -> dict:
                 continue
             s = steps.setdefault(m, step_seconds(m, shape, config.device))
             per_image = s / config.batch_size
-            epoch_s += weight * per_image * (train_images + test_images / 3)
+            images = min(profile.subset_of(model) or train_images, train_images)
+            epoch_s += weight * per_image * (images + test_images / 3)
     budget = 0.9 * profile.time_budget_s
     seeds = len(parse_seeds(args.seeds) if args.seeds else profile.seeds)
     lo, hi = profile.epoch_range
@@ -304,7 +306,13 @@ def write_readme(out: Path, profile_name: str, settings: dict) -> Path:
              f"(`--out {settings.get('out', out)}`).", "",
              f"Profile **{profile_name}**: {profile.note}. Epochs: {settings.get('epochs', '?')} "
              f"({settings.get('epochs_source', '?')}).", ""]
-    benches = [d for d in sorted(out.iterdir()) if d.is_dir() and list(d.glob("*/summary.json"))]
+    from learndrop.models import list_models
+
+    # One bench per model directory; archived runs beside them (e.g. ``vgg16_cifar-20k-first-look``)
+    # are records of another experiment: neither listed here nor rewritten.
+    models = set(list_models())
+    benches = [d for d in sorted(out.iterdir())
+               if d.is_dir() and d.name in models and list(d.glob("*/summary.json"))]
     for model_dir in benches:
         report = write_report(model_dir)
         # The bench's own report, its headings one level down.
@@ -341,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD[:K=V,...]",
                    help="also train METHOD under LABEL with options of its own (repeatable), "
                         "e.g. cap0.5=learndrop:max_dropped_fraction=0.5: a tuning run, reported "
-                        "beside the proof runs of its seed (frontier, full, random-drop); with "
+                        "beside the proof runs of its seed (against full and the frontier); with "
                         "--methods full it trains alone and the finished runs are kept")
     p.add_argument("--epochs", type=int, default=None,
                    help="override the profile's (fitted) epochs: use a new --out")
@@ -356,6 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     out = Path(args.out) if args.out else REPO / f"benchmarks/results/proof-{args.profile}"
     if args.report_only:
+        given = [f for f, v in (("--models", args.models), ("--seeds", args.seeds),
+                                ("--methods", args.methods), ("--variant", args.variant),
+                                ("--epochs", args.epochs), ("--dataset", args.dataset),
+                                ("--threads", args.threads), ("--dry-run", args.dry_run),
+                                ("--device", args.device != "auto")) if v]
+        if given:
+            raise ConfigError(f"--report-only rewrites the reports of every finished run: "
+                              f"leave out {given[0]}")
         settings = json.loads((out / PLAN).read_text()).get("settings", {}) if (
             out / PLAN).is_file() else {}
         print(write_readme(out, args.profile, settings).read_text())

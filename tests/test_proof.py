@@ -49,18 +49,24 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
     assert "fitted epochs" not in printed and printed.count("done, kept") == 12
     assert json.loads((out / "proof-plan.json").read_text())["epochs"] == plan["epochs"]
     # A tuning run: a variant trained alone beside the finished bench, in the same report.
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("resnet32/*/summary.json")}
+    rows_before = set(report["rows"])
     capsys.readouterr()
     assert proof.main(["--profile", "smoke", "--out", str(out), "--methods", "full",
                        "--variant", "cap-half=learndrop:max_dropped_fraction=0.5"]) == 0
     printed = capsys.readouterr().out
-    assert "full-s0: done, kept" in printed and "cap-half-s0" in printed
-    assert printed.count("done, kept") == 1  # nothing else of the bench is trained again
+    assert "full-s0: done, kept" in printed
+    assert printed.count(": training (") == 1 and "cap-half-s0: training (" in printed
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # nothing else redone
     tuned = json.loads((out / "resnet32" / "cap-half-s0" / "config.json").read_text())
     assert tuned["method"] == "learndrop"
     assert tuned["method_options"]["max_dropped_fraction"] == 0.5
     report = json.loads((out / "resnet32" / "bench.json").read_text())
-    assert "cap-half" in report["rows"] and "learndrop-paper" in report["rows"]
+    assert set(report["rows"]) == rows_before | {"cap-half"}
     assert report["rows"]["cap-half"]["frontier"]["flops"]["margin"] is not None
-    with pytest.raises(proof.ConfigError, match="learndrop-paper"):
+    with pytest.raises(proof.ConfigError, match="the proof bench's own run"):
         proof.main(["--profile", "smoke", "--out", str(out), "--methods", "full",
                     "--variant", "learndrop-paper=learndrop:patience=2"])
+    with pytest.raises(proof.ConfigError, match="leave out --variant"):
+        proof.main(["--profile", "smoke", "--out", str(out), "--report-only",
+                    "--variant", "x=learndrop"])

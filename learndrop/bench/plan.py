@@ -353,4 +353,5 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
         if old[key] != new[key]:
             raise ConfigError(
                 f"{run} was run with {key}={old[key]!r}, this bench asks for {new[key]!r}; "
-                "choose another --out, or pass --overwrite to redo every run")
+                "choose another --out (or --variant label), delete that run to train it again, "
+                "or pass `learndrop bench` --overwrite to redo every run")

@@ -99,7 +99,8 @@ class ReferenceOptions:
 
     Attributes:
         reference: run directory (or its summary.json) of the finished learndrop run whose
-            drops are copied.
+            drops and freezes are copied (random-drop: how many at which steps;
+            slim-from-scratch: the final structure).
     """
 
     reference: str | None = None
@@ -156,7 +157,8 @@ def schedule_from(
 
 def _schedule_entry(entry: object) -> tuple[int, int, int]:
     """One ``(step, drops[, freezes])`` entry as a checked triple."""
-    if _is_event(entry) or isinstance(entry, str | bytes) or len(entry) not in (2, 3):
+    if (_is_event(entry) or isinstance(entry, str | bytes) or not isinstance(entry, Sequence)
+            or len(entry) not in (2, 3)):
         raise ValueError(
             f"random-drop: schedule entries must all be (step, drops[, freezes]) or all "
             f"events, got {entry!r}"
@@ -262,8 +264,12 @@ class RandomDrop(Method):
         if state.get("seed") != self.seed:
             raise ValueError(f"checkpoint has seed={state.get('seed')!r}, this method {self.seed}")
         # Checkpoints from before freezes were copied hold (step, drops) pairs.
-        if schedule_from([tuple(p) for p in state.get("schedule", [])]) != self.schedule:
-            raise ValueError("checkpoint's random-drop schedule differs from this method's")
+        saved = schedule_from([tuple(p) for p in state.get("schedule", [])])
+        if saved != self.schedule:
+            old = "drops only, from before freezes were copied" if all(
+                f == 0 for _, _, f in saved) and any(f for _, _, f in self.schedule) else "other"
+            raise ValueError(f"the checkpoint's random-drop schedule ({old}: (step, drops, "
+                             f"freezes) {saved}) is not the reference's ({self.schedule})")
         # Step-0 changes were made at construction; the checkpoint's events re-apply them.
         self.events = []
         super().load_state_dict(state)

@@ -237,8 +237,8 @@ class Training:
             try:
                 method.load_state_dict(ckpt["method"])
             except ValueError as err:  # e.g. freezeout's total_steps after --epochs
-                raise ConfigError(f"cannot resume {run.path} with {config.epochs} epochs: "
-                                  f"{err}") from err
+                raise ConfigError(f"cannot resume {run.path}: {err}; resume it with the options "
+                                  "it was started with, or train again with another --out") from err
             parts.model.load_state_dict(ckpt["model"])
             parts.optimizer.load_state_dict(ckpt["optimizer"])  # moves state to the device
             parts.scheduler.load_state_dict(ckpt["scheduler"])
