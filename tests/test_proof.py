@@ -63,7 +63,7 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
     assert tuned["method_options"]["max_dropped_fraction"] == 0.5
     report = json.loads((out / "resnet32" / "bench.json").read_text())
     assert set(report["rows"]) == rows_before | {"cap-half"}
-    assert report["rows"]["cap-half"]["frontier"]["flops"]["margin"] is not None
+    assert report["rows"]["cap-half"]["frontier"]["flops"]["positions"]  # set against it
     with pytest.raises(proof.ConfigError, match="the proof bench's own run"):
         proof.main(["--profile", "smoke", "--out", str(out), "--methods", "full",
                     "--variant", "learndrop-paper=learndrop:patience=2"])
