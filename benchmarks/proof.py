@@ -14,7 +14,7 @@ each in turn).
 Profiles (``--profile``):
 
 - ``cpu``: the regime chosen for 2 CPU cores (docs/bench.md, "The proof regime"): 20,000
-  training images (VGG-16 10,000, so that its full run fits the cost check), 10 epochs, batch
+  training images (VGG-16 10,000: 17 min per full run, near the cost check), 10 epochs, batch
   128, the whole 10,000-image test set, seeds 0, 1, 2;
 - ``gpu``: paper scale on one GPU (all 50,000 training images, ResNet-56 and ResNet-110, one
   seed), bf16 autocast and channels_last (the trainer's CUDA path), batch 512 with the learning
@@ -123,7 +123,7 @@ PROFILES = {
                    models=("resnet56", "vgg16_cifar"), shallow={"resnet56": "resnet20"},
                    seeds=(0, 1, 2), model_subsets={"vgg16_cifar": 10_000},
                    note="2 CPU cores: 20,000 class-balanced training images (VGG-16: 10,000, so "
-                        "that its full run fits about 15 minutes), 10 epochs, the whole test set"),
+                        "that its full run is near 15 minutes), 10 epochs, the whole test set"),
     "gpu": Profile(dataset=None, subset=None, epochs=None, batch_size=512, lr=0.4,
                    models=("resnet56", "resnet110"),
                    shallow={"resnet56": "resnet20", "resnet110": "resnet20"},
