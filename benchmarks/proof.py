@@ -396,10 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                               f"{','.join(METHODS)}")
         methods = [m for m in METHODS if m in methods]  # the bench's order
     variants = [parse_variant(text) for text in args.variant]
-    taken = [v.label for v in variants if v.label == PAPER_RULE.label]
-    if taken:
-        raise ConfigError(f"--variant {taken[0]}: the label is the proof bench's own run (the "
-                          "paper rule); choose another")
+    if any(v.label == PAPER_RULE.label for v in variants):
+        raise ConfigError(f"--variant {PAPER_RULE.label}: the label is the proof bench's own run "
+                          "(the paper rule); choose another")
     epochs, plan = planned_epochs(profile, args, out)
     settings = {
         "profile": args.profile, "epochs": epochs, "epochs_source": plan.get("source"),
