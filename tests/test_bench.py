@@ -1,5 +1,6 @@
 """`learndrop bench` end to end on a tiny Fashion-MNIST bench (one bench, shared by the tests)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -283,3 +284,72 @@ def test_the_bench_library_does_not_import_the_cli():
 
     code = "import sys, learndrop.bench; assert 'learndrop.cli' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_finished_run_made_with_other_defaults_is_not_taken_for_this_benchs(tmp_path):
+    """The bench compares a finished run with the run it would train by the value of every
+    method option, defaults included: a run recorded when a default differed is refused, one
+    that gave today's default explicitly is accepted."""
+    from learndrop.bench.plan import check_same_experiment
+    from learndrop.train.config import RESOLVED_OPTIONS
+
+    config = tiny(method="learndrop", method_options={})
+    run = tmp_path / "learndrop-s0"
+    run.mkdir()
+    record = config.record()
+    today = record[RESOLVED_OPTIONS]["costly_units"]
+    other = {"freeze": "keep", "keep": "freeze"}[today]
+    (run / "config.json").write_text(json.dumps(record))
+    check_same_experiment(config, run)  # the same run
+    (run / "config.json").write_text(json.dumps(
+        {**record, "method_options": {"costly_units": today}}))
+    check_same_experiment(config, run)  # today's default, given explicitly
+    record[RESOLVED_OPTIONS]["costly_units"] = other  # the default of another version
+    (run / "config.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=f"costly_units='{other}', this bench asks for "
+                                          f"'{today}' \\(today's default\\)"):
+        check_same_experiment(config, run)
+    # An option missing from the record (added since) is read at today's default.
+    del record[RESOLVED_OPTIONS]["costly_units"]
+    (run / "config.json").write_text(json.dumps(record))
+    check_same_experiment(config, run)
+    # A run recorded before the record existed is read with today's defaults.
+    del record[RESOLVED_OPTIONS]
+    (run / "config.json").write_text(json.dumps(
+        {**record, "method_options": {"costly_units": today}}))
+    check_same_experiment(config, run)
+    (run / "config.json").write_text(json.dumps({**record, "method_options": {"patience": 2}}))
+    with pytest.raises(ConfigError, match="patience=2, this bench asks for 1"):
+        check_same_experiment(config, run)
+
+
+def test_copies_of_a_run_that_decided_nothing_are_not_trained(tmp_path, one_thread):
+    """Where Learn&Drop made no decision, random-drop and slim-from-scratch would be full
+    training step for step (checked here by training them): the bench does not train them and
+    the report says so."""
+    from learndrop.bench.plan import RunSpec
+    from learndrop.train import train
+
+    never = tiny(method_options={**tiny().method_options, "change_threshold": 1e-9})
+    out, logs = tmp_path / "b", []
+    report = run_bench(never, ["full", "learndrop", "random-drop", "slim-from-scratch"], 1, out,
+                       budgets="none", aa_control=False, log=logs.append)
+    assert json.loads((out / "learndrop-s0" / "summary.json").read_text())["drops"] == []
+    for copy in ("random-drop", "slim-from-scratch"):
+        assert any(f"{copy}-s0: not trained" in line for line in logs), logs
+        assert not (out / f"{copy}-s0").exists() and copy not in report["rows"]
+    assert report["not_trained"] == {"random-drop": [0], "slim-from-scratch": [0]}
+    assert "random-drop: not trained for seed(s) 0" in (out / "bench.md").read_text()
+    # --overwrite redoes every run: an old copy's results do not stay as this bench's.
+    old = out / "random-drop-s0"
+    old.mkdir()
+    (old / "summary.json").write_text((out / "full-s0" / "summary.json").read_text())
+    again = run_bench(dataclasses.replace(never, overwrite=True), ["full", "learndrop",
+                      "random-drop"], 1, out, budgets="none", aa_control=False, log=logs.append)
+    assert not (old / "summary.json").exists() and "random-drop" not in again["rows"]
+    full = json.loads((out / "full-s0" / "summary.json").read_text())
+    for copy in ("random-drop", "slim-from-scratch"):
+        config = run_config(never, RunSpec(copy, 0, copy, "method"), out)
+        trained = train(dataclasses.replace(config, out=str(tmp_path / copy)), log=lambda s: None)
+        for key in ("final_test_acc", "fwd_flops", "bwd_flops", "samples_seen"):
+            assert trained[key] == full[key], (copy, key)

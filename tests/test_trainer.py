@@ -227,6 +227,47 @@ def test_resume_refuses_what_would_change_the_experiment_and_extends_epochs(tmp_
     assert code != 0 and "decayed to zero" in err and len(err.splitlines()) == 1
 
 
+def test_a_resumed_run_keeps_the_options_it_started_with_after_a_default_changed(
+        tmp_path, capsys):
+    """A run records every method option with its value, defaults included; resumed by a
+    version whose default differs, it goes on with the value it started with, and refuses the
+    new one if given."""
+    from learndrop.train.config import RESOLVED_OPTIONS
+
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch 1/2:"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    config = small(tmp_path, "cut", epochs=2, subset=128, test_subset=100, method_options={})
+    with pytest.raises(TrainingInterrupted):
+        train(config, log=stop_after_epoch_1)
+    run = tmp_path / "cut"
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["method_options"] == {}
+    assert recorded[RESOLVED_OPTIONS] == config.resolved_method_options()
+    assert recorded[RESOLVED_OPTIONS]["patience"] == 1  # today's default, written down
+    # As if started by a version whose default patience was 3:
+    ckpt = torch.load(run / "last.ckpt", weights_only=True)
+    ckpt["config"][RESOLVED_OPTIONS]["patience"] = 3
+    torch.save(ckpt, run / "last.ckpt")
+    code, err = run_cli("train", "--resume", str(run), "--patience", "1", capsys=capsys)
+    assert code != 0 and "--patience 1 (the run has 3)" in err and len(err.splitlines()) == 1
+    assert main(["train", "--resume", str(run), "--quiet", "--no-plots"]) == 0
+    resumed = json.loads((run / "config.json").read_text())
+    assert resumed["method_options"] == {"patience": 3}
+    assert resumed[RESOLVED_OPTIONS] == {**recorded[RESOLVED_OPTIONS], "patience": 3}
+    assert torch.load(run / "last.ckpt", weights_only=True)["method"]["policy"]["patience"] == 3
+    # Giving the value the run used is no change, whether it was given or a default then.
+    from learndrop.train.trainer import resume_config
+
+    for value in (1, 3):
+        saved = {**ckpt["config"], RESOLVED_OPTIONS: {**ckpt["config"][RESOLVED_OPTIONS],
+                                                      "patience": value}}
+        asked = TrainConfig(resume=str(run), method_options={"patience": value})
+        resumed = resume_config(asked, saved, {"method_options", "resume"}, run / "last.ckpt")
+        assert resumed.resolved_method_options()["patience"] == value
+
+
 def test_trainings_in_lockstep_match_separate_runs(tmp_path):
     """Training(config).epochs() lets another loop run several trainings one epoch at a time in
     one process (as the bench's lockstep runs do): each ends as it would alone."""

@@ -30,12 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learndrop.methods import METHODS
-from learndrop.train.config import ConfigError, TrainConfig
+from learndrop.train.config import (
+    RESOLVED_OPTIONS,
+    ConfigError,
+    TrainConfig,
+    default_method_options,
+    same_value,
+)
 
 __all__ = ["NEEDS_REFERENCE", "REFERENCE_METHOD", "RunSpec", "Variant", "budget_epochs",
-           "check_same_experiment", "default_budgets", "parse_budgets", "parse_label",
-           "parse_methods", "parse_seeds", "parse_variant", "plan_bench", "run_config",
-           "run_state"]
+           "check_same_experiment", "copy_is_full_training", "default_budgets", "parse_budgets",
+           "parse_label", "parse_methods", "parse_seeds", "parse_variant", "plan_bench",
+           "run_config", "run_state"]
 
 REFERENCE_METHOD = "learndrop"
 # Methods that copy the drops of the Learn&Drop run of the same seed (their ``reference``).
@@ -311,6 +317,20 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
     return groups
 
 
+def copy_is_full_training(out: Path, seed: int) -> bool:
+    """Whether the runs that copy Learn&Drop's run of ``seed`` (random-drop, slim-from-scratch)
+    would be full training of that seed, step for step: the Learn&Drop run under ``out``
+    finished without dropping or freezing any unit, so there is nothing to copy (same model,
+    same seed, same steps; training is deterministic on the CPU). The bench then does not train
+    them and the report says so (on VGG each would cost a full run to repeat full training's
+    numbers)."""
+    path = Path(out) / f"{REFERENCE_METHOD}-s{seed}" / "summary.json"
+    try:
+        return json.loads(path.read_text()).get("drops") == []
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def run_config(base: TrainConfig, spec: RunSpec, out: Path) -> TrainConfig:
     """The training configuration of one run of the bench: the base's options that belong to
     the run's method (each method owns its options), and the reference for those that copy
@@ -349,9 +369,29 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
         return
     old = json.loads(path.read_text())
     new = config.to_dict()
-    for key in sorted(set(old) & set(new) - _IGNORED_FIELDS):
-        if old[key] != new[key]:
-            raise ConfigError(
-                f"{run} was run with {key}={old[key]!r}, this bench asks for {new[key]!r}; "
-                "choose another --out (or --variant label), delete that run to train it again, "
-                "or pass `learndrop bench` --overwrite to redo every run")
+    clashes = [(key, old[key], new[key]) for key in sorted(
+        set(old) & set(new) - _IGNORED_FIELDS - {"method_options"}) if old[key] != new[key]]
+    if not clashes and old.get("method") == config.method:
+        # by the values the options had, defaults included; an option missing from the record
+        # (added since) and a run recorded before the record existed are read with today's
+        # defaults
+        try:
+            was = old.get(RESOLVED_OPTIONS)
+            if was is None:
+                was = TrainConfig.from_dict(old).resolved_method_options()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{run}: this version cannot read the run's method options "
+                              f"({err}); delete that run to train it again, or choose another "
+                              "--out") from err
+        now = config.resolved_method_options()
+        was = {**default_method_options(config.method), **was}
+        clashes = [(key, was.get(key), now[key]) for key in sorted(now)
+                   if not same_value(was.get(key), now[key])]
+    if clashes:
+        key, was, now = clashes[0]
+        default = (" (today's default)" if key not in config.method_options
+                   and key not in new and key in default_method_options(config.method) else "")
+        raise ConfigError(
+            f"{run} was run with {key}={was!r}, this bench asks for {now!r}{default}; "
+            "choose another --out (or --variant label), delete that run to train it again, "
+            "or pass `learndrop bench` --overwrite to redo every run")

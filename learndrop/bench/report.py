@@ -32,7 +32,14 @@ import torch
 
 from learndrop.atomic import atomic_write
 from learndrop.bench.frontier import build_frontier, compare, mean_std, verdict
-from learndrop.bench.plan import AA_LABEL, NEEDS_REFERENCE, RUN_DIR, parse_label
+from learndrop.bench.plan import (
+    AA_LABEL,
+    NEEDS_REFERENCE,
+    REFERENCE_METHOD,
+    RUN_DIR,
+    copy_is_full_training,
+    parse_label,
+)
 from learndrop.train.config import TrainConfig
 
 __all__ = ["AXES", "BENCH_JSON", "BENCH_MD", "TARGET_GAP", "aggregate", "bench_markdown",
@@ -390,12 +397,26 @@ def write_report(out: Path, base: TrainConfig | None = None, plan: dict | None =
         "finished": len(runs),
         "machine": machine_info(", ".join(devices) or None),
         **aggregate(runs),
+        "not_trained": _copies_not_trained(out, runs, plan or {}),
     }
     data = json.dumps(report, indent=2).encode()
     atomic_write(out / BENCH_JSON, lambda f: f.write(data))
     markdown = bench_markdown(report).encode()
     atomic_write(out / BENCH_MD, lambda f: f.write(markdown))
     return report
+
+
+def _copies_not_trained(out: Path, runs: dict, plan: dict) -> dict[str, list[int]]:
+    """``{label: [seed, ...]}``: the copies of Learn&Drop's run that were asked for and not
+    trained, because that run made no decision (see ``copy_is_full_training``)."""
+    asked = set(plan.get("seeds", []))
+    seeds = sorted({s for label, s in runs if label == REFERENCE_METHOD and s in asked})
+    found = {}
+    for label in (m for m in plan.get("methods", []) if m in NEEDS_REFERENCE):
+        missing = [s for s in seeds if (label, s) not in runs and copy_is_full_training(out, s)]
+        if missing:
+            found[label] = missing
+    return found
 
 
 def merge_plans(recorded: dict | None, new: dict) -> dict:
@@ -490,6 +511,11 @@ def bench_markdown(report: dict) -> str:
             f"| {_f(r['cpu_ratio'], '.3f')} "
             f"| {_f(t2t['time_s'], '.1f')} ({t2t['reached']}/{t2t['of']}) "
             f"| {_f(r['units_dropped'], 'g')}/{r['units_total']} |")
+
+    for label, seeds in report.get("not_trained", {}).items():
+        lines += ["", f"{label}: not trained for seed(s) {', '.join(map(str, seeds))}: "
+                  "learndrop dropped and froze nothing there, so it would have been full "
+                  "training of the same seed, step for step; read full's row."]
 
     lines += ["", "## Against the budget frontier", ""]
     points = report["frontier"]["flops"]

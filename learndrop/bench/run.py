@@ -17,9 +17,12 @@ import torch
 
 from learndrop.bench.lockstep import run_lockstep
 from learndrop.bench.plan import (
+    NEEDS_REFERENCE,
+    REFERENCE_METHOD,
     RunSpec,
     Variant,
     check_same_experiment,
+    copy_is_full_training,
     default_budgets,
     parse_budgets,
     parse_methods,
@@ -32,6 +35,7 @@ from learndrop.bench.plots import plot_bench
 from learndrop.bench.report import BENCH_JSON, BENCH_MD, write_report
 from learndrop.bench.trainer_run import TrainerRun
 from learndrop.train.config import ConfigError, TrainConfig
+from learndrop.train.rundir import RunDir
 
 __all__ = ["DEFAULT_BUDGETS", "prune_checkpoints", "run_bench"]
 
@@ -122,7 +126,7 @@ def run_bench(
         return result
 
     total = sum(len(g) for g in groups)
-    done, result = 0, None
+    done, result, cleared = 0, None, []
     # One Ctrl-C handler for the whole bench: the first Ctrl-C stops the run training at that
     # moment after its step (each suspended training would otherwise keep its own handler).
     stop = StopFlag()
@@ -137,6 +141,15 @@ def run_bench(
             if state == "done":
                 done += 1
                 log(f"[{done}/{total}] {spec.name}: done, kept")
+                continue
+            if spec.method in NEEDS_REFERENCE and copy_is_full_training(out, spec.seed):
+                if base.overwrite and run_state(out / spec.name) != "new":
+                    RunDir(out / spec.name).clear()  # a copy of the run --overwrite replaced
+                    cleared.append(spec.name)
+                done += 1
+                log(f"[{done}/{total}] {spec.name}: not trained: {REFERENCE_METHOD}-s{spec.seed} "
+                    "dropped and froze nothing, so this run would be full training of the same "
+                    "seed, step for step (the report says so)")
                 continue
             if state == "resume":
                 config = dataclasses.replace(config, resume=str(out / spec.name))
@@ -175,7 +188,7 @@ def run_bench(
         raise TrainingInterrupted(
             "bench interrupted; every run is checkpointed where it stopped: run the same "
             "command again to continue") from err
-    if result is None:  # nothing left to train: the report of what is there
+    if result is None or cleared:  # nothing left to train, or a run's files gone since
         result = report()
     log(f"wrote {out / BENCH_JSON}, {out / BENCH_MD}, {out / 'accuracy_vs_flops.png'}, "
         f"{out / 'accuracy_vs_time.png'}")
@@ -260,19 +273,23 @@ def dry_run_check(base: TrainConfig, groups: list[list[RunSpec]],
         "(rough: dropping methods take less; a busy machine takes more)")
     rows, todo_s = [], 0.0
     actions = {"done": "kept (summary.json exists)", "resume": "resume from last.ckpt",
-               "restart": "restart (no checkpoint yet)", "new": "train"}
+               "restart": "restart (no checkpoint yet)", "new": "train",
+               "copy": "not trained (learndrop made no decision)"}
     for g, group in enumerate(groups):
         log(f"  lockstep group {g + 1}/{len(groups)} (seed {group[0].seed}):")
         for spec in group:
             config = configs[spec.name]
             state = "new" if base.overwrite else run_state(out / spec.name)
+            if (state != "done" and not base.overwrite and spec.method in NEEDS_REFERENCE
+                    and copy_is_full_training(out, spec.seed)):
+                state = "copy"
             rows.append({"run": spec.name, "method": spec.method, "seed": spec.seed,
                          "epochs": config.epochs, "group": g + 1, "action": actions[state]})
-            if state != "done":
+            if state not in ("done", "copy"):
                 todo_s += (step_s * steps_per_epoch * config.epochs
                            * flops[config.model] / flops[base.model])
             log(f"    {spec.name:<28} {config.epochs:>4} epochs  {actions[state]}")
-    todo = sum(r["action"] != actions["done"] for r in rows)
+    todo = sum(r["action"] not in (actions["done"], actions["copy"]) for r in rows)
     log(f"dry run OK in {time.perf_counter() - started:.1f}s: {todo} of {len(rows)} runs to do, "
         f"at most about {todo_s / 60:.0f} min of training steps; nothing written")
     return {"dry_run": True, "runs": rows, "step_s": step_s, "steps_per_epoch": steps_per_epoch,

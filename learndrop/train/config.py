@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
 from learndrop.methods import parse_options
 from learndrop.precision import PRECISIONS
 
-__all__ = ["TrainConfig", "ConfigError"]
+__all__ = ["RESOLVED_OPTIONS", "ConfigError", "TrainConfig", "default_method_options",
+           "same_value"]
+
+#: The key of ``config.json`` (and of a checkpoint's config) that records every option of the
+#: method with the value the run used, defaults included (:meth:`TrainConfig.record`).
+RESOLVED_OPTIONS = "method_options_resolved"
 
 
 class ConfigError(ValueError):
@@ -126,12 +132,36 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def resolved_method_options(self) -> dict:
+        """Every option of ``--method`` with the value this run uses: those in
+        ``method_options``, the others at their defaults (``{}`` for a method without options).
+
+        Raises:
+            ValueError: an unknown method or option, or an impossible value.
+        """
+        return _plain(parse_options(self.method, self.method_options))
+
+    def record(self) -> dict:
+        """What a run directory's ``config.json`` and checkpoint hold: :meth:`to_dict` and,
+        under :data:`RESOLVED_OPTIONS`, :meth:`resolved_method_options`. The defaults are
+        recorded because they change between versions: a resumed run goes on with the options
+        it started with, and a bench does not take a finished run made with other defaults for
+        one of its own."""
+        return {**self.to_dict(), RESOLVED_OPTIONS: self.resolved_method_options()}
+
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """A config from ``config.json`` (or a checkpoint's), also of runs made before methods
+        """A config from ``config.json`` (or a checkpoint's): with a record of the resolved
+        options (:meth:`record`), ``method_options`` holds those given and every other whose
+        recorded value is not today's default, so the config means what the run did. Also of
+        runs made before methods
         owned their options (``policy``, ``reference``, ``freezeout_t0``, ``drop_rate``) or the
         stream's ``check_every`` became ``steps_per_check``."""
         values = dict(values)
+        resolved = values.pop(RESOLVED_OPTIONS, None)
+        if resolved is not None:
+            values["method_options"] = _as_given(values.get("method", cls.method), resolved,
+                                                 values.get("method_options") or {})
         if "check_every" in values:  # renamed: one name (Method's) for one idea
             values["steps_per_check"] = values.pop("check_every")
         legacy = dict(values.pop("policy", None) or {})
@@ -148,6 +178,36 @@ class TrainConfig:
                                         if k in names and v is not None}
         known_fields = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known_fields})
+
+
+def same_value(a: object, b: object) -> bool:
+    """Equal and of the same type: an option's ``1`` (one unit) is not its ``1.0`` (all of
+    them), nor ``True`` a ``1``."""
+    return type(a) is type(b) and a == b
+
+
+def default_method_options(method: str) -> dict:
+    """Every option of ``method`` at today's default (``{}``: no options, or unknown)."""
+    from learndrop.methods import METHODS
+
+    known = METHODS.get(method)
+    return _plain(known.options_type()) if known is not None and known.options_type else {}
+
+
+def _plain(options: object | None) -> dict:
+    # As JSON holds them (a tuple reads back as a list), so that a record compares with what
+    # it reads back as; an option's value must be a JSON value.
+    return json.loads(json.dumps(asdict(options))) if options is not None else {}
+
+
+def _as_given(method: str, resolved: dict, given: dict) -> dict:
+    """A recorded run's ``method_options``: those it was given, and every other option whose
+    recorded value is not today's default (a default changed since the run must not change
+    what the run means). An option the run did not give and this version no longer has is
+    left out, as config fields are; one it gave stays (and is refused by the validation)."""
+    defaults = default_method_options(method)
+    return {**{k: v for k, v in resolved.items()
+               if k in defaults and not same_value(v, defaults[k])}, **given}
 
 
 # Config fields of earlier versions -> the option (of the method's dataclass) they became.

@@ -41,11 +41,15 @@ class RunDir:
         """Once the run is built and about to write: remove the files of the run it replaces
         (``overwrite``) and create the directory."""
         if overwrite and not resume:
-            for name in (*self.MARKERS, "model.pt"):
-                (self.path / name).unlink(missing_ok=True)
-            for png in self.path.glob("*.png"):
-                png.unlink()
+            self.clear()
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def clear(self) -> None:
+        """Remove the files a run writes (the directory and anything else in it stay)."""
+        for name in (*self.MARKERS, "model.pt"):
+            (self.path / name).unlink(missing_ok=True)
+        for png in self.path.glob("*.png"):
+            png.unlink()
 
     def file(self, name: str) -> Path:
         return self.path / name

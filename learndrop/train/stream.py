@@ -204,7 +204,7 @@ def train_stream(
     parts.use_memory_format(test_batches, getattr(batches, "loader", None))
 
     run.begin(resume=False, overwrite=config.overwrite)
-    run.write_json("config.json", config.to_dict())
+    run.write_json("config.json", config.record())
     metrics = MetricsLog(run, tensorboard=config.tensorboard)
     source = "user iterator" if user_stream else f"{config.stream_order} order of {data.name}"
     log(f"{config.method} stream: {config.model}, {source}, "

@@ -31,7 +31,7 @@ from learndrop.data import load_dataset, make_loaders
 from learndrop.distributed import DistContext
 from learndrop.train import report
 from learndrop.train.builder import build_parts, default_out, pick_device, warmup_cosine
-from learndrop.train.config import ConfigError, TrainConfig
+from learndrop.train.config import RESOLVED_OPTIONS, ConfigError, TrainConfig, same_value
 from learndrop.train.report import Log, MetricsLog, RunningStats
 from learndrop.train.rundir import RunDir
 from learndrop.train.steps import StopFlag, evaluate, train_step
@@ -110,10 +110,15 @@ def resume_config(asked: TrainConfig, saved: dict, given: Collection[str] | None
                           "the run, --overwrite replaces it; pass one")
     for name in sorted(set(given) - REPORTING_FIELDS - {"epochs", "overwrite"}):
         new, was = getattr(asked, name), getattr(old, name)
-        if name == "method_options":  # only the options given count
-            keys = sorted(k for k in new if new[k] != was.get(k))
-            what = ", ".join(f"{_flag(k)} {new[k]!r} (the run has "
-                             f"{was.get(k, 'the default')!r})" for k in keys)
+        if name == "method_options":  # the options given, against the values the run used
+            try:
+                was = old.resolved_method_options()
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"--resume {resume_from.parent}: this version cannot read "
+                                  f"the run's method options ({err}); start a new run") from err
+            keys = sorted(k for k in new if not same_value(new[k], was.get(k)))
+            what = ", ".join(f"{_flag(k)} {new[k]!r} (the run has {was.get(k)!r})"
+                             for k in keys)
         else:
             what = f"{_flag(name)} {new!r} (the run has {was!r})" if new != was else ""
         if what:
@@ -176,7 +181,12 @@ class Training:
                 raise ConfigError(
                     f"--resume {config.resume}: {resume_from} is not a learndrop checkpoint "
                     "(last.ckpt); to start a new run from weights, pass them with --weights")
-            config = resume_config(config, ckpt["config"], given, resume_from)
+            saved = ckpt["config"]
+            policy = ckpt["method"].get("policy") if isinstance(ckpt["method"], dict) else None
+            if RESOLVED_OPTIONS not in saved and isinstance(policy, dict):
+                # a checkpoint from before the record: Learn&Drop's state holds its options
+                saved = {**saved, RESOLVED_OPTIONS: policy}
+            config = resume_config(config, saved, given, resume_from)
         config.validate()
         if config.out is None:
             config.out = default_out(config)
@@ -251,7 +261,7 @@ class Training:
         self.metrics = None
         if ctx.is_main:
             run.begin(resume=ckpt is not None, overwrite=config.overwrite)
-            run.write_json("config.json", config.to_dict())
+            run.write_json("config.json", config.record())
             self.metrics = MetricsLog(run, rows=self.rows, tensorboard=config.tensorboard,
                                       resume_step=method.steps if ckpt is not None else None)
         self.log(f"{config.method}: {config.model} on {data.name} ({len(data.train_y)} train / "
@@ -383,7 +393,7 @@ class Training:
             "metrics": self.rows, "epoch": self.epoch, "batch": self.batch,
             "train_time": self.train_time, "train_cpu": self.train_cpu,
             "epoch_stats": self.epoch_stats,
-            "config": self.config.to_dict(),
+            "config": self.config.record(),
             "lr_extensions": [list(e) for e in self.lr_extensions],
         })
 
