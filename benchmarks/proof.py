@@ -4,12 +4,13 @@ Per model (CIFAR ResNet-56 and the CIFAR-size VGG-16) one ``learndrop bench``
 (:func:`learndrop.bench.run_bench`) on CIFAR-10: full training; full training at 0.25, 0.5 and
 0.75 of the epochs with the schedule compressed (the budget frontier); Learn&Drop with its
 current defaults; Learn&Drop with the paper's rule as it stood before issue 15
-(``learndrop-paper``: the "before" picture); random-drop (Learn&Drop's schedule of drops and
-freezes, units drawn at random); slim-from-scratch (Learn&Drop's final structure trained from the
-first step: the oracle where a smaller network is as good); FreezeOut; stochastic depth; the A/A
-control (full training timed a second time: the noise floor); and, for ResNet-56, full training
-of ResNet-20 (the check that depth matters). Each seed's runs train in lockstep (one epoch of
-each in turn).
+(``learndrop-paper``) and with the defaults until session 16, which froze the units too costly
+to drop (``costly-freeze``: issue 13's "before" picture); random-drop (Learn&Drop's schedule
+of drops and freezes, units drawn at random); slim-from-scratch (Learn&Drop's final structure
+trained from the first step: the oracle where a smaller network is as good); FreezeOut;
+stochastic depth; the A/A control (full training timed a second time: the noise floor); and, for
+ResNet-56, full training of ResNet-20 (the check that depth matters). Each seed's runs train in
+lockstep (one epoch of each in turn).
 
 Profiles (``--profile``):
 
@@ -77,9 +78,16 @@ METHODS = ["full", "learndrop", "random-drop", "slim-from-scratch", "freezeout",
 # The "before" picture (issue 13): Learn&Drop as it stood before the decisions issue (15), the
 # paper reading: each unit's own learning-rate normalised change, candidate at half of its own
 # peak, no drop cost measured, no stability guard, no BatchNorm recalibration.
+# (costly_units has no effect without cost measurement; it is pinned at the value its runs
+# recorded, so that a later default does not make them another experiment)
 PAPER_RULE = Variant("learndrop-paper", "learndrop", {
     "normalization": "per-unit", "change_threshold": 0.5, "cost_batches": 0,
-    "max_drop_cost": math.inf, "max_loss_rise": math.inf, "recalibration_batches": 0})
+    "max_drop_cost": math.inf, "max_loss_rise": math.inf, "recalibration_batches": 0,
+    "costly_units": "freeze"})
+# Learn&Drop as its defaults stood until session 16 (issue 13's "before" picture): the units too
+# costly to drop were frozen. Kept in the bench so that every seed measures the change.
+FREEZE_RULE = Variant("costly-freeze", "learndrop", {"costly_units": "freeze"})
+RESERVED = (PAPER_RULE, FREEZE_RULE)
 CIFAR10 = ("../shared/data/cifar10-jpg.tar.gz", "shared/data/cifar10-jpg.tar.gz")
 PLAN = "proof-plan.json"
 # The regime's checks (issue 13): a full run within about 15 minutes on 2 cores, converged (the
@@ -343,9 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the profile's")
     p.add_argument("--methods", default=None,
                    help="comma-separated, from " + ",".join(METHODS) + ": a first look at those "
-                        "runs alone (no budget runs, A/A control, learndrop-paper or depth "
-                        "check); the whole bench, run later without --methods, keeps them. "
-                        "Default: the whole bench")
+                        "runs alone (no budget runs, A/A control, learndrop-paper, "
+                        "costly-freeze or depth check); the whole bench, run later without "
+                        "--methods, keeps them. Default: the whole bench")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD[:K=V,...]",
                    help="also train METHOD under LABEL with options of its own (repeatable), "
                         "e.g. cap0.5=learndrop:max_dropped_fraction=0.5: a tuning run, reported "
@@ -396,9 +404,10 @@ def main(argv: list[str] | None = None) -> int:
                               f"{','.join(METHODS)}")
         methods = [m for m in METHODS if m in methods]  # the bench's order
     variants = [parse_variant(text) for text in args.variant]
-    if any(v.label == PAPER_RULE.label for v in variants):
-        raise ConfigError(f"--variant {PAPER_RULE.label}: the label is the proof bench's own run "
-                          "(the paper rule); choose another")
+    taken = next((v.label for v in variants if v.label in {r.label for r in RESERVED}), None)
+    if taken:
+        raise ConfigError(f"--variant {taken}: the label is one of the proof bench's own runs "
+                          f"({', '.join(r.label for r in RESERVED)}); choose another")
     epochs, plan = planned_epochs(profile, args, out)
     settings = {
         "profile": args.profile, "epochs": epochs, "epochs_source": plan.get("source"),
@@ -414,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
               f"epochs, seeds {','.join(map(str, seeds))}", flush=True)
         if methods == METHODS:
             extras = dict(budgets=DEFAULT_BUDGETS, aa_control=True,
-                          shallow=profile.shallow.get(model), variants=[PAPER_RULE, *variants])
+                          shallow=profile.shallow.get(model), variants=[*RESERVED, *variants])
         else:  # a first look: the chosen runs alone, named and configured as in the whole bench
             # (the copies of Learn&Drop's run are timed against the A/A control beside them)
             extras = dict(budgets="none", shallow=None, variants=variants,

@@ -11,10 +11,11 @@ unstable (below), at most ``max_drops_per_check`` per check, and never more than
 
 The action (:meth:`DropPolicy.action`): a ready unit whose measured drop cost (the training-loss
 increase with it bypassed, :mod:`learndrop.drop_cost`) is at most ``max_drop_cost`` nats is
-dropped; one that has stopped learning but still matters is frozen (it keeps running forward and
-saves its backward pass), or, with ``costly_units="keep"``, left to train (measured again at the
-next check). ``max_drop_cost`` is also the budget of one check: the units dropped at
-a check cost at most that much together (each unit's cost was measured with the others in place,
+dropped; one that has stopped learning but still matters is left to train (measured again at
+the next check), or, with ``costly_units="freeze"``, frozen (it keeps running forward and saves
+its backward pass: on a plain network that cost more than it saved, see ``costly_units``).
+``max_drop_cost`` is also the budget of one check: the units dropped at a check cost at most
+that much together (each unit's cost was measured with the others in place,
 so the sum is what the check's drops are expected to cost), and a cheap unit that no longer fits
 waits for the next check, measured again there.
 
@@ -71,15 +72,16 @@ class DropPolicy:
             measured (>= 0; 0 turns cost measurement, freezing fallback and the stability
             guard off: ready units are then dropped, lowest continuation first).
         max_drop_cost: a ready unit whose drop cost is at most this (nats per sample) is
-            dropped, a costlier one frozen (or left to train: ``costly_units``); the drops of
+            dropped, a costlier one left to train (or frozen: ``costly_units``); the drops of
             one check cost at most this in sum (>= 0; ``inf`` drops every ready unit).
         max_loss_rise: no decision while the check loss exceeds the lowest of the previous
             ``trend_window`` ones by more than this fraction (>= 0; ``inf`` turns it off).
         costly_units: what becomes of a ready unit whose drop cost is above ``max_drop_cost``:
-            ``"freeze"`` (it keeps running forward, saves its backward pass) or ``"keep"`` (it
-            stays live and trained, and is measured again at the next check; a frozen unit
-            can no longer adapt to the drops around it). ``--method freeze`` freezes every
-            unit it acts on: ``"freeze"`` only.
+            ``"keep"`` (the default: it stays live and trained, and is measured again at the
+            next check) or ``"freeze"`` (it keeps running forward, saves its backward pass, and
+            can no longer adapt to the drops around it). Freezing was the default until the
+            proof regime showed it costly (``docs/method-card.md``, "Costly units are left to
+            train"). ``--method freeze`` freezes every unit it acts on: ``"freeze"`` only.
         recalibration_batches: recent training batches from which the BatchNorm statistics
             are recomputed after a drop (>= 0; 0 = no recalibration).
     """
@@ -96,7 +98,7 @@ class DropPolicy:
     max_drop_cost: float = 0.1
     max_loss_rise: float = 0.1
     recalibration_batches: int = 4
-    costly_units: str = "freeze"
+    costly_units: str = "keep"
 
     def __post_init__(self) -> None:
         def fail(name: str, rule: str) -> None:
@@ -226,9 +228,12 @@ class FreezePolicy(DropPolicy):
     at ``"freeze"`` (the method freezes every unit it acts on, so "keep" would change which
     units it freezes; refused when the options are read, before anything runs)."""
 
+    costly_units: str = "freeze"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.costly_units != "freeze":
             raise PolicyError(
                 f"--costly-units {self.costly_units} is an option of --method learndrop; "
-                "--method freeze freezes every unit it acts on: leave --costly-units out")
+                "--method freeze freezes every unit it acts on: leave --costly-units out (in "
+                "Python, pass a FreezePolicy)")

@@ -13,6 +13,7 @@ from learndrop import DropPolicy, LearnDrop, PolicyError
 from learndrop.drop_cost import drop_costs
 from learndrop.methods import MissingBatchesError, create_method, parse_options
 from learndrop.models import create_model
+from learndrop.policy import FreezePolicy
 from learndrop.recalibrate import batchnorms_after
 from learndrop.scores import UnitScore, log_slope
 
@@ -295,7 +296,9 @@ def test_the_last_trainable_unit_is_never_removed(one_thread):
         torch.manual_seed(0)
         model = AllInUnits()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        ld = LearnDrop(model, optimizer, X, steps_per_check=2, policy=EAGER, mode=mode)
+        policy = EAGER if mode == "drop" else FreezePolicy(**{**EAGER.to_dict(),
+                                                              "costly_units": "freeze"})
+        ld = LearnDrop(model, optimizer, X, steps_per_check=2, policy=policy, mode=mode)
         classification_steps(model, optimizer, ld, 10, classes=3)  # backward() never fails
         assert len(ld.removed) == 2 and len(ld.live_units) == 1
         assert any(p.requires_grad for p in model.parameters())
@@ -339,7 +342,8 @@ def test_a_unit_that_still_matters_is_frozen_not_dropped(trained_resnet20, one_t
     trained, batches, test_loader = trained_resnet20
     model = copy.deepcopy(trained)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    ld = LearnDrop(model, optimizer, F16, policy=DropPolicy(**EAGER_FIELDS, max_loss_rise=math.inf))
+    ld = LearnDrop(model, optimizer, F16, policy=DropPolicy(
+        **EAGER_FIELDS, max_loss_rise=math.inf, costly_units="freeze"))
     sgd_steps(model, optimizer, ld, batches)
     # The costs the check will measure (same network, same batches; nothing is changed).
     _, costs = drop_costs(model, ld.units, list(ld.recent_batches)[-ld.policy.cost_batches:])
@@ -376,8 +380,8 @@ def test_a_unit_that_still_matters_is_frozen_not_dropped(trained_resnet20, one_t
 
 
 def test_costly_units_keep_leaves_them_training(trained_resnet20, one_thread):
-    """``costly_units="keep"``: the same drops as with freezing, and the units too costly to
-    drop stay live and trained instead of frozen."""
+    """``costly_units="keep"`` (the default): the same drops as with freezing, and the units too
+    costly to drop stay live and trained instead of frozen."""
     trained, batches, _ = trained_resnet20
     model = copy.deepcopy(trained)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

@@ -29,12 +29,15 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
     assert set(plan["step_s"]) == {"resnet32", "resnet20"}
     report = json.loads((out / "resnet32" / "bench.json").read_text())
     assert set(report["rows"]) == {*proof.METHODS, "full-b0.25", "full-b0.5", "full-b0.75",
-                                   "full-aa", "full-resnet20", "learndrop-paper"}
+                                   "full-aa", "full-resnet20", "learndrop-paper", "costly-freeze"}
     # The "before" picture: Learn&Drop with the paper's rule, its own options in its config.
     paper = json.loads((out / "resnet32" / "learndrop-paper-s0" / "config.json").read_text())
     assert paper["method"] == "learndrop"
     assert paper["method_options"]["normalization"] == "per-unit"
     assert paper["method_options"]["recalibration_batches"] == 0
+    # ... and with the defaults until session 16 (costly units frozen).
+    freeze = json.loads((out / "resnet32" / "costly-freeze-s0" / "config.json").read_text())
+    assert freeze["method_options_resolved"]["costly_units"] == "freeze"
     assert [p["budget"] for p in report["frontier"]["flops"]] == [0.25, 0.5, 0.75, 1.0]
     assert report["depth"]["model"] == "resnet20" and report["noise_floor"] is not None
     # Finished runs keep their summaries and metrics, not their checkpoints.
@@ -46,7 +49,7 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
     capsys.readouterr()
     assert proof.main(["--profile", "smoke", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "fitted epochs" not in printed and printed.count("done, kept") == 12
+    assert "fitted epochs" not in printed and printed.count("done, kept") == 13
     assert json.loads((out / "proof-plan.json").read_text())["epochs"] == plan["epochs"]
     # A tuning run: a variant trained alone beside the finished bench, in the same report.
     finished = {p: p.stat().st_mtime_ns for p in out.glob("resnet32/*/summary.json")}

@@ -3,8 +3,8 @@
 At each check (after the warm-up): score the live units (:mod:`learndrop.scores`); measure the
 check loss on the recent training batches and hold back while it rises
 (:meth:`DropPolicy.is_stable`); measure the drop cost of the units that are ready
-(:mod:`learndrop.drop_cost`); drop the cheap ones, freeze the costly ones (or, with
-``costly_units="keep"``, leave them to train), cheapest first
+(:mod:`learndrop.drop_cost`); drop the cheap ones, leave the costly ones to train (or, with
+``costly_units="freeze"``, freeze them), cheapest first
 (:meth:`DropPolicy.decide`); after a drop, recompute the BatchNorm statistics from the recent
 batches (:mod:`learndrop.recalibrate`, :meth:`Method.after_change`). Every extra forward pass
 is charged to the FLOPs ledger and its time to ``check_time_s``.
@@ -54,8 +54,8 @@ class LearnDrop(Method):
     recalibration_batches=0``).
 
     Args:
-        mode: ``"drop"`` removes units from the network (and freezes those too costly to drop,
-            or leaves them to train: ``policy.costly_units``);
+        mode: ``"drop"`` removes units from the network (and leaves those too costly to drop
+            to train, or freezes them: ``policy.costly_units``);
             ``"freeze"`` freezes every unit it acts on (the baseline of the same scores).
         policy: the drop decision's hyperparameters (:class:`DropPolicy`).
         total_steps: the run's length in steps, when known: no unit is dropped at the last
@@ -83,7 +83,7 @@ class LearnDrop(Method):
     ) -> None:
         if mode not in ("drop", "freeze"):
             raise ValueError(f"mode must be 'drop' or 'freeze', got {mode!r}")
-        policy = policy or DropPolicy()
+        policy = policy or (FreezePolicy() if mode == "freeze" else DropPolicy())
         if mode == "freeze" and not isinstance(policy, FreezePolicy):
             policy = FreezePolicy(**policy.to_dict())  # refuses costly_units="keep"
         super().__init__(
