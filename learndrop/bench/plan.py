@@ -317,13 +317,15 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
     return groups
 
 
-def copy_is_full_training(out: Path, seed: int) -> bool:
-    """Whether the runs that copy Learn&Drop's run of ``seed`` (random-drop, slim-from-scratch)
-    would be full training of that seed, step for step: the Learn&Drop run under ``out``
-    finished without dropping or freezing any unit, so there is nothing to copy (same model,
-    same seed, same steps; training is deterministic on the CPU). The bench then does not train
-    them and the report says so (on VGG each would cost a full run to repeat full training's
-    numbers)."""
+def copy_is_full_training(method: str, seed: int, out: Path) -> bool:
+    """Whether a run of ``method`` and ``seed`` is a copy of Learn&Drop's run of that seed
+    (random-drop, slim-from-scratch) that would be full training, step for step: the
+    Learn&Drop run under ``out`` finished without dropping or freezing any unit, so there is
+    nothing to copy (same model, same seed, same steps; training is deterministic on the CPU).
+    The bench then does not train them and the report says so (on VGG each would cost a full
+    run to repeat full training's numbers)."""
+    if method not in NEEDS_REFERENCE:
+        return False
     path = Path(out) / f"{REFERENCE_METHOD}-s{seed}" / "summary.json"
     try:
         return json.loads(path.read_text()).get("drops") == []
@@ -369,29 +371,27 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
         return
     old = json.loads(path.read_text())
     new = config.to_dict()
-    clashes = [(key, old[key], new[key]) for key in sorted(
-        set(old) & set(new) - _IGNORED_FIELDS - {"method_options"}) if old[key] != new[key]]
-    if not clashes and old.get("method") == config.method:
-        # by the values the options had, defaults included; an option missing from the record
-        # (added since) and a run recorded before the record existed are read with today's
-        # defaults
-        try:
-            was = old.get(RESOLVED_OPTIONS)
-            if was is None:
-                was = TrainConfig.from_dict(old).resolved_method_options()
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{run}: this version cannot read the run's method options "
-                              f"({err}); delete that run to train it again, or choose another "
-                              "--out") from err
-        now = config.resolved_method_options()
-        was = {**default_method_options(config.method), **was}
-        clashes = [(key, was.get(key), now[key]) for key in sorted(now)
-                   if not same_value(was.get(key), now[key])]
-    if clashes:
-        key, was, now = clashes[0]
-        default = (" (today's default)" if key not in config.method_options
-                   and key not in new and key in default_method_options(config.method) else "")
-        raise ConfigError(
-            f"{run} was run with {key}={was!r}, this bench asks for {now!r}{default}; "
-            "choose another --out (or --variant label), delete that run to train it again, "
-            "or pass `learndrop bench` --overwrite to redo every run")
+    for key in sorted(set(old) & set(new) - _IGNORED_FIELDS - {"method_options"}):
+        if old[key] != new[key]:  # the method among them: the options below are the same one's
+            _refuse(run, key, old[key], new[key])
+    # The options by the values they had, defaults included; an option missing from the record
+    # (added since) and a run recorded before the record existed are read with today's defaults.
+    try:
+        was = old.get(RESOLVED_OPTIONS)
+        if was is None:
+            was = TrainConfig.from_dict(old).resolved_method_options()
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{run}: this version cannot read the run's method options ({err}); "
+                          "delete that run to train it again, or choose another --out") from err
+    was = {**default_method_options(config.method), **was}
+    for key, now in sorted(config.resolved_method_options().items()):
+        if not same_value(was.get(key), now):
+            _refuse(run, key, was.get(key), now,
+                    "" if key in config.method_options else " (today's default)")
+
+
+def _refuse(run: Path, key: str, was: object, now: object, note: str = "") -> None:
+    raise ConfigError(
+        f"{run} was run with {key}={was!r}, this bench asks for {now!r}{note}; "
+        "choose another --out (or --variant label), delete that run to train it again, "
+        "or pass `learndrop bench` --overwrite to redo every run")

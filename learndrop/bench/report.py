@@ -412,8 +412,9 @@ def _copies_not_trained(out: Path, runs: dict, plan: dict) -> dict[str, list[int
     asked = set(plan.get("seeds", []))
     seeds = sorted({s for label, s in runs if label == REFERENCE_METHOD and s in asked})
     found = {}
-    for label in (m for m in plan.get("methods", []) if m in NEEDS_REFERENCE):
-        missing = [s for s in seeds if (label, s) not in runs and copy_is_full_training(out, s)]
+    for label in plan.get("methods", []):
+        missing = [s for s in seeds
+                   if (label, s) not in runs and copy_is_full_training(label, s, out)]
         if missing:
             found[label] = missing
     return found

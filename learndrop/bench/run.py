@@ -17,7 +17,6 @@ import torch
 
 from learndrop.bench.lockstep import run_lockstep
 from learndrop.bench.plan import (
-    NEEDS_REFERENCE,
     REFERENCE_METHOD,
     RunSpec,
     Variant,
@@ -142,7 +141,7 @@ def run_bench(
                 done += 1
                 log(f"[{done}/{total}] {spec.name}: done, kept")
                 continue
-            if spec.method in NEEDS_REFERENCE and copy_is_full_training(out, spec.seed):
+            if copy_is_full_training(spec.method, spec.seed, out):
                 if base.overwrite and run_state(out / spec.name) != "new":
                     RunDir(out / spec.name).clear()  # a copy of the run --overwrite replaced
                     cleared.append(spec.name)
@@ -280,8 +279,8 @@ def dry_run_check(base: TrainConfig, groups: list[list[RunSpec]],
         for spec in group:
             config = configs[spec.name]
             state = "new" if base.overwrite else run_state(out / spec.name)
-            if (state != "done" and not base.overwrite and spec.method in NEEDS_REFERENCE
-                    and copy_is_full_training(out, spec.seed)):
+            if (state != "done" and not base.overwrite
+                    and copy_is_full_training(spec.method, spec.seed, out)):
                 state = "copy"
             rows.append({"run": spec.name, "method": spec.method, "seed": spec.seed,
                          "epochs": config.epochs, "group": g + 1, "action": actions[state]})
