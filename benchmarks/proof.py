@@ -116,6 +116,9 @@ class Profile:
     time_budget_s: float | None = None
     epoch_range: tuple[int, int] = (4, 30)
     run_plots: bool = True  # each run's own plots (the bench's are always drawn)
+    # Part of the regime, not of the machine: ``auto`` is bf16 on a CPU with AVX512_BF16 and
+    # fp32 on one without, and the two train different numbers (the bench refuses to mix them).
+    precision: str = "auto"
     note: str = ""
     # A model whose full run would not fit the regime's cost check (a) at ``subset`` trains on
     # fewer images; the epochs, and so the number of Learn&Drop's checks, stay the same.
@@ -129,9 +132,10 @@ class Profile:
 PROFILES = {
     "cpu": Profile(dataset=None, subset=20_000, epochs=10, batch_size=128, lr=0.1,
                    models=("resnet56", "vgg16_cifar"), shallow={"resnet56": "resnet20"},
-                   seeds=(0, 1, 2), model_subsets={"vgg16_cifar": 10_000},
+                   seeds=(0, 1, 2), model_subsets={"vgg16_cifar": 10_000}, precision="fp32",
                    note="2 CPU cores: 20,000 class-balanced training images (VGG-16: 10,000, so "
-                        "that its full run is near 15 minutes), 10 epochs, the whole test set"),
+                        "that its full run is near 15 minutes), 10 epochs, the whole test set, "
+                        "fp32 on every CPU (every committed run of it is fp32)"),
     "gpu": Profile(dataset=None, subset=None, epochs=None, batch_size=512, lr=0.4,
                    models=("resnet56", "resnet110"),
                    shallow={"resnet56": "resnet20", "resnet110": "resnet20"},
@@ -171,7 +175,7 @@ def base_config(profile: Profile, model: str, epochs: int, args: argparse.Namesp
         model=model, dataset=dataset_of(profile, args.dataset), subset=profile.subset_of(model),
         test_subset=profile.test_subset, image_size=profile.image_size, epochs=epochs,
         batch_size=profile.batch_size, lr=profile.lr, warmup_epochs=profile.warmup_epochs,
-        device=args.device, quiet=True, plots=profile.run_plots,
+        device=args.device, precision=profile.precision, quiet=True, plots=profile.run_plots,
     )
 
 

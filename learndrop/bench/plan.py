@@ -51,9 +51,10 @@ _BUDGET_LABEL = re.compile(r"^full-b(?P<budget>\d*\.?\d+)$")
 _VARIANT_LABEL = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 RUN_DIR = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
 # Config fields that may differ between an existing run directory and the bench's plan without
-# making its result a different experiment (where and how it reports, where it ran).
+# making its result a different experiment (where and how it reports, where it ran). The
+# precision is compared by what it resolved to (:func:`_precision_ran`), not by what was asked.
 _IGNORED_FIELDS = {"out", "resume", "overwrite", "quiet", "plots", "device", "tensorboard",
-                   "eval_batch_size", "reference"}
+                   "eval_batch_size", "reference", "precision"}
 
 
 @dataclass(frozen=True)
@@ -374,6 +375,11 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
     for key in sorted(set(old) & set(new) - _IGNORED_FIELDS - {"method_options"}):
         if old[key] != new[key]:  # the method among them: the options below are the same one's
             _refuse(run, key, old[key], new[key])
+    was, now = _precision_ran(old, run), _precision_asked(config)
+    if was is not None and was != now:
+        _refuse(run, "precision", was, now,
+                f" (--precision {config.precision} on this machine)"
+                if config.precision == "auto" else "")
     # The options by the values they had, defaults included; an option missing from the record
     # (added since) and a run recorded before the record existed are read with today's defaults.
     try:
@@ -388,6 +394,26 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
         if not same_value(was.get(key), now):
             _refuse(run, key, was.get(key), now,
                     "" if key in config.method_options else " (today's default)")
+
+
+def _precision_asked(config: TrainConfig) -> str:
+    """What ``config.precision`` resolves to on this machine's device for the run."""
+    from learndrop.precision import resolve_precision
+    from learndrop.train.builder import pick_device
+
+    return resolve_precision(config.precision, pick_device(config.device)).name
+
+
+def _precision_ran(old: dict, run: Path) -> str | None:
+    """The precision an existing run trained with: its ``config.json`` records it since runs
+    write what ``auto`` resolved to; before that, a finished run's ``summary.json`` says it;
+    None where neither tells (an unfinished run recorded with ``auto``)."""
+    if old.get("precision", "auto") != "auto":
+        return old["precision"]
+    summary = run / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text()).get("precision")
+    return None
 
 
 def _refuse(run: Path, key: str, was: object, now: object, note: str = "") -> None:

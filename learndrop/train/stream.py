@@ -202,6 +202,7 @@ def train_stream(
                         lr_factor=_lr_factor(config, total))
     method = parts.method
     parts.use_memory_format(test_batches, getattr(batches, "loader", None))
+    config.precision = parts.precision.name  # what ran, not ``auto`` (see Training)
 
     run.begin(resume=False, overwrite=config.overwrite)
     run.write_json("config.json", config.record())

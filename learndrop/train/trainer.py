@@ -233,6 +233,9 @@ class Training:
             ctx, steps_per_check=steps, total_steps=self.total_steps,
             lr_factor=lr_schedule(self.total_steps, warmup, self.lr_extensions))
         parts.use_memory_format(self.train_loader, self.test_loader)
+        # The record says what ran, not what was asked: ``auto`` is bf16 on one machine and
+        # fp32 on the next, and a run resumed (or benched) elsewhere must not change precision.
+        config.precision = parts.precision.name
         self.method = method = parts.method
 
         self.rows: list[dict] = []
