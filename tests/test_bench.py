@@ -353,3 +353,51 @@ def test_copies_of_a_run_that_decided_nothing_are_not_trained(tmp_path, one_thre
         trained = train(dataclasses.replace(config, out=str(tmp_path / copy)), log=lambda s: None)
         for key in ("final_test_acc", "fwd_flops", "bwd_flops", "samples_seen"):
             assert trained[key] == full[key], (copy, key)
+
+
+def test_a_run_started_from_other_weights_is_not_taken_for_this_benchs(tmp_path):
+    """A run records the SHA-256 of its --weights file; a bench refuses a finished run whose
+    file has changed since (the same path, other bytes: e.g. a pretraining trained again)."""
+    import torch
+
+    from learndrop.bench.plan import check_same_experiment
+    from learndrop.models import create_model
+    from learndrop.train.builder import file_sha256
+
+    weights = tmp_path / "pretrained.pt"
+    torch.manual_seed(0)
+    torch.save(create_model("resnet20", num_classes=10, in_channels=1).state_dict(), weights)
+    config = tiny(method="full", method_options={}, weights=str(weights))
+    run = tmp_path / "full-s0"
+    run.mkdir()
+    record = {**config.record(), "weights_sha256": file_sha256(weights)}
+    (run / "config.json").write_text(json.dumps(record))
+    check_same_experiment(config, run)
+    torch.manual_seed(1)
+    torch.save(create_model("resnet20", num_classes=10, in_channels=1).state_dict(), weights)
+    with pytest.raises(ConfigError, match="the file changed since that run started"):
+        check_same_experiment(config, run)
+    # A run recorded before the digest existed says nothing about its bytes: it is taken.
+    (run / "config.json").write_text(json.dumps({**record, "weights_sha256": None}))
+    check_same_experiment(config, run)
+
+
+def test_the_report_says_which_run_trained_on_which_machine():
+    """A bench trained across sessions may have run on several machines: bench.md says which
+    runs ran where (their time ratios compare machines), and nothing where it was one."""
+    from learndrop.bench.report import _machines_line, trained_on
+
+    runs = {("full", 0): {"summary": {"machine": "Intel Xeon, 2 threads"}},
+            ("learndrop", 0): {"summary": {"machine": "Intel Xeon, 2 threads"}},
+            ("random-drop", 0): {"summary": {"machine": "AMD EPYC (AVX512_BF16), 2 threads"}},
+            ("full-aa", 0): {"summary": {}}}
+    where = trained_on(runs)
+    assert where == {"Intel Xeon, 2 threads": ["full-s0", "learndrop-s0"],
+                     "AMD EPYC (AVX512_BF16), 2 threads": ["random-drop-s0"],
+                     "not recorded": ["full-aa-s0"]}
+    line = _machines_line(where)[0]
+    assert line.startswith("**Trained on several machines**: Intel Xeon, 2 threads: 2 run(s) "
+                           "(full-s0, learndrop-s0); ")
+    assert "not recorded: 1 run(s) (full-aa-s0)" in line
+    one = {k: v for k, v in runs.items() if k[0] in ("full", "learndrop")}
+    assert _machines_line(trained_on(one)) == []

@@ -57,6 +57,9 @@ def test_summary_says_what_ran(tmp_path, precision, one_thread):
     summary = train(config, log=lines.append)
     assert summary["precision"] == precision
     assert summary["memory_format"] == "channels_last"
+    from learndrop.machine import cpu_model, machine_name
+
+    assert summary["machine"] == machine_name("cpu") and summary["machine"].startswith(cpu_model())
     assert f"{precision} channels_last" in lines[0]
     assert summary["final_test_acc"] > 0.1  # it trained (10 classes: chance is 0.1)
     assert summary["fwd_flops"] == summary["fwd_flops_full"] > 0  # FLOPs do not depend on it

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learndrop.methods import METHODS
+from learndrop.train.builder import file_sha256, pick_device
 from learndrop.train.config import (
     RESOLVED_OPTIONS,
     ConfigError,
@@ -53,8 +54,9 @@ RUN_DIR = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
 # Config fields that may differ between an existing run directory and the bench's plan without
 # making its result a different experiment (where and how it reports, where it ran). The
 # precision is compared by what it resolved to (:func:`_precision_ran`), not by what was asked.
+# The digest of the weights likewise, where both are known (:func:`check_same_experiment`).
 _IGNORED_FIELDS = {"out", "resume", "overwrite", "quiet", "plots", "device", "tensorboard",
-                   "eval_batch_size", "reference", "precision"}
+                   "eval_batch_size", "reference", "precision", "weights_sha256"}
 
 
 @dataclass(frozen=True)
@@ -375,6 +377,12 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
     for key in sorted(set(old) & set(new) - _IGNORED_FIELDS - {"method_options"}):
         if old[key] != new[key]:  # the method among them: the options below are the same one's
             _refuse(run, key, old[key], new[key])
+    was = old.get("weights_sha256")
+    if was and config.weights and Path(config.weights).is_file():
+        now = file_sha256(config.weights)
+        if now != was:
+            _refuse(run, "--weights", f"{config.weights} (sha256 {was[:12]}...)",
+                    f"{now[:12]}...", ": the file changed since that run started")
     was, now = _precision_ran(old, run), _precision_asked(config)
     if was is not None and was != now:
         _refuse(run, "precision", was, now,
@@ -399,7 +407,6 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
 def _precision_asked(config: TrainConfig) -> str:
     """What ``config.precision`` resolves to on this machine's device for the run."""
     from learndrop.precision import resolve_precision
-    from learndrop.train.builder import pick_device
 
     return resolve_precision(config.precision, pick_device(config.device)).name
 

@@ -40,6 +40,7 @@ from learndrop.bench.plan import (
     copy_is_full_training,
     parse_label,
 )
+from learndrop.machine import cpu_flags, cpu_model
 from learndrop.train.config import TrainConfig
 
 __all__ = ["AXES", "BENCH_JSON", "BENCH_MD", "TARGET_GAP", "aggregate", "bench_markdown",
@@ -336,21 +337,9 @@ def _label_order(label: str) -> tuple:
 def machine_info(device: str | None = None) -> dict:
     """What the timings were measured on: CPU model and the flags that decide kernel speed,
     usable cores, threads, torch version, load."""
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == (platform.processor()
-                                                         or platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                flags = sorted(f for f in have if f.startswith(("avx", "amx", "fma", "f16c")))
-                break
-    except OSError:
-        pass
     info = {
-        "cpu": cpu,
-        "cpu_flags": flags,
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -396,6 +385,7 @@ def write_report(out: Path, base: TrainConfig | None = None, plan: dict | None =
         "seeds": sorted({s for _, s in runs}),
         "finished": len(runs),
         "machine": machine_info(", ".join(devices) or None),
+        "trained_on": trained_on(runs),
         **aggregate(runs),
         "not_trained": _copies_not_trained(out, runs, plan or {}),
     }
@@ -404,6 +394,17 @@ def write_report(out: Path, base: TrainConfig | None = None, plan: dict | None =
     markdown = bench_markdown(report).encode()
     atomic_write(out / BENCH_MD, lambda f: f.write(markdown))
     return report
+
+
+def trained_on(runs: dict) -> dict[str, list[str]]:
+    """``{machine: [run, ...]}``: the machine each finished run recorded (``summary.json``'s
+    ``machine``, since session 17; ``"not recorded"`` before), so that a bench trained across
+    sessions on different machines says which run ran where."""
+    found: dict[str, list[str]] = {}
+    for (label, seed), run in sorted(runs.items()):
+        found.setdefault(run["summary"].get("machine", "not recorded"), []).append(
+            f"{label}-s{seed}")
+    return found
 
 
 def _copies_not_trained(out: Path, runs: dict, plan: dict) -> dict[str, list[int]]:
@@ -490,6 +491,7 @@ def bench_markdown(report: dict) -> str:
         f"{m['cpus_usable']} CPUs usable, {m['torch_threads']} torch threads, torch "
         f"{m['torch']}, device {m['device']}, load average {m['load_average']}.",
         "",
+        *_machines_line(report.get("trained_on", {})),
         "Accuracy: final test accuracy, mean ± std over seeds. Costs: executed fwd+bwd FLOPs "
         "(with the method's extra passes), wall-clock and process CPU time of the training "
         "steps; ratios against the full run trained in lockstep with the run, median over "
@@ -629,3 +631,17 @@ def bench_markdown(report: dict) -> str:
                 f"| {_f(t2t and t2t['time_s'], '.1f') if t2t else 'not reached'} "
                 f"| {s['units_dropped']} |")
     return "\n".join(lines) + "\n"
+
+
+def _machines_line(trained_on: dict[str, list[str]]) -> list[str]:
+    """The line that says which runs trained on which machine, where it is not one machine
+    (the report's "Machine:" is where the report was written); empty otherwise."""
+    if len(trained_on) < 2:
+        return []
+    parts = [f"{machine}: {len(names)} run(s) ({', '.join(names)})"
+             if len(names) <= 8 else f"{machine}: {len(names)} run(s)"
+             for machine, names in sorted(trained_on.items(), key=lambda kv: -len(kv[1]))]
+    return ["**Trained on several machines**: " + "; ".join(parts) + ". A time ratio between "
+            "runs of different machines measures the machines, not the methods; FLOPs ratios "
+            "and accuracies do not depend on the machine (beyond seed-level noise: the CPUs' "
+            "kernels round differently).", ""]

@@ -9,6 +9,7 @@ only adds how it feeds the data.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from learndrop.train.weights import head_classes, load_weights, weights_classes
 
 __all__ = [
     "Forward", "Parts", "build_model", "build_optimizer", "build_parts", "default_out",
+    "file_sha256", "record_start",
     "pick_device", "warmup_cosine",
 ]
 
@@ -204,3 +206,20 @@ def build_parts(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     forward = Forward(model, method, ctx, compile=config.compile and not dry_run)
     return Parts(model, optimizer, method, scheduler, forward, precision)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def record_start(config: TrainConfig, parts: Parts) -> None:
+    """Write into ``config`` (and so into ``config.json`` and every checkpoint) what the run
+    resolved when it started: the precision ``auto`` became on this machine (bf16 on one,
+    fp32 on the next: a run resumed or benched elsewhere must not change it) and the SHA-256 of
+    its ``--weights`` file (a bench must not mix runs started from other bytes at the same
+    path). A resumed run keeps the digest it started with."""
+    config.precision = parts.precision.name
+    if config.weights and config.weights_sha256 is None:
+        config.weights_sha256 = file_sha256(config.weights)

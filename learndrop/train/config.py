@@ -52,6 +52,10 @@ class TrainConfig:
     weights: str | None = None
     pretrained: bool = False
     replace_head: int | None = None
+    # Filled in by the training loops when the run starts (:func:`record_start`), not an
+    # option: the SHA-256 of the ``weights`` file, so that a run resumed or benched later is
+    # known to have started from the same bytes.
+    weights_sha256: str | None = None
     # the method
     units: list[str] | None = None
     # Options of --method, by field name of its options dataclass (e.g. DropPolicy's for

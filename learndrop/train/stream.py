@@ -34,8 +34,15 @@ from tqdm import tqdm
 from learndrop.checkpoint import save_slim
 from learndrop.data import DeviceLoader, ImageDataset, load_dataset, make_loaders
 from learndrop.distributed import DistContext
+from learndrop.machine import machine_name
 from learndrop.train import report
-from learndrop.train.builder import build_parts, default_out, pick_device, warmup_cosine
+from learndrop.train.builder import (
+    build_parts,
+    default_out,
+    pick_device,
+    record_start,
+    warmup_cosine,
+)
 from learndrop.train.config import ConfigError, TrainConfig
 from learndrop.train.report import Log, MetricsLog, RunningStats
 from learndrop.train.rundir import RunDir
@@ -202,7 +209,7 @@ def train_stream(
                         lr_factor=_lr_factor(config, total))
     method = parts.method
     parts.use_memory_format(test_batches, getattr(batches, "loader", None))
-    config.precision = parts.precision.name  # what ran, not ``auto`` (see Training)
+    record_start(config, parts)  # the record says what ran, not what was asked
 
     run.begin(resume=False, overwrite=config.overwrite)
     run.write_json("config.json", config.record())
@@ -289,6 +296,7 @@ def train_stream(
         stream_batches_expected=total, steps=method.steps, checks=method.checks,
         steps_per_check=config.steps_per_check, eval_every=config.eval_every)
     summary.update(parts.precision.describe())
+    summary["machine"] = machine_name(device)
     if config.compile:
         torch.compiler.reset()  # free dynamo's caches of this model
     save_slim(run.file("model.pt"), parts.model.to("cpu"), architecture=config.model,

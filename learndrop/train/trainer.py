@@ -29,8 +29,15 @@ from learndrop import distributed
 from learndrop.checkpoint import safe_load, save_slim
 from learndrop.data import load_dataset, make_loaders
 from learndrop.distributed import DistContext
+from learndrop.machine import machine_name
 from learndrop.train import report
-from learndrop.train.builder import build_parts, default_out, pick_device, warmup_cosine
+from learndrop.train.builder import (
+    build_parts,
+    default_out,
+    pick_device,
+    record_start,
+    warmup_cosine,
+)
 from learndrop.train.config import RESOLVED_OPTIONS, ConfigError, TrainConfig, same_value
 from learndrop.train.report import Log, MetricsLog, RunningStats
 from learndrop.train.rundir import RunDir
@@ -233,9 +240,7 @@ class Training:
             ctx, steps_per_check=steps, total_steps=self.total_steps,
             lr_factor=lr_schedule(self.total_steps, warmup, self.lr_extensions))
         parts.use_memory_format(self.train_loader, self.test_loader)
-        # The record says what ran, not what was asked: ``auto`` is bf16 on one machine and
-        # fp32 on the next, and a run resumed (or benched) elsewhere must not change precision.
-        config.precision = parts.precision.name
+        record_start(config, parts)  # the record says what ran, not what was asked
         self.method = method = parts.method
 
         self.rows: list[dict] = []
@@ -409,6 +414,7 @@ class Training:
             config, self.data.name, self.method, self.train_time, ctx.device,
             accs[-1] if accs else None, max(accs) if accs else None, epochs=config.epochs)
         summary["world_size"] = ctx.world_size
+        summary["machine"] = machine_name(ctx.device)  # of the session that finished the run
         summary["train_cpu_s"] = round(self.train_cpu, 3)
         summary.update(self.parts.precision.describe())
         if config.compile:
