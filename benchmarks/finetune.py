@@ -1,31 +1,40 @@
-"""Fine-tuning benchmark: Learn&Drop against full training, starting from pretrained weights.
+"""Fine-tuning benchmark: Learn&Drop against full fine-tuning and its budget frontier.
 
 1. Splits CIFAR-10 into two related tasks: classes 0-4 (airplane ... deer) and classes 5-9
    (dog ... truck), written once as image folders (``folder:`` datasets) under ``--work``.
-2. Pretrains the model on classes 0-4 with full training (``<out>/pretrain``).
+2. Pretrains the model on classes 0-4 with full training (``<out>/pretrain``; trained again
+   where its ``model.pt`` is missing, as in a fresh checkout, which commits no weights).
 3. Fine-tunes it on classes 5-9 with ``--weights pretrain/model.pt --replace-head 5`` and a
-   small learning rate, once with full training and once with Learn&Drop (and, as a reference
-   for what pretraining brings, full training from scratch).
+   small learning rate in one ``learndrop bench`` (:func:`learndrop.bench.run_bench`, into
+   ``<out>/bench``): ``--methods`` (default full training, Learn&Drop and random-drop with
+   Learn&Drop's schedule), ``--variant`` runs, fine-tuning for 0.25/0.5/0.75 of the epochs with
+   the schedule compressed (the budget frontier of fine-tuning), the A/A control, over
+   ``--seeds``; each seed's runs in lockstep. Its ``bench.md`` is the comparison.
+4. As a reference for what pretraining brings: full training from scratch on classes 5-9
+   (seed ``--seed``, ``<out>/scratch-full``).
 
-Writes ``results.json`` and ``results.md`` (time ratio learndrop/full, accuracy of both, FLOPs
-reductions, drops, the machine) into ``--out``. Runs are resumable one by one: a run whose
-summary.json exists is not run again.
+Writes ``results.md`` and ``results.json`` (the setting, the machine, pretraining and scratch,
+and a pointer to the bench) into ``--out``. Resumable: run the same command again; finished
+runs are kept. fp32 by default, so that the project's CPUs with and without native bf16 train
+the same experiment.
 
-CPU-sized defaults (about 3-5 minutes on 2 shared cores)::
+CPU-sized defaults (about 5 minutes on 2 quiet cores)::
 
     python benchmarks/finetune.py
+    python benchmarks/finetune.py --variant cap0.3=learndrop:max_dropped_fraction=0.3
 
 Full-size settings on a GPU, e.g.::
 
     python benchmarks/finetune.py --model resnet56 --image-size 32 --pretrain-subset 0 \\
         --finetune-subset 0 --test-per-class 1000 --pretrain-epochs 30 --epochs 15 \\
-        --batch-size 128 --device cuda --threads 0 --out benchmarks/results/finetune-gpu
+        --batch-size 128 --device cuda --precision auto --out benchmarks/results/finetune-gpu
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -36,13 +45,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.proof import cifar10_tarball  # noqa: E402
 from benchmarks.streaming import machine  # noqa: E402
+from learndrop.bench import parse_variant, run_bench  # noqa: E402
 from learndrop.data import balanced_subset, cache_dir, load_dataset  # noqa: E402
-from learndrop.train import TrainConfig, train  # noqa: E402
+from learndrop.train import ConfigError, TrainConfig, train  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/finetune"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/finetune-bench"))
     p.add_argument("--work", default=str(cache_dir() / "bench" / "cifar10-split"),
                    help="where the two tasks' image folders are written")
     p.add_argument("--source", default=None,
@@ -60,14 +70,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (small)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--policy", default="{}", help="JSON of DropPolicy fields")
+    p.add_argument("--methods", default="full,learndrop,random-drop",
+                   help="methods of the fine-tuning bench (learndrop bench --methods)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD[:K=V,...]",
+                   help="a method under a label with options of its own (learndrop bench "
+                        "--variant), e.g. cap0.3=learndrop:max_dropped_fraction=0.3")
+    p.add_argument("--budgets", default=None,
+                   help="fractions of the epochs for the frontier (default 0.25,0.5,0.75)")
+    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds --seed, --seed+1 ...")
     p.add_argument("--no-scratch", dest="scratch", action="store_false",
                    help="skip the from-scratch reference run")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the split, the pretraining and the first fine-tuning run")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1 avoids oversubscription on shared cores; 0 = "
-                        "torch's default)")
+    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch's default: every core)")
+    p.add_argument("--dry-run", action="store_true", help="check the plan, train nothing")
     return p.parse_args(argv)
 
 
@@ -102,89 +121,91 @@ def write_split(args: argparse.Namespace) -> tuple[str, str]:
     return str(work / "a"), str(work / "b")
 
 
-def run(config: TrainConfig) -> dict:
-    summary_file = Path(config.out) / "summary.json"
-    name = Path(config.out).name
-    if summary_file.is_file():
-        print(f"{name}: done already, skipped")
-        return json.loads(summary_file.read_text())
-    print(f"{name}: running")
+def run(config: TrainConfig, needs: str | None = None) -> dict:
+    """Train ``config`` unless it finished already (and still has the file ``needs``)."""
+    out = Path(config.out)
+    name = out.name
+    if (out / "summary.json").is_file() and (needs is None or (out / needs).is_file()):
+        print(f"{name}: done, kept")
+        return json.loads((out / "summary.json").read_text())
+    print(f"{name}: training")
+    config.overwrite = True  # an unfinished or weightless run is trained again
     return train(config, log=lambda s: print(f"  [{name}] {s}"))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        variants = [parse_variant(text) for text in args.variant]
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     task_a, task_b = write_split(args)
     common = dict(model=args.model, image_size=args.image_size, subset=None,
-                  batch_size=args.batch_size, seed=args.seed, device=args.device,
-                  quiet=True, overwrite=True)
-    pre = run(TrainConfig(dataset=f"folder:{task_a}", method="full", epochs=args.pretrain_epochs,
-                          lr=args.pretrain_lr, out=str(out / "pretrain"), **common))
-    weights = str(out / "pretrain" / "model.pt")
-    tune = dict(dataset=f"folder:{task_b}", epochs=args.epochs, lr=args.lr,
-                weights=weights, replace_head=5, **common)
-    results = {"pretrain": pre}
-    for method in ("full", "learndrop"):
-        options = json.loads(args.policy) if method == "learndrop" else {}  # full has none
-        results[method] = run(TrainConfig(method=method, out=str(out / f"finetune-{method}"),
-                                          method_options=options, **tune))
-    if args.scratch:
-        results["scratch"] = run(TrainConfig(
-            dataset=f"folder:{task_b}", method="full", epochs=args.epochs, lr=args.pretrain_lr,
-            out=str(out / "scratch-full"), **common))
-    report(args, out, results)
+                  batch_size=args.batch_size, device=args.device, precision=args.precision,
+                  quiet=True, plots=False)
+    pretrain = TrainConfig(dataset=f"folder:{task_a}", method="full", seed=args.seed,
+                           epochs=args.pretrain_epochs, lr=args.pretrain_lr,
+                           out=str(out / "pretrain"), **common)
+    tune = TrainConfig(dataset=f"folder:{task_b}", epochs=args.epochs, lr=args.lr,
+                       seed=args.seed, weights=str(out / "pretrain" / "model.pt"),
+                       replace_head=5, **common)
+    try:
+        if args.dry_run:
+            tune.weights = None  # the pretrained weights may not exist yet: check the rest
+            run_bench(tune, args.methods, args.seeds, out / "bench", budgets=args.budgets,
+                      variants=variants, dry_run=True)
+            return 0
+        out.mkdir(parents=True, exist_ok=True)
+        results = {"pretrain": run(pretrain, needs="model.pt")}
+        bench = run_bench(tune, args.methods, args.seeds, out / "bench", budgets=args.budgets,
+                          variants=variants, prune=True)
+        if args.scratch:
+            results["scratch"] = run(TrainConfig(
+                dataset=f"folder:{task_b}", method="full", epochs=args.epochs, seed=args.seed,
+                lr=args.pretrain_lr, out=str(out / "scratch-full"), **common))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    report(args, out, results, bench)
     print((out / "results.md").read_text())
+    return 0
 
 
-def report(args: argparse.Namespace, out: Path, results: dict) -> None:
-    full, ld = results["full"], results["learndrop"]
-    ratio = ld["train_time_s"] / full["train_time_s"]
+def report(args: argparse.Namespace, out: Path, results: dict, bench: dict) -> None:
+    setting = (
+        f"{args.model} pretrained (full training, {args.pretrain_epochs} epochs, lr "
+        f"{args.pretrain_lr}, seed {args.seed}) on CIFAR-10 classes 0-4 "
+        f"({args.pretrain_subset or 25000} training images), then fine-tuned on classes 5-9 "
+        f"({args.finetune_subset or 25000} training images) with `--weights pretrain/model.pt "
+        f"--replace-head 5`, lr {args.lr}, {args.epochs} epochs, warm-up 1 epoch then cosine; "
+        f"images at {args.image_size}x{args.image_size}, batch {args.batch_size}, "
+        f"{args.precision}; test accuracy on {args.test_per_class} held-out images per class, "
+        f"{args.seeds} fine-tuning seeds from {args.seed}.")
+    names = {"pretrain": "pretraining (classes 0-4, its own test images)",
+             "scratch": f"classes 5-9 from scratch, full training (lr {args.pretrain_lr}, "
+                        f"seed {args.seed})"}
     lines = [
-        "# Fine-tuning: Learn&Drop vs full training from pretrained weights",
-        "",
-        f"Machine: {machine()}. Shared with other workers while it ran: wall-clock times are "
-        "noisy; compare the ratio of the runs, measured one after the other.",
-        "",
-        f"Setup: {args.model} pretrained (full training, {args.pretrain_epochs} epochs, lr "
-        f"{args.pretrain_lr}) on CIFAR-10 classes 0-4 ({args.pretrain_subset or 25000} training "
-        f"images), then fine-tuned on classes 5-9 ({args.finetune_subset or 25000} training "
-        f"images) with `--weights pretrain/model.pt --replace-head 5`, lr {args.lr}, "
-        f"{args.epochs} epochs, warm-up 1 epoch then cosine; images at "
-        f"{args.image_size}x{args.image_size}, batch {args.batch_size}; test accuracy on "
-        f"{args.test_per_class} held-out images per class. Policy: {args.policy}.",
-        "",
-        "Command: `python benchmarks/finetune.py " + " ".join(sys.argv[1:]) + "`",
-        "",
-        "| run | train time (s) | time ratio vs full fine-tune | final test acc | best test acc "
-        "| fwd FLOPs saved | bwd FLOPs saved | units dropped | params final |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "# Fine-tuning: Learn&Drop against full fine-tuning and its budget frontier", "",
+        f"Written by `python benchmarks/finetune.py {shlex.join(sys.argv[1:])}`", "",
+        f"Machine: {machine()}.", "", f"Setting: {setting}", "",
+        "**The comparison is [bench/bench.md](bench/bench.md)**: every method against full "
+        "fine-tuning and fine-tuning for fewer epochs (the frontier), over the seeds, on "
+        "executed FLOPs and wall-clock.", "",
+        "| reference run | final test acc | train time (s) |", "|---|---:|---:|",
     ]
-    table = {}
-    names = {"pretrain": "pretrain (classes 0-4)", "full": "fine-tune, full",
-             "learndrop": "fine-tune, Learn&Drop", "scratch": "classes 5-9 from scratch, full"}
-    for key, s in results.items():
-        r = s["train_time_s"] / full["train_time_s"]
-        table[key] = {k: s[k] for k in (
-            "train_time_s", "final_test_acc", "best_test_acc", "fwd_flops_reduction",
-            "bwd_flops_reduction", "units_dropped", "units_total", "params_initial",
-            "params_final", "samples_seen")}
-        table[key]["time_ratio_vs_full_finetune"] = r
-        lines.append(
-            f"| {names[key]} | {s['train_time_s']:.1f} | "
-            f"{f'{r:.2f}' if key in ('full', 'learndrop') else ''} | "
-            f"{100 * s['final_test_acc']:.1f}% | {100 * s['best_test_acc']:.1f}% | "
-            f"{100 * s['fwd_flops_reduction']:.1f}% | {100 * s['bwd_flops_reduction']:.1f}% | "
-            f"{s['units_dropped']}/{s['units_total']} | {s['params_final']:,} |")
-    drops = ", ".join(f"epoch {d['epoch']:g}: {d['unit']}" for d in ld["drops"]) or "none"
-    lines += ["", f"Learn&Drop fine-tuning: time ratio {ratio:.2f}, drops: {drops}.", ""]
-    (out / "results.md").write_text("\n".join(lines))
+    lines += [f"| {names[k]} | {100 * s['final_test_acc']:.2f}% | {s['train_time_s']:.1f} |"
+              for k, s in results.items()]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(
-        {"machine": machine(), "args": vars(args), "results": table}, indent=2))
+        {"machine": machine(), "args": vars(args), "setting": setting,
+         "references": {k: {key: s[key] for key in ("final_test_acc", "train_time_s")}
+                        for k, s in results.items()},
+         "bench": "bench/bench.json", "finished": bench.get("finished")}, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
