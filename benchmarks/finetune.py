@@ -2,8 +2,10 @@
 
 1. Splits CIFAR-10 into two related tasks: classes 0-4 (airplane ... deer) and classes 5-9
    (dog ... truck), written once as image folders (``folder:`` datasets) under ``--work``.
-2. Pretrains the model on classes 0-4 with full training (``<out>/pretrain``; trained again
-   where its ``model.pt`` is missing, as in a fresh checkout, which commits no weights).
+2. Pretrains the model on classes 0-4 with full training (``<out>/pretrain``). Its
+   ``model.pt`` is committed (1 MB for ResNet-20): the bench's runs record its SHA-256, and a
+   pretraining trained again on another CPU would round differently, giving other bytes. Where
+   it is missing, it is trained again only if no fine-tuning run started from it.
 3. Fine-tunes it on classes 5-9 with ``--weights pretrain/model.pt --replace-head 5`` and a
    small learning rate in one ``learndrop bench`` (:func:`learndrop.bench.run_bench`, into
    ``<out>/bench``): ``--methods`` (default full training, Learn&Drop and random-drop with
@@ -21,7 +23,7 @@ the same experiment.
 CPU-sized defaults (about 5 minutes on 2 quiet cores)::
 
     python benchmarks/finetune.py
-    python benchmarks/finetune.py --variant cap0.3=learndrop:max_dropped_fraction=0.3
+    python benchmarks/finetune.py --variant cap03=learndrop:max_dropped_fraction=0.3
 
 Full-size settings on a GPU, e.g.::
 
@@ -36,6 +38,7 @@ import argparse
 import json
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -44,9 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.proof import cifar10_tarball  # noqa: E402
-from benchmarks.streaming import machine  # noqa: E402
 from learndrop.bench import parse_variant, run_bench  # noqa: E402
+from learndrop.bench.plan import check_same_experiment  # noqa: E402
 from learndrop.data import balanced_subset, cache_dir, load_dataset  # noqa: E402
+from learndrop.machine import machine_name  # noqa: E402
 from learndrop.train import ConfigError, TrainConfig, train  # noqa: E402
 
 
@@ -74,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="methods of the fine-tuning bench (learndrop bench --methods)")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD[:K=V,...]",
                    help="a method under a label with options of its own (learndrop bench "
-                        "--variant), e.g. cap0.3=learndrop:max_dropped_fraction=0.3")
+                        "--variant), e.g. cap03=learndrop:max_dropped_fraction=0.3")
     p.add_argument("--budgets", default=None,
                    help="fractions of the epochs for the frontier (default 0.25,0.5,0.75)")
     p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds --seed, --seed+1 ...")
@@ -122,18 +126,28 @@ def write_split(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run(config: TrainConfig, needs: str | None = None) -> dict:
-    """Train ``config`` unless it finished already (and still has the file ``needs``)."""
+    """Train ``config`` unless it finished already with the same settings (and still has the
+    file ``needs``); a finished run made with other settings is refused in one line."""
     out = Path(config.out)
     name = out.name
-    if (out / "summary.json").is_file() and (needs is None or (out / needs).is_file()):
-        print(f"{name}: done, kept")
-        return json.loads((out / "summary.json").read_text())
+    if (out / "summary.json").is_file():
+        check_same_experiment(config, out)
+        if needs is None or (out / needs).is_file():
+            print(f"{name}: done, kept")
+            return json.loads((out / "summary.json").read_text())
     print(f"{name}: training")
     config.overwrite = True  # an unfinished or weightless run is trained again
     return train(config, log=lambda s: print(f"  [{name}] {s}"))
 
 
+def started_from(bench: Path) -> list[str]:
+    """The fine-tuning runs under ``bench`` that recorded the digest of their weights."""
+    return sorted(p.parent.name for p in bench.glob("*/config.json")
+                  if json.loads(p.read_text()).get("weights_sha256"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
         variants = [parse_variant(text) for text in args.variant]
@@ -150,15 +164,25 @@ def main(argv: list[str] | None = None) -> int:
     pretrain = TrainConfig(dataset=f"folder:{task_a}", method="full", seed=args.seed,
                            epochs=args.pretrain_epochs, lr=args.pretrain_lr,
                            out=str(out / "pretrain"), **common)
+    weights = out / "pretrain" / "model.pt"
     tune = TrainConfig(dataset=f"folder:{task_b}", epochs=args.epochs, lr=args.lr,
-                       seed=args.seed, weights=str(out / "pretrain" / "model.pt"),
-                       replace_head=5, **common)
+                       seed=args.seed, weights=str(weights), replace_head=5, **common)
     try:
         if args.dry_run:
-            tune.weights = None  # the pretrained weights may not exist yet: check the rest
+            if not weights.is_file():
+                # Nothing to load yet: check the plan, the data and the options without it,
+                # against no earlier runs.
+                print(f"note: {weights} does not exist yet (the pretraining trains first); "
+                      "the fine-tuning plan is checked without it")
+                tune.weights = None
+                out = Path(tempfile.mkdtemp(prefix="finetune-dry-run-"))
             run_bench(tune, args.methods, args.seeds, out / "bench", budgets=args.budgets,
                       variants=variants, dry_run=True)
             return 0
+        if not weights.is_file() and started_from(out / "bench"):
+            raise ConfigError(
+                f"{weights} is missing, and the fine-tuning runs under {out / 'bench'} started "
+                "from it: restore it (git checkout the file), or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         results = {"pretrain": run(pretrain, needs="model.pt")}
         bench = run_bench(tune, args.methods, args.seeds, out / "bench", budgets=args.budgets,
@@ -170,12 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    report(args, out, results, bench)
+    report(args, argv, out, results, bench)
     print((out / "results.md").read_text())
     return 0
 
 
-def report(args: argparse.Namespace, out: Path, results: dict, bench: dict) -> None:
+def report(args: argparse.Namespace, argv: list[str], out: Path, results: dict,
+           bench: dict) -> None:
     setting = (
         f"{args.model} pretrained (full training, {args.pretrain_epochs} epochs, lr "
         f"{args.pretrain_lr}, seed {args.seed}) on CIFAR-10 classes 0-4 "
@@ -190,8 +215,8 @@ def report(args: argparse.Namespace, out: Path, results: dict, bench: dict) -> N
                         f"seed {args.seed})"}
     lines = [
         "# Fine-tuning: Learn&Drop against full fine-tuning and its budget frontier", "",
-        f"Written by `python benchmarks/finetune.py {shlex.join(sys.argv[1:])}`", "",
-        f"Machine: {machine()}.", "", f"Setting: {setting}", "",
+        f"Written by `python benchmarks/finetune.py {shlex.join(argv)}`", "",
+        f"Machine: {machine_name(args.device)}.", "", f"Setting: {setting}", "",
         "**The comparison is [bench/bench.md](bench/bench.md)**: every method against full "
         "fine-tuning and fine-tuning for fewer epochs (the frontier), over the seeds, on "
         "executed FLOPs and wall-clock.", "",
@@ -201,7 +226,7 @@ def report(args: argparse.Namespace, out: Path, results: dict, bench: dict) -> N
               for k, s in results.items()]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(
-        {"machine": machine(), "args": vars(args), "setting": setting,
+        {"machine": machine_name(args.device), "args": vars(args), "setting": setting,
          "references": {k: {key: s[key] for key in ("final_test_acc", "train_time_s")}
                         for k, s in results.items()},
          "bench": "bench/bench.json", "finished": bench.get("finished")}, indent=2))

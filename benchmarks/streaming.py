@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -46,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from learndrop.bench.frontier import build_frontier, compare, mean_std, verdict  # noqa: E402
 from learndrop.bench.plan import parse_budgets, parse_seeds  # noqa: E402
 from learndrop.bench.report import run_cost  # noqa: E402
+from learndrop.machine import cpu_model  # noqa: E402
 from learndrop.train.config import TrainConfig  # noqa: E402
 from learndrop.train.report import read_rows  # noqa: E402
 from learndrop.train.stream import train_stream  # noqa: E402
@@ -53,15 +52,8 @@ from learndrop.train.stream import train_stream  # noqa: E402
 
 def machine() -> str:
     """One line naming the CPU/GPU, cores and torch threads."""
-    cpu = platform.processor() or "cpu"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines()
-                    if ln.startswith("Model name")), cpu)
-    except OSError:
-        pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} cores (nproc), torch {torch.__version__} with "
+    return (f"{cpu_model()}, {os.cpu_count()} cores (nproc), torch {torch.__version__} with "
             f"{torch.get_num_threads()} thread(s){gpu}")
 
 

@@ -33,16 +33,35 @@ def test_fine_tuning_bench_sets_learndrop_against_the_fine_tuning_frontier(
     tuned = json.loads((out / "bench" / "full-s0" / "summary.json").read_text())
     assert tuned["final_test_acc"] > 0 and tuned["epochs"] == 4
     assert "[bench/bench.md](bench/bench.md)" in (out / "results.md").read_text()
-    # Run again: everything is kept. Then as in a fresh checkout (no weights are committed):
-    # the pretraining runs again, and the finished fine-tuning runs are kept.
+    # Run again: everything is kept, the dry run included.
     capsys.readouterr()
     assert finetune.main(argv) == 0
     assert "pretrain: done, kept" in capsys.readouterr().out
+    assert finetune.main([*argv, "--dry-run"]) == 0
+    # Without the pretrained weights the runs that started from them cannot be kept, and
+    # the pretraining is not trained again (on another CPU it would round differently):
+    # refused in one line, nothing touched; the file restored, all is kept again.
+    saved = (out / "pretrain" / "model.pt").read_bytes()
     (out / "pretrain" / "model.pt").unlink()
+    capsys.readouterr()
+    assert finetune.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.pt is missing" in err and "restore it" in err
+    (out / "pretrain" / "model.pt").write_bytes(saved)
     assert finetune.main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "pretrain: training" in printed and "full-s0: done, kept" in printed
-    assert (out / "pretrain" / "model.pt").is_file()
+    assert "full-s0: done, kept" in capsys.readouterr().out
+    # Other pretraining settings: the finished pretraining is not taken for them.
+    assert finetune.main([*argv, "--pretrain-lr", "0.02"]) == 1
+    assert "lr=0.05, this bench asks for 0.02" in capsys.readouterr().err
+
+
+def test_fine_tuning_dry_run_before_the_pretraining(tmp_path, capsys, benchmark_script):
+    finetune = benchmark_script("finetune")
+    out = tmp_path / "ft"
+    assert finetune.main([*TINY, "--out", str(out), "--work", str(tmp_path / "w"),
+                          "--dry-run"]) == 0
+    assert "the fine-tuning plan is checked without it" in capsys.readouterr().out
+    assert not out.exists()
 
 
 def test_fine_tuning_bench_refuses_a_bad_variant_in_one_line(tmp_path, capsys, benchmark_script):

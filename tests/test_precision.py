@@ -131,14 +131,23 @@ def test_the_bench_does_not_mix_precisions(tmp_path, monkeypatch):
     # A finished run from before the record: config.json says auto, its summary says fp32.
     (run / "config.json").write_text(json.dumps({**config.record(), "precision": "auto"}))
     (run / "summary.json").write_text(json.dumps({"precision": "fp32"}))
-    with pytest.raises(ConfigError, match=r"precision='fp32', this bench asks for 'bf16' "
-                                          r"\(--precision auto on this machine\)"):
+    with pytest.raises(ConfigError, match=r"trained in fp32, this bench asks for bf16 "
+                                          r"\(--precision auto on this machine\); pass "
+                                          r"--precision fp32 to go on with that run"):
         check_same_experiment(config, run)
     config.precision = "fp32"
     check_same_experiment(config, run)
     # A run that recorded what ran.
     (run / "config.json").write_text(json.dumps({**config.record(), "precision": "bf16"}))
-    with pytest.raises(ConfigError, match="precision='bf16', this bench asks for 'fp32'"):
+    with pytest.raises(ConfigError, match="trained in bf16, this bench asks for fp32; pass "
+                                          "--precision bf16"):
+        check_same_experiment(config, run)
+    # A CPU run from before --precision existed trained in fp32.
+    legacy = {k: v for k, v in config.record().items() if k != "precision"}
+    (run / "config.json").write_text(json.dumps(legacy))
+    (run / "summary.json").write_text(json.dumps({"device": "cpu"}))
+    config.precision = "auto"
+    with pytest.raises(ConfigError, match="trained in fp32, this bench asks for bf16"):
         check_same_experiment(config, run)
     # An unfinished run recorded with auto does not say: it is taken (and continues as asked).
     (run / "summary.json").unlink()

@@ -54,9 +54,9 @@ RUN_DIR = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
 # Config fields that may differ between an existing run directory and the bench's plan without
 # making its result a different experiment (where and how it reports, where it ran). The
 # precision is compared by what it resolved to (:func:`_precision_ran`), not by what was asked.
-# The digest of the weights likewise, where both are known (:func:`check_same_experiment`).
+# The starting weights likewise: by their digest where the run recorded one, else by path.
 _IGNORED_FIELDS = {"out", "resume", "overwrite", "quiet", "plots", "device", "tensorboard",
-                   "eval_batch_size", "reference", "precision", "weights_sha256"}
+                   "eval_batch_size", "reference", "precision", "weights", "weights_sha256"}
 
 
 @dataclass(frozen=True)
@@ -377,17 +377,13 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
     for key in sorted(set(old) & set(new) - _IGNORED_FIELDS - {"method_options"}):
         if old[key] != new[key]:  # the method among them: the options below are the same one's
             _refuse(run, key, old[key], new[key])
-    was = old.get("weights_sha256")
-    if was and config.weights and Path(config.weights).is_file():
-        now = file_sha256(config.weights)
-        if now != was:
-            _refuse(run, "--weights", f"{config.weights} (sha256 {was[:12]}...)",
-                    f"{now[:12]}...", ": the file changed since that run started")
+    _check_weights(config, old, run)
     was, now = _precision_ran(old, run), _precision_asked(config)
     if was is not None and was != now:
-        _refuse(run, "precision", was, now,
-                f" (--precision {config.precision} on this machine)"
-                if config.precision == "auto" else "")
+        raise ConfigError(
+            f"{run} trained in {was}, this bench asks for {now}"
+            + (" (--precision auto on this machine)" if config.precision == "auto" else "")
+            + f"; pass --precision {was} to go on with that run, or choose another --out")
     # The options by the values they had, defaults included; an option missing from the record
     # (added since) and a run recorded before the record existed are read with today's defaults.
     try:
@@ -404,6 +400,25 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
                     "" if key in config.method_options else " (today's default)")
 
 
+def _check_weights(config: TrainConfig, old: dict, run: Path) -> None:
+    """The same starting weights: the same bytes where the run recorded their digest (the
+    path may differ: another checkout), else the same path."""
+    digest = old.get("weights_sha256")
+    if not (digest and config.weights):
+        if old.get("weights") != config.weights:
+            _refuse(run, "weights", old.get("weights"), config.weights)
+        return
+    if not Path(config.weights).is_file():
+        raise ConfigError(f"{run} started from --weights with SHA-256 {digest[:12]}..., and "
+                          f"{config.weights} does not exist: restore that file, or choose "
+                          "another --out")
+    now = file_sha256(config.weights)
+    if now != digest:
+        raise ConfigError(f"{run} started from --weights with SHA-256 {digest[:12]}..., "
+                          f"{config.weights} now has {now[:12]}...: restore that file, or "
+                          "choose another --out")
+
+
 def _precision_asked(config: TrainConfig) -> str:
     """What ``config.precision`` resolves to on this machine's device for the run."""
     from learndrop.precision import resolve_precision
@@ -414,13 +429,17 @@ def _precision_asked(config: TrainConfig) -> str:
 def _precision_ran(old: dict, run: Path) -> str | None:
     """The precision an existing run trained with: its ``config.json`` records it since runs
     write what ``auto`` resolved to; before that, a finished run's ``summary.json`` says it;
-    None where neither tells (an unfinished run recorded with ``auto``)."""
+    a run from before ``--precision`` trained in fp32 on a CPU; None where nothing tells (an
+    unfinished run recorded with ``auto``, or an old CUDA run)."""
     if old.get("precision", "auto") != "auto":
         return old["precision"]
     summary = run / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text()).get("precision")
-    return None
+    if not summary.is_file():
+        return None
+    done = json.loads(summary.read_text())
+    if "precision" in done:
+        return done["precision"]
+    return "fp32" if "precision" not in old and done.get("device") == "cpu" else None
 
 
 def _refuse(run: Path, key: str, was: object, now: object, note: str = "") -> None:

@@ -219,7 +219,8 @@ def record_start(config: TrainConfig, parts: Parts) -> None:
     resolved when it started: the precision ``auto`` became on this machine (bf16 on one,
     fp32 on the next: a run resumed or benched elsewhere must not change it) and the SHA-256 of
     its ``--weights`` file (a bench must not mix runs started from other bytes at the same
-    path). A resumed run keeps the digest it started with."""
+    path). A resumed run keeps the digest it started with (None for a checkpoint from before
+    the record: the file may have changed since, so it is not hashed now)."""
     config.precision = parts.precision.name
-    if config.weights and config.weights_sha256 is None:
-        config.weights_sha256 = file_sha256(config.weights)
+    if not config.resume:
+        config.weights_sha256 = file_sha256(config.weights) if config.weights else None

@@ -296,7 +296,7 @@ def train_stream(
         stream_batches_expected=total, steps=method.steps, checks=method.checks,
         steps_per_check=config.steps_per_check, eval_every=config.eval_every)
     summary.update(parts.precision.describe())
-    summary["machine"] = machine_name(device)
+    summary["machine"] = machine_name(device)  # a stream trains in one process
     if config.compile:
         torch.compiler.reset()  # free dynamo's caches of this model
     save_slim(run.file("model.pt"), parts.model.to("cpu"), architecture=config.model,

@@ -194,6 +194,8 @@ class Training:
                 # a checkpoint from before the record: Learn&Drop's state holds its options
                 saved = {**saved, RESOLVED_OPTIONS: policy}
             config = resume_config(config, saved, given, resume_from)
+        else:
+            config = dataclasses.replace(config)  # what the run resolves is not the caller's
         config.validate()
         if config.out is None:
             config.out = default_out(config)
@@ -251,6 +253,8 @@ class Training:
         # Process CPU time of the training steps: on a shared machine it varies far less with
         # the load than wall-clock (the bench reports both).
         self.train_cpu = 0.0
+        # The machine of every start (a run resumed elsewhere names both: its time mixes them).
+        self.machines: list[str] = []
         if ckpt is not None:
             try:
                 method.load_state_dict(ckpt["method"])
@@ -265,7 +269,12 @@ class Training:
                 "train_time"]
             self.train_cpu = ckpt.get("train_cpu", 0.0)
             self.epoch_stats = ckpt.get("epoch_stats")
+            self.machines = list(ckpt.get("machines", []))
             self.log(f"resuming {run.path} at epoch {self.epoch + 1}, step {method.steps}")
+        here = machine_name(ctx.device) + (f" x {ctx.world_size} processes"
+                                           if ctx.distributed else "")
+        if not self.machines or self.machines[-1] != here:
+            self.machines.append(here)
         self.metrics = None
         if ctx.is_main:
             run.begin(resume=ckpt is not None, overwrite=config.overwrite)
@@ -403,6 +412,7 @@ class Training:
             "epoch_stats": self.epoch_stats,
             "config": self.config.record(),
             "lr_extensions": [list(e) for e in self.lr_extensions],
+            "machines": self.machines,
         })
 
     def finish(self) -> dict:
@@ -414,7 +424,7 @@ class Training:
             config, self.data.name, self.method, self.train_time, ctx.device,
             accs[-1] if accs else None, max(accs) if accs else None, epochs=config.epochs)
         summary["world_size"] = ctx.world_size
-        summary["machine"] = machine_name(ctx.device)  # of the session that finished the run
+        summary["machine"] = " then ".join(self.machines)
         summary["train_cpu_s"] = round(self.train_cpu, 3)
         summary.update(self.parts.precision.describe())
         if config.compile:
