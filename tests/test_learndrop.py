@@ -448,10 +448,9 @@ def test_a_learning_rate_cut_changes_no_decision(fashion16, one_thread):
     """LR x0.1 after check 3: with the median normalisation every unit's score ratio at the next
     check stays close to the uncut run's (the trajectory after a cut is not exactly a scaled copy:
     weight decay, gradient noise), and the units chosen are the same; in the per-unit reading
-    (the control) the learning-rate normalised change jumps after the cut, and the decision with
-    it."""
+    (the control) every unit's learning-rate normalised change moves by more than that."""
     train_loader, _ = fashion16
-    chosen, ratios = {}, {}
+    chosen, ratios, changes = {}, {}, {}
     for normalization, threshold in (("median", 1.0), ("per-unit", 1.0)):
         torch.manual_seed(0)
         model = create_model("resnet20", num_classes=10, in_channels=1)
@@ -471,11 +470,18 @@ def test_a_learning_rate_cut_changes_no_decision(fashion16, one_thread):
             sgd_steps(branch_model, branch_optimizer, branch, train_loader)
             chosen[normalization, factor] = {e.unit for e in branch.events if e.step == 40}
             ratios[normalization, factor] = {u: s.ratio for u, s in branch.last_scores.items()}
+            changes[normalization, factor] = {u: s.change for u, s in branch.last_scores.items()}
     shift = [abs(math.log(ratios["median", 0.1][u] / r))
              for u, r in ratios["median", 1.0].items()]
     assert len(shift) == 7 and max(shift) < 0.25, ratios
     assert chosen["median", 1.0] and chosen["median", 0.1] == chosen["median", 1.0], chosen
-    assert chosen["per-unit", 0.1] != chosen["per-unit", 1.0]
+    per_unit = [abs(math.log(changes["per-unit", 0.1][u] / r))
+                for u, r in changes["per-unit", 1.0].items()]
+    # The control: each unit's own learning-rate normalised change moves with the cut, every
+    # unit more than any median-normalised ratio does (the common factor the median cancels).
+    # Whether that changes the per-unit decision depends on where the thresholds fall (it did
+    # on the Intel Xeon, not on the AMD EPYC), so the decision itself is not asserted.
+    assert min(per_unit) > max(shift), (per_unit, shift)
 
 
 def test_a_loop_that_passes_no_batches_gets_a_one_line_error():
@@ -496,3 +502,4 @@ def test_a_loop_that_passes_no_batches_gets_a_one_line_error():
     full = create_method("full", model, optimizer, X)
     full.step(4, batch=(X, torch.zeros(4, dtype=torch.long)))
     assert len(full.recent_batches) == 0
+
