@@ -6,7 +6,8 @@ below ``change_threshold`` and its trend is not rising (``slope <= max_slope``).
 once it has been a candidate for ``patience`` consecutive checks. Ready units are acted on
 cheapest measured drop cost first (lowest continuation score first when no cost was measured),
 within the guards: no decision during the ``warmup_checks`` first checks, none while training is
-unstable (below), at most ``max_drops_per_check`` per check, and never more than
+unstable (below), none once the learning rate has decayed below ``min_lr_fraction`` of its peak
+(off by default), at most ``max_drops_per_check`` per check, and never more than
 ``max_dropped_fraction`` of all units dropped or frozen in total. A unit is never acted on twice.
 
 The action (:meth:`DropPolicy.action`): a ready unit whose measured drop cost (the training-loss
@@ -84,6 +85,12 @@ class DropPolicy:
             train"). ``--method freeze`` freezes every unit it acts on: ``"freeze"`` only.
         recalibration_batches: recent training batches from which the BatchNorm statistics
             are recomputed after a drop (>= 0; 0 = no recalibration).
+        min_lr_fraction: no decision once the learning rate has fallen below this fraction of
+            its highest value so far (in [0, 1); 0 turns it off). A unit removed in the
+            low-rate tail of a schedule leaves the rest of the network too few large steps to
+            take over its work: on the fine-tuning bench each drop after the rate fell below
+            0.6 of its peak cost about a point (``docs/method-card.md``, "Late drops"). A
+            constant rate (streams) never trips it.
     """
 
     warmup_checks: int = 1
@@ -99,6 +106,7 @@ class DropPolicy:
     max_loss_rise: float = 0.1
     recalibration_batches: int = 4
     costly_units: str = "keep"
+    min_lr_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         def fail(name: str, rule: str) -> None:
@@ -132,6 +140,8 @@ class DropPolicy:
         for name in ("max_drop_cost", "max_loss_rise"):
             if not getattr(self, name) >= 0:  # NaN fails too; inf is allowed (= off)
                 fail(name, ">= 0 (inf turns it off)")
+        if not 0 <= self.min_lr_fraction < 1:  # NaN fails too
+            fail("min_lr_fraction", "in [0, 1) (0 turns it off)")
         if self.cost_batches == 0:
             for name in ("max_drop_cost", "max_loss_rise"):
                 if math.isfinite(getattr(self, name)):
@@ -148,6 +158,11 @@ class DropPolicy:
         per_check = k if isinstance(k, int) else max(1, math.floor(k * units_total))
         cap = math.floor(self.max_dropped_fraction * units_total + 1e-9)
         return max(0, min(per_check, cap - units_dropped))
+
+    def lr_allows(self, lr: float, peak_lr: float) -> bool:
+        """Whether the learning rate ``lr`` (of the last step) is still at least
+        ``min_lr_fraction`` of ``peak_lr`` (the highest so far): decisions are allowed."""
+        return lr >= self.min_lr_fraction * peak_lr
 
     def is_stable(self, losses: Sequence[float]) -> bool:
         """Whether the last of the check losses ``losses`` (oldest first) allows decisions: it

@@ -503,3 +503,36 @@ def test_a_loop_that_passes_no_batches_gets_a_one_line_error():
     full.step(4, batch=(X, torch.zeros(4, dtype=torch.long)))
     assert len(full.recent_batches) == 0
 
+
+def test_no_decision_in_the_low_rate_tail(fashion16, one_thread):
+    """min_lr_fraction: after a cut of the learning rate to 0.3 of its peak, a policy with
+    min_lr_fraction=0.5 decides nothing (and measures nothing), where the same policy without
+    the guard drops; a constant rate never trips it, and the peak survives a checkpoint."""
+    train_loader, _ = fashion16
+    runs = {}
+    for guard in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = create_model("resnet20", num_classes=10, in_channels=1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        ld = LearnDrop(model, optimizer, F16, steps_per_check=len(train_loader), policy=DropPolicy(
+            change_threshold=100.0, max_slope=100.0, max_drops_per_check=2,
+            max_drop_cost=math.inf, warmup_checks=2, min_lr_fraction=guard))
+        for epoch in range(2):  # constant rate: the guard allows, but the warm-up holds back
+            train_loader.set_epoch(epoch)
+            sgd_steps(model, optimizer, ld, train_loader)
+        assert ld.policy.lr_allows(ld.lr_now, ld.peak_lr) and ld.peak_lr == 0.05
+        restored = LearnDrop(create_model("resnet20", num_classes=10, in_channels=1),
+                             torch.optim.SGD(model.parameters(), lr=0.05), F16,
+                             steps_per_check=len(train_loader), policy=ld.policy)
+        restored.load_state_dict(ld.state_dict())
+        assert (restored.lr_now, restored.peak_lr) == (ld.lr_now, ld.peak_lr)
+        for group in optimizer.param_groups:
+            group["lr"] *= 0.3
+        extra = ld.ledger.extra_fwd
+        train_loader.set_epoch(2)
+        sgd_steps(model, optimizer, ld, train_loader)
+        runs[guard] = (len(ld.events), ld.ledger.extra_fwd - extra)
+    assert runs[0.0][0] > 0 and runs[0.0][1] > 0  # decided, measuring the costs first
+    assert runs[0.5] == (0, 0)  # the tail: nothing decided, nothing measured
+    with pytest.raises(PolicyError, match="min_lr_fraction=1.0 is invalid"):
+        DropPolicy(min_lr_fraction=1.0)
