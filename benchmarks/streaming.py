@@ -45,6 +45,7 @@ from learndrop.bench.frontier import build_frontier, compare, mean_std, verdict 
 from learndrop.bench.plan import parse_budgets, parse_seeds  # noqa: E402
 from learndrop.bench.report import run_cost  # noqa: E402
 from learndrop.machine import cpu_model  # noqa: E402
+from learndrop.precision import resolve_precision  # noqa: E402
 from learndrop.train.config import TrainConfig  # noqa: E402
 from learndrop.train.report import read_rows  # noqa: E402
 from learndrop.train.stream import train_stream  # noqa: E402
@@ -80,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="full training on these fractions of the stream: the stream frontier "
                         "('none' for none)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                   help="fp32 by default: auto is bf16 on a CPU with AVX512_BF16 and fp32 on "
+                        "one without, and the committed runs are fp32")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 avoids oversubscription on shared cores; 0 = "
                         "torch's default)")
@@ -107,6 +111,11 @@ def planned_runs(args: argparse.Namespace) -> list[tuple[str, str, str, float, i
     return runs
 
 
+def precision_of(args: argparse.Namespace) -> str:
+    """What ``--precision`` resolves to on ``--device`` (``auto``: bf16 where native)."""
+    return resolve_precision(args.precision, args.device).name
+
+
 def run_all(args: argparse.Namespace) -> dict:
     """``{order: {label: {seed: summary}}}``; a run whose summary.json exists is kept."""
     out = Path(args.out)
@@ -115,8 +124,12 @@ def run_all(args: argparse.Namespace) -> dict:
         run = out / f"{order}-{label}-s{seed}"
         summary_file = run / "summary.json"
         if summary_file.is_file():
-            print(f"{run.name}: done already, kept")
             summary = json.loads(summary_file.read_text())
+            ran, asked = summary.get("precision", "fp32"), precision_of(args)
+            if ran != asked:
+                raise SystemExit(f"streaming.py: error: {run} trained in {ran}, this run asks "
+                                 f"for {asked}; pass --precision {ran}, or choose another --out")
+            print(f"{run.name}: done already, kept")
         else:
             batches = None
             if fraction < 1.0:  # the first fraction of the same stream, in batches
@@ -132,7 +145,7 @@ def run_all(args: argparse.Namespace) -> dict:
                 test_subset=args.test_subset or None, batch_size=args.batch_size,
                 lr=args.lr, steps_per_check=args.steps_per_check, eval_every=args.eval_every,
                 method_options=json.loads(args.policy) if method != "full" else {},
-                stream_length=batches, seed=seed, device=args.device,
+                stream_length=batches, seed=seed, device=args.device, precision=args.precision,
                 out=str(run), overwrite=True, quiet=True)
             print(f"{run.name}: running")
             summary = train_stream(config, log=lambda s, n=run.name: print(f"  [{n}] {s}"))

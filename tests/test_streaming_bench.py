@@ -40,5 +40,11 @@ def test_stream_frontier_and_seeds(tmp_path, one_thread, capsys, benchmark_scrip
     # Run again: every run is kept, nothing retrained.
     streaming.main([*ARGS, "--out", str(out)])
     assert capsys.readouterr().out.count("done already, kept") == 8
+    # The runs trained in fp32 (the default): a bf16 run of the same bench is another
+    # experiment, refused in one line before anything trains.
+    assert budget["precision"] == "fp32"
+    with pytest.raises(SystemExit, match="trained in fp32, this run asks for bf16; pass "
+                                         "--precision fp32"):
+        streaming.main([*ARGS, "--out", str(out), "--precision", "bf16"])
     with pytest.raises(SystemExit, match="--seeds must be"):
         streaming.main([*ARGS[:-4], "--seeds", "0,0", "--out", str(out)])
