@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from learndrop.methods import METHODS
+from learndrop.precision import resolve_precision
 from learndrop.train.builder import file_sha256, pick_device
 from learndrop.train.config import (
     RESOLVED_OPTIONS,
@@ -421,8 +422,6 @@ def _check_weights(config: TrainConfig, old: dict, run: Path) -> None:
 
 def _precision_asked(config: TrainConfig) -> str:
     """What ``config.precision`` resolves to on this machine's device for the run."""
-    from learndrop.precision import resolve_precision
-
     return resolve_precision(config.precision, pick_device(config.device)).name
 
 

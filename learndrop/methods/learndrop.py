@@ -107,9 +107,8 @@ class LearnDrop(Method):
         self.last_scores: dict[str, UnitScore] = {}
         self.last_costs: dict[str, float] = {}  # drop costs measured at the last check
         self.check_losses: list[float] = []  # the check loss of every check so far
-        # The learning rate of the last step and the highest so far (``min_lr_fraction``):
-        # the largest of the param groups' (a schedule scales them alike).
-        self.lr_now = self.peak_lr = 0.0
+        # The highest learning rate so far (``min_lr_fraction``), updated at every step.
+        self.peak_lr = 0.0
         # Forward FLOPs per sample of each unit, to charge the bypassed passes to the ledger.
         self._unit_fwd = ({n: c.fwd for n, c in unit_costs(model, example_input,
                                                            self.units).items()}
@@ -134,9 +133,14 @@ class LearnDrop(Method):
 
     def on_step(self) -> list[Event]:
         self.tracker.accumulate_lr()
-        self.lr_now = max(g["lr"] for g in self.optimizer.param_groups)
         self.peak_lr = max(self.peak_lr, self.lr_now)
         return []
+
+    @property
+    def lr_now(self) -> float:
+        """The learning rate now: the largest of the param groups' (a schedule scales them
+        alike)."""
+        return max(g["lr"] for g in self.optimizer.param_groups)
 
     def on_check(self) -> list[Event]:
         if self.batches_needed:
@@ -204,17 +208,15 @@ class LearnDrop(Method):
     def state_dict(self) -> dict:
         return {**super().state_dict(), "tracker": self.tracker.state_dict(),
                 "streaks": dict(self.streaks), "policy": self.policy.to_dict(),
-                "check_losses": list(self.check_losses), "lr_now": self.lr_now,
-                "peak_lr": self.peak_lr}
+                "check_losses": list(self.check_losses), "peak_lr": self.peak_lr}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.tracker.load_state_dict(state["tracker"])
         self.streaks = dict(state["streaks"])
         self.check_losses = list(state.get("check_losses", []))
-        # Checkpoints before min_lr_fraction: the next step sets lr_now, and the peak is
-        # rebuilt from there on (a guard with the default 0 does not read it).
-        self.lr_now = state.get("lr_now", 0.0)
+        # Checkpoints before min_lr_fraction: the peak is rebuilt from the next step on (a
+        # guard with the default 0 does not read it).
         self.peak_lr = state.get("peak_lr", 0.0)
 
 
