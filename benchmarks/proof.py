@@ -36,6 +36,8 @@ root::
     python benchmarks/proof.py --seeds 0 --models resnet56        # about 2 h on 2 quiet cores
     python benchmarks/proof.py --seeds 0 --models vgg16_cifar --methods learndrop
                                         # a first look: full and Learn&Drop alone (kept later)
+    python benchmarks/proof.py --seeds 1 --models vgg16_cifar --methods learndrop,budgets
+                                        # the "before" picture: + the frontier (kept later)
     python benchmarks/proof.py --seeds 0 --models resnet56 --methods full \
         --variant cap0.5=learndrop:max_dropped_fraction=0.5     # a tuning run, in the report
     python benchmarks/proof.py --dry-run                          # the plan and an estimate
@@ -73,6 +75,7 @@ from learndrop.bench import (  # noqa: E402
 from learndrop.bench.plan import NEEDS_REFERENCE  # noqa: E402
 from learndrop.train import ConfigError, TrainConfig  # noqa: E402
 
+BUDGETS = "budgets"  # --methods word for the frontier runs (full training at DEFAULT_BUDGETS)
 METHODS = ["full", "learndrop", "random-drop", "slim-from-scratch", "freezeout",
            "stochastic-depth"]
 # The "before" picture (issue 13): Learn&Drop as it stood before the decisions issue (15), the
@@ -354,10 +357,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated seeds, e.g. 0 (one per invocation is fine); default: "
                         "the profile's")
     p.add_argument("--methods", default=None,
-                   help="comma-separated, from " + ",".join(METHODS) + ": a first look at those "
-                        "runs alone (no budget runs, A/A control, learndrop-paper, "
-                        "costly-freeze or depth check); the whole bench, run later without "
-                        "--methods, keeps them. Default: the whole bench")
+                   help="comma-separated, from " + ",".join(METHODS) + f" and {BUDGETS!r} (full "
+                        "training at 0.25, 0.5 and 0.75 of the epochs: the frontier): a first "
+                        "look at those runs alone (no A/A control, learndrop-paper, "
+                        "costly-freeze or depth check, and no budget runs unless named); the "
+                        "whole bench, run later without --methods, keeps them. Default: the "
+                        "whole bench")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD[:K=V,...]",
                    help="also train METHOD under LABEL with options of its own (repeatable), "
                         "e.g. cap0.5=learndrop:max_dropped_fraction=0.5: a tuning run, reported "
@@ -399,9 +404,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise ConfigError(f"--models: unknown model {unknown[0]!r}; see `learndrop models`")
     seeds = parse_seeds(args.seeds) if args.seeds else list(profile.seeds)
-    methods = METHODS
+    methods, budgets = METHODS, True
     if args.methods:
-        methods = parse_methods(args.methods)
+        names = [m.strip() for m in args.methods.split(",")]
+        budgets = BUDGETS in names
+        if budgets and names.count(BUDGETS) > 1:
+            raise ConfigError(f"--methods names {BUDGETS!r} twice")
+        methods = parse_methods([m for m in names if m != BUDGETS])
         outside = [m for m in methods if m not in METHODS]
         if outside:
             raise ConfigError(f"--methods: {outside[0]!r} is not in the proof bench; choose from "
@@ -425,12 +434,13 @@ def main(argv: list[str] | None = None) -> int:
         base = base_config(profile, model, epochs, args)
         print(f"== {model}: {base.dataset}, {base.subset or 'all'} training images, {epochs} "
               f"epochs, seeds {','.join(map(str, seeds))}", flush=True)
-        if methods == METHODS:
+        if methods == METHODS and budgets:
             extras = dict(budgets=DEFAULT_BUDGETS, aa_control=True,
                           shallow=profile.shallow.get(model), variants=[*RESERVED, *variants])
         else:  # a first look: the chosen runs alone, named and configured as in the whole bench
             # (the copies of Learn&Drop's run are timed against the A/A control beside them)
-            extras = dict(budgets="none", shallow=None, variants=variants,
+            extras = dict(budgets=DEFAULT_BUDGETS if budgets else "none", shallow=None,
+                          variants=variants,
                           aa_control=any(m in NEEDS_REFERENCE for m in methods))
         run_bench(base, methods, seeds, out / model, dry_run=args.dry_run, prune=True,
                   log=lambda s: print(s, flush=True), **extras)

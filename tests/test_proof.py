@@ -15,15 +15,19 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
                                                      benchmark_script):
     proof = benchmark_script("proof")
     out = tmp_path / "proof"
-    # A first look (full and Learn&Drop alone), then the whole bench, which keeps those two.
-    assert proof.main(["--profile", "smoke", "--out", str(out), "--methods", "learndrop"]) == 0
+    # A first look (full, Learn&Drop and the frontier alone), then the whole bench, which keeps
+    # those five runs.
+    assert proof.main(["--profile", "smoke", "--out", str(out), "--methods",
+                       "learndrop,budgets"]) == 0
     first = json.loads((out / "resnet32" / "bench.json").read_text())
-    assert set(first["rows"]) == {"full", "learndrop"}
+    assert set(first["rows"]) == {"full", "learndrop", "full-b0.25", "full-b0.5", "full-b0.75"}
+    assert first["rows"]["learndrop"]["frontier"]["flops"]["positions"]  # set against it
     capsys.readouterr()
     assert proof.main(["--profile", "smoke", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "full-s0: done, kept" in printed and "learndrop-s0: done, kept" in printed
-    assert printed.count("done, kept") == 2
+    assert "full-b0.5-s0: done, kept" in printed
+    assert printed.count("done, kept") == 5
     plan = json.loads((out / "proof-plan.json").read_text())
     assert plan["source"] == "fitted" and 4 <= plan["epochs"] <= 5
     assert set(plan["step_s"]) == {"resnet32", "resnet20"}
@@ -70,6 +74,8 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
     with pytest.raises(proof.ConfigError, match="the proof bench's own run"):
         proof.main(["--profile", "smoke", "--out", str(out), "--methods", "full",
                     "--variant", "learndrop-paper=learndrop:patience=2"])
+    with pytest.raises(proof.ConfigError, match="names 'budgets' twice"):
+        proof.main(["--profile", "smoke", "--out", str(out), "--methods", "budgets,budgets"])
     with pytest.raises(proof.ConfigError, match="leave out --variant"):
         proof.main(["--profile", "smoke", "--out", str(out), "--report-only",
                     "--variant", "x=learndrop"])
