@@ -60,7 +60,9 @@ def machine() -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/streaming"))
+    p.add_argument("--out", default=None,
+                   help="default benchmarks/results/streaming, or streaming-cosine with "
+                        "--stream-schedule cosine")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--image-size", type=int, default=16)
@@ -80,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", default="0.25,0.5,0.75",
                    help="full training on these fractions of the stream: the stream frontier "
                         "('none' for none)")
+    p.add_argument("--stream-schedule", default="constant", choices=("constant", "cosine"),
+                   help="learning rate after the warm-up: constant (a stream of unknown end, "
+                        "the paper's case) or cosine to zero over each run's own stream (the "
+                        "whole stream, or a budget's prefix: the frontier with its schedule "
+                        "compressed, and a final iterate that is not a constant rate's noisy one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
                    help="fp32 by default: auto is bf16 on a CPU with AVX512_BF16 and fp32 on "
@@ -87,7 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 avoids oversubscription on shared cores; 0 = "
                         "torch's default)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        name = "streaming" + ("-cosine" if args.stream_schedule == "cosine" else "")
+        args.out = str(ROOT / "benchmarks/results" / name)
+    return args
 
 
 def seeds_of(args: argparse.Namespace) -> list[int]:
@@ -129,6 +140,12 @@ def run_all(args: argparse.Namespace) -> dict:
             if ran != asked:
                 raise SystemExit(f"streaming.py: error: {run} trained in {ran}, this run asks "
                                  f"for {asked}; pass --precision {ran}, or choose another --out")
+            kept = json.loads((run / "config.json").read_text()).get("stream_schedule",
+                                                                     "constant")
+            if kept != args.stream_schedule:
+                raise SystemExit(f"streaming.py: error: {run} trained with a {kept} learning "
+                                 f"rate, this run asks for {args.stream_schedule}; pass "
+                                 f"--stream-schedule {kept}, or choose another --out")
             print(f"{run.name}: done already, kept")
         else:
             batches = None
@@ -145,7 +162,8 @@ def run_all(args: argparse.Namespace) -> dict:
                 test_subset=args.test_subset or None, batch_size=args.batch_size,
                 lr=args.lr, steps_per_check=args.steps_per_check, eval_every=args.eval_every,
                 method_options=json.loads(args.policy) if method != "full" else {},
-                stream_length=batches, seed=seed, device=args.device, precision=args.precision,
+                stream_length=batches, stream_schedule=args.stream_schedule, seed=seed,
+                device=args.device, precision=args.precision,
                 out=str(run), overwrite=True, quiet=True)
             print(f"{run.name}: running")
             summary = train_stream(config, log=lambda s, n=run.name: print(f"  [{n}] {s}"))
@@ -209,12 +227,14 @@ def write_report(args: argparse.Namespace, results: dict) -> None:
         "",
         f"Setup: {args.model} on a one-pass stream of {args.dataset} "
         f"({args.subset or 'all'} training images at {args.image_size}x{args.image_size}, "
-        f"batches of {args.batch_size}, each used once), SGD lr {args.lr} constant after a "
-        f"{args.steps_per_check}-step warm-up, scores and drop decisions every "
+        f"batches of {args.batch_size}, each used once), SGD lr {args.lr} "
+        f"{'constant' if args.stream_schedule == 'constant' else 'in a cosine decay to zero'} "
+        f"after a {args.steps_per_check}-step warm-up, scores and drop decisions every "
         f"{args.steps_per_check} steps, test accuracy on {args.test_subset or 'all'} held-out "
         f"images every {args.eval_every} steps. Seeds {args.seeds}. Policy: {args.policy}. The "
-        f"stream frontier: full training on the first {args.budgets} of the stream, same "
-        "constant rate, and on all of it.",
+        f"stream frontier: full training on the first {args.budgets} of the stream, "
+        + ("same constant rate" if args.stream_schedule == "constant"
+           else "the cosine compressed to each prefix") + ", and on all of it.",
         "",
         "Command: `python benchmarks/streaming.py " + " ".join(sys.argv[1:]) + "`",
         "",

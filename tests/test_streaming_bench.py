@@ -48,3 +48,28 @@ def test_stream_frontier_and_seeds(tmp_path, one_thread, capsys, benchmark_scrip
         streaming.main([*ARGS, "--out", str(out), "--precision", "bf16"])
     with pytest.raises(SystemExit, match="--seeds must be"):
         streaming.main([*ARGS[:-4], "--seeds", "0,0", "--out", str(out)])
+    # Those runs took a constant rate: a cosine bench in the same place is another experiment.
+    with pytest.raises(SystemExit, match="trained with a constant learning rate, this run asks "
+                                         "for cosine; pass --stream-schedule constant"):
+        streaming.main([*ARGS, "--out", str(out), "--stream-schedule", "cosine"])
+
+
+def last_lr(run) -> float:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]["lr"]
+
+
+def test_cosine_stream_compresses_each_budget_to_its_own_prefix(tmp_path, one_thread,
+                                                                benchmark_script):
+    streaming = benchmark_script("streaming")
+    out = tmp_path / "c"
+    args = [*ARGS[:-6], "--methods", "full", "--seeds", "0", "--budgets", "0.5"]
+    streaming.main([*args, "--out", str(out), "--stream-schedule", "cosine"])
+    whole, half = out / "dataset-full-s0", out / "dataset-full-b0.5-s0"
+    for run in (whole, half):  # each run's rate decays to zero at the end of its own stream
+        assert json.loads((run / "config.json").read_text())["stream_schedule"] == "cosine"
+        assert last_lr(run) < 0.01 * 0.05
+    assert json.loads((half / "summary.json").read_text())["steps"] == 4
+    assert "in a cosine decay to zero" in (out / "results.md").read_text()
+    constant = tmp_path / "k"
+    streaming.main([*args, "--out", str(constant)])
+    assert last_lr(constant / "dataset-full-b0.5-s0") == pytest.approx(0.05)
