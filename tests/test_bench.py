@@ -168,6 +168,11 @@ def test_bench_report(bench):
     for label in runs:
         assert f"\n| {label} | 1 |" in md and f"\n| {label}-s0 |" in md
     assert "## Against the budget frontier" in md and "Noise floor" in md
+    # What the runs trained in: what --precision resolved to on this machine, not what was asked.
+    from learndrop.precision import resolve_precision
+
+    ran = resolve_precision(report["config"]["precision"], "cpu").name
+    assert report["precision"] == {ran: report["finished"]} and f"finished, all in {ran}." in md
     for png in ("accuracy_vs_flops.png", "accuracy_vs_time.png"):
         assert (out / png).stat().st_size > 1000
     assert not list(out.glob(".*tmp"))

@@ -386,6 +386,7 @@ def write_report(out: Path, base: TrainConfig | None = None, plan: dict | None =
         "finished": len(runs),
         "machine": machine_info(", ".join(devices) or None),
         "trained_on": trained_on(runs),
+        "precision": trained_in(runs),
         **aggregate(runs),
         "not_trained": _copies_not_trained(out, runs, plan or {}),
     }
@@ -405,6 +406,17 @@ def trained_on(runs: dict) -> dict[str, list[str]]:
         found.setdefault(run["summary"].get("machine", "not recorded"), []).append(
             f"{label}-s{seed}")
     return found
+
+
+def trained_in(runs: dict) -> dict[str, int]:
+    """``{precision: number of runs}``: what the finished runs trained in (``summary.json``'s
+    ``precision``: what ``--precision`` resolved to, e.g. ``auto`` to bf16 on a CPU with
+    AVX512_BF16; ``"not recorded"`` for runs older than the record), most runs first."""
+    counts: dict[str, int] = {}
+    for run in runs.values():
+        name = run["summary"].get("precision", "not recorded")
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _copies_not_trained(out: Path, runs: dict, plan: dict) -> dict[str, list[int]]:
@@ -487,7 +499,8 @@ def bench_markdown(report: dict) -> str:
         f"{c.get('test_subset') or 'all'}, batch {c.get('batch_size', '?')}, lr "
         f"{c.get('lr', '?')}, warm-up {c.get('warmup_epochs', '?')} epoch(s) then cosine to "
         f"zero; seeds {', '.join(map(str, report['seeds'])) or '–'}; {report['finished']} runs "
-        f"finished. Machine: {m['cpu']} ({' '.join(m['cpu_flags']) or 'flags unknown'}), "
+        f"finished, {_precision_text(report.get('precision', {}))}. Machine: {m['cpu']} "
+        f"({' '.join(m['cpu_flags']) or 'flags unknown'}), "
         f"{m['cpus_usable']} CPUs usable, {m['torch_threads']} torch threads, torch "
         f"{m['torch']}, device {m['device']}, load average {m['load_average']}.",
         "",
@@ -631,6 +644,14 @@ def bench_markdown(report: dict) -> str:
                 f"| {_f(t2t and t2t['time_s'], '.1f') if t2t else 'not reached'} "
                 f"| {s['units_dropped']} |")
     return "\n".join(lines) + "\n"
+
+
+def _precision_text(counts: dict[str, int]) -> str:
+    if not counts:
+        return "precision unknown"
+    if len(counts) == 1:
+        return f"all in {next(iter(counts))}"
+    return "in " + ", ".join(f"{name} ({n} runs)" for name, n in counts.items())
 
 
 def _machines_line(trained_on: dict[str, list[str]]) -> list[str]:
