@@ -288,27 +288,25 @@ class Residual3(nn.Module):
         return torch.relu(x + self.conv(x))
 
 
-def test_freeze_mode_measures_the_check_loss_not_drop_costs(trained_resnet20, one_thread):
-    """A freeze leaves the function unchanged: one forward pass per sample of the check
-    batches (the check loss), none per unit, and the ready units frozen in the scores' order."""
+def test_freeze_mode_freezes_the_cheapest_ready_units_first(trained_resnet20, one_thread):
+    """Freeze mode measures drop costs as Learn&Drop does and freezes in their order: the units
+    whose removal would change the loss least are the cheapest to stop training (measured:
+    the scores' order cost half a point more on the fine-tuning bench)."""
     trained, batches, _ = trained_resnet20
     model = copy.deepcopy(trained)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     ld = LearnDrop(model, optimizer, F16, mode="freeze", policy=FreezePolicy(
-        **{**EAGER_FIELDS, "max_drops_per_check": 3}, max_loss_rise=math.inf))
+        **{**EAGER_FIELDS, "max_drops_per_check": 3}, max_loss_rise=math.inf,
+        max_drop_cost=math.inf))
     sgd_steps(model, optimizer, ld, batches)
-    extra_before, losses_before = ld.ledger.extra_fwd, len(ld.check_losses)
-    checked = list(ld.recent_batches)[-ld.policy.cost_batches:]
-    fwd_per_sample = ld.ledger.cost(ld.flops_key()).fwd
+    _, costs = drop_costs(model, ld.units, list(ld.recent_batches)[-ld.policy.cost_batches:])
     events = ld.check()
     assert [e.action for e in events] == ["freeze"] * 3
-    assert all(e.drop_cost is None for e in events) and ld.last_costs == {}
-    samples = sum(len(y) for _, y in checked)
-    assert ld.ledger.extra_fwd - extra_before == pytest.approx(samples * fwd_per_sample)
-    assert len(ld.check_losses) == losses_before + 1
-    # The scores' order (lowest continuation first), not a cost order.
-    ready = ld.policy.ready(ld.last_scores, ld.streaks, check=ld.checks)
-    assert [e.unit for e in events] == ready[:3]
+    assert [e.unit for e in events] == sorted(costs, key=costs.get)[:3]
+    for e in events:
+        assert e.drop_cost == pytest.approx(costs[e.unit])
+    assert all(not p.requires_grad for e in events for p in model.get_submodule(e.unit)
+               .parameters())
 
 
 def test_the_last_trainable_unit_is_never_removed(one_thread):
