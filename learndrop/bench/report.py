@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -412,11 +413,8 @@ def trained_in(runs: dict) -> dict[str, int]:
     """``{precision: number of runs}``: what the finished runs trained in (``summary.json``'s
     ``precision``: what ``--precision`` resolved to, e.g. ``auto`` to bf16 on a CPU with
     AVX512_BF16; ``"not recorded"`` for runs older than the record), most runs first."""
-    counts: dict[str, int] = {}
-    for run in runs.values():
-        name = run["summary"].get("precision", "not recorded")
-        counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    return dict(Counter(run["summary"].get("precision", "not recorded")
+                        for run in runs.values()).most_common())
 
 
 def _copies_not_trained(out: Path, runs: dict, plan: dict) -> dict[str, list[int]]:
