@@ -19,7 +19,7 @@ from learndrop.bench import (
     plan_bench,
     run_bench,
 )
-from learndrop.bench.plan import default_budgets, run_config
+from learndrop.bench.plan import copy_is_full_training, default_budgets, run_config
 from learndrop.bench.report import write_report
 from learndrop.cli import main
 from learndrop.methods import METHODS
@@ -128,6 +128,39 @@ def test_variants_run_a_method_under_their_own_label_and_options(tmp_path):
     assert config.method_options["normalization"] == "per-unit"
     plain = run_config(base, first["learndrop-s0"], tmp_path)
     assert plain.method_options == {"change_threshold": 0.9, "patience": 2}
+
+
+def test_a_copy_variant_copies_the_run_it_names(tmp_path):
+    """random-drop as a variant copies the drops of the Learn&Drop variant it names (chance
+    against that variant's scores), trains after it (group 2) and is skipped, like the plain
+    copies, when that variant decided nothing."""
+    cap = parse_variant("cap=learndrop:max_dropped_fraction=0.5")
+    chance = parse_variant("rd-cap=random-drop:reference=cap")
+    groups = plan_bench(["full", "learndrop", "random-drop"], [0], 8, [], variants=[cap, chance])
+    assert [s.name for s in groups[0]] == ["full-s0", "learndrop-s0", "cap-s0"]
+    second = {s.name: s for s in groups[1]}
+    assert list(second) == ["random-drop-s0", "rd-cap-s0", "full-aa-s0"]
+    assert (second["rd-cap-s0"].reference, second["random-drop-s0"].reference) == (
+        "cap", "learndrop")
+    assert groups[0][0].reference is None  # full copies nothing
+    config = run_config(tiny(), second["rd-cap-s0"], tmp_path)
+    assert (config.method, config.method_options["reference"]) == (
+        "random-drop", str(tmp_path / "cap-s0"))
+    assert run_config(tiny(), second["random-drop-s0"], tmp_path).method_options[
+        "reference"] == str(tmp_path / "learndrop-s0")
+    # Whether it would be full training is read from the run it names, not from learndrop's.
+    for label, drops in (("learndrop", [{"action": "drop"}]), ("cap", [])):
+        (tmp_path / f"{label}-s0").mkdir()
+        (tmp_path / f"{label}-s0" / "summary.json").write_text(json.dumps({"drops": drops}))
+    assert copy_is_full_training("random-drop", 0, tmp_path, "cap")
+    assert not copy_is_full_training("random-drop", 0, tmp_path)
+    # A reference that is itself a copy, or not in the bench, is refused before any training.
+    with pytest.raises(ConfigError, match="reference=rd-cap is not a run of this bench"):
+        plan_bench(["full"], [0], 8, [], variants=[
+            cap, chance, parse_variant("rd2=random-drop:reference=rd-cap")])
+    with pytest.raises(ConfigError, match="name cap or learndrop"):
+        plan_bench(["full", "learndrop"], [0], 8, [],
+                   variants=[cap, parse_variant("x=slim-from-scratch:reference=nope")])
 
 
 def test_bench_report(bench):
@@ -273,7 +306,9 @@ def test_bad_bench_config_is_one_line(tmp_path, capsys):
         (["--variant", "learndrop"], "write LABEL=METHOD"),
         (["--variant", "learndrop=learndrop"], "label 'learndrop' is taken"),
         (["--variant", "x=nope"], "unknown method 'nope'"),
-        (["--variant", "x=random-drop"], "copies Learn&Drop's run"),
+        (["--variant", "x=random-drop"], "copies another run of the same seed"),
+        (["--variant", "x=random-drop:reference=x"], "names the variant itself"),
+        (["--variant", "x=random-drop:reference=cap"], "reference=cap is not a run of this"),
         (["--variant", "x=learndrop:patience=2,patience=3"], "'patience' is given twice"),
         (["--variant", "x=learndrop:drop_rate=0.1"], "'drop_rate' is not an option of learndrop"),
         (["--variant", "x=learndrop:patience=0"], "patience=0 is invalid"),

@@ -81,6 +81,14 @@ class RunSpec:
     options: tuple[tuple[str, object], ...] = ()  # a variant's own method options
 
     @property
+    def reference(self) -> str | None:
+        """The label of the run this one copies (``learndrop``, or a variant's ``reference``
+        option), for the methods that copy one; else ``None``."""
+        if self.method not in NEEDS_REFERENCE:
+            return None
+        return str(dict(self.options).get("reference", REFERENCE_METHOD))
+
+    @property
     def name(self) -> str:
         """The run directory's name, ``<label>-s<seed>``."""
         return f"{self.label}-s{self.seed}"
@@ -94,8 +102,11 @@ class Variant:
 
     Raises :class:`ConfigError` for a label that is a method's name, could be read as another
     role's (``full-...``) or is not lower-case letters, digits and dashes; for an unknown method,
-    one that copies Learn&Drop's run (its drops would come from the reference, not from its
-    options), and for options that are not the method's or are invalid.
+    a method that copies another run (random-drop, slim-from-scratch) without
+    ``reference=LABEL``, the label of the Learn&Drop run or variant it copies (e.g.
+    ``rd-cap05=random-drop:reference=cap05``: chance against that variant's scores), and for
+    options that are not the method's or are invalid. :func:`plan_bench` checks that the
+    reference is a run of the bench.
     """
 
     label: str
@@ -114,8 +125,14 @@ class Variant:
             raise ConfigError(f"--variant {label}: unknown method {method!r}; choose from "
                               f"{', '.join(sorted(METHODS))}")
         if method in NEEDS_REFERENCE:
-            raise ConfigError(f"--variant {label}: {method} copies Learn&Drop's run of the "
-                              "same seed; a variant of it is not supported")
+            reference = self.options.get("reference")
+            if not isinstance(reference, str) or not _VARIANT_LABEL.match(reference):
+                raise ConfigError(f"--variant {label}: {method} copies another run of the same "
+                                  "seed: name its label, e.g. "
+                                  f"{label}={method}:reference=learndrop (or a variant's label)")
+            if reference == label:
+                raise ConfigError(f"--variant {label}: reference={reference} names the variant "
+                                  "itself; name the Learn&Drop run it copies")
         option_type = METHODS[method].options_type
         fields = {f.name for f in dataclasses.fields(option_type)} if option_type else set()
         unknown = sorted(set(self.options) - fields)
@@ -298,12 +315,23 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
         raise ConfigError(f"--variant label {twice[0]!r} is given twice")
+    # A copy needs its reference trained in group 1 of the same seed: Learn&Drop, or a variant
+    # of a method that decides for itself.
+    references = {v.label for v in variants if v.method not in NEEDS_REFERENCE}
+    references |= {REFERENCE_METHOD} & set(methods)
+    for v in variants:
+        if v.method in NEEDS_REFERENCE and v.options["reference"] not in references:
+            raise ConfigError(
+                f"--variant {v.label}: reference={v.options['reference']} is not a run of this "
+                f"bench; name {' or '.join(sorted(references)) or 'a Learn&Drop variant'} "
+                "(give the referenced variant too: a finished run is kept)")
     groups = []
     for i, seed in enumerate(seeds):
         first = [RunSpec(m, seed, m, "method", epochs=epochs)
                  for m in methods if m not in NEEDS_REFERENCE]
         first += [RunSpec(v.label, seed, v.method, "method", epochs=epochs,
-                          options=tuple(sorted(v.options.items()))) for v in variants]
+                          options=tuple(sorted(v.options.items())))
+                  for v in variants if v.method not in NEEDS_REFERENCE]
         first += [RunSpec(f"full-b{f:g}", seed, "full", "budget", f, budget_epochs(f, epochs))
                   for f in budgets]
         if shallow:
@@ -311,6 +339,9 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
                                  model=shallow))
         second = [RunSpec(m, seed, m, "method", epochs=epochs, group=2)
                   for m in methods if m in NEEDS_REFERENCE]
+        second += [RunSpec(v.label, seed, v.method, "method", epochs=epochs, group=2,
+                           options=tuple(sorted(v.options.items())))
+                   for v in variants if v.method in NEEDS_REFERENCE]
         if aa_control:
             aa = RunSpec(AA_LABEL, seed, "full", "aa", epochs=epochs, group=2 if second else 1)
             (second if second else first).append(aa)
@@ -321,16 +352,18 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
     return groups
 
 
-def copy_is_full_training(method: str, seed: int, out: Path) -> bool:
-    """Whether a run of ``method`` and ``seed`` is a copy of Learn&Drop's run of that seed
-    (random-drop, slim-from-scratch) that would be full training, step for step: the
-    Learn&Drop run under ``out`` finished without dropping or freezing any unit, so there is
-    nothing to copy (same model, same seed, same steps; training is deterministic on the CPU).
-    The bench then does not train them and the report says so (on VGG each would cost a full
-    run to repeat full training's numbers)."""
+def copy_is_full_training(method: str, seed: int, out: Path,
+                          reference: str | None = None) -> bool:
+    """Whether a run of ``method`` and ``seed`` is a copy of a Learn&Drop run of that seed
+    (random-drop, slim-from-scratch; ``reference``: the copied run's label, default
+    ``learndrop``) that would be full training, step for step: the reference run under ``out``
+    finished without dropping or freezing any unit, so there is nothing to copy (same model,
+    same seed, same steps; training is deterministic on the CPU). The bench then does not train
+    them and the report says so (on VGG each would cost a full run to repeat full training's
+    numbers)."""
     if method not in NEEDS_REFERENCE:
         return False
-    path = Path(out) / f"{REFERENCE_METHOD}-s{seed}" / "summary.json"
+    path = Path(out) / f"{reference or REFERENCE_METHOD}-s{seed}" / "summary.json"
     try:
         return json.loads(path.read_text()).get("drops") == []
     except (OSError, ValueError, AttributeError):
@@ -347,7 +380,7 @@ def run_config(base: TrainConfig, spec: RunSpec, out: Path) -> TrainConfig:
     options = {k: v for k, v in base.method_options.items() if k in names}
     options.update(spec.options)  # a variant's own options win
     if spec.method in NEEDS_REFERENCE:
-        options["reference"] = str(out / f"{REFERENCE_METHOD}-s{spec.seed}")
+        options["reference"] = str(out / f"{spec.reference}-s{spec.seed}")
     return dataclasses.replace(
         base, method=spec.method, seed=spec.seed, out=str(out / spec.name),
         model=spec.model or base.model, epochs=spec.epochs or base.epochs,

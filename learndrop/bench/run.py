@@ -17,7 +17,6 @@ import torch
 
 from learndrop.bench.lockstep import run_lockstep
 from learndrop.bench.plan import (
-    REFERENCE_METHOD,
     RunSpec,
     Variant,
     check_same_experiment,
@@ -141,12 +140,12 @@ def run_bench(
                 done += 1
                 log(f"[{done}/{total}] {spec.name}: done, kept")
                 continue
-            if copy_is_full_training(spec.method, spec.seed, out):
+            if copy_is_full_training(spec.method, spec.seed, out, spec.reference):
                 if base.overwrite and run_state(out / spec.name) != "new":
                     RunDir(out / spec.name).clear()  # a copy of the run --overwrite replaced
                     cleared.append(spec.name)
                 done += 1
-                log(f"[{done}/{total}] {spec.name}: not trained: {REFERENCE_METHOD}-s{spec.seed} "
+                log(f"[{done}/{total}] {spec.name}: not trained: {spec.reference}-s{spec.seed} "
                     "dropped and froze nothing, so this run would be full training of the same "
                     "seed, step for step (the report says so)")
                 continue
@@ -273,14 +272,14 @@ def dry_run_check(base: TrainConfig, groups: list[list[RunSpec]],
     rows, todo_s = [], 0.0
     actions = {"done": "kept (summary.json exists)", "resume": "resume from last.ckpt",
                "restart": "restart (no checkpoint yet)", "new": "train",
-               "copy": "not trained (learndrop made no decision)"}
+               "copy": "not trained (the run it copies made no decision)"}
     for g, group in enumerate(groups):
         log(f"  lockstep group {g + 1}/{len(groups)} (seed {group[0].seed}):")
         for spec in group:
             config = configs[spec.name]
             state = "new" if base.overwrite else run_state(out / spec.name)
             if (state != "done" and not base.overwrite
-                    and copy_is_full_training(spec.method, spec.seed, out)):
+                    and copy_is_full_training(spec.method, spec.seed, out, spec.reference)):
                 state = "copy"
             rows.append({"run": spec.name, "method": spec.method, "seed": spec.seed,
                          "epochs": config.epochs, "group": g + 1, "action": actions[state]})
