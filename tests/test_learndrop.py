@@ -557,3 +557,43 @@ def test_no_decision_in_the_low_rate_tail(fashion16, one_thread):
     assert runs[0.5] == (0, 0)  # the tail: nothing decided, nothing measured
     with pytest.raises(PolicyError, match="min_lr_fraction=1.0 is invalid"):
         DropPolicy(min_lr_fraction=1.0)
+
+
+def test_cost_per_flop_ranking_spends_the_budget_on_the_units_that_save_most(
+        trained_resnet20, one_thread):
+    """``rank_by="cost-per-flop"``: on VGG-16 (units of 37.7 and 9.4 MMAC) the measured costs of
+    its proof run (seed 0, second check) put the small 2x2 convolution first by cost, the two
+    4x4 ones first by cost per FLOP; on ResNet-20, whose units all cost the same FLOPs, the two
+    rankings make the same decisions."""
+    from learndrop.flops import unit_costs
+    from learndrop.units import find_units
+
+    vgg = create_model("vgg16_cifar", num_classes=10)
+    x = torch.zeros(1, 3, 32, 32)
+    fwd = {n: c.fwd for n, c in unit_costs(vgg, x, find_units(vgg, x)).items()}
+    assert fwd["features.27"] == pytest.approx(4 * fwd["features.34"])
+    costs = {"features.20": 0.88, "features.27": 0.73, "features.30": 0.79,
+             "features.34": 0.61, "features.37": 0.84}
+    scores = {n: UnitScore(change=0.8, ratio=0.8, slope=-0.1, continuation=0.7) for n in costs}
+    kwargs = dict(check=2, units_total=9, units_dropped=0, costs=costs, fwd_flops=fwd)
+    by_cost = DropPolicy(max_drop_cost=2.0, max_dropped_fraction=0.25)
+    per_flop = dataclasses.replace(by_cost, rank_by="cost-per-flop")
+    streaks = dict.fromkeys(costs, 1)
+    assert by_cost.decide(scores, streaks, **kwargs) == ["features.34", "features.27"]
+    assert per_flop.decide(scores, streaks, **kwargs) == ["features.27", "features.30"]
+    with pytest.raises(ValueError, match="'features.20' has none"):
+        per_flop.decide(scores, streaks, **{**kwargs, "fwd_flops": {}})
+    with pytest.raises(PolicyError, match="rank_by='flops' is invalid"):
+        DropPolicy(rank_by="flops")
+
+    # In training, on equal-FLOP units: the same events either way.
+    trained, batches, _ = trained_resnet20
+    events = {}
+    for rank_by in ("cost", "cost-per-flop"):
+        model = copy.deepcopy(trained)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        ld = LearnDrop(model, optimizer, F16, policy=DropPolicy(
+            **EAGER_FIELDS, max_loss_rise=math.inf, max_drop_cost=1.0, rank_by=rank_by))
+        sgd_steps(model, optimizer, ld, batches)
+        events[rank_by] = [(e.unit, e.action) for e in ld.check()]
+    assert events["cost"] and events["cost"] == events["cost-per-flop"]

@@ -166,6 +166,7 @@ class LearnDrop(Method):
         decided = self.keep_trainable(self.policy.decide(
             scores, self.streaks, check=self.checks, units_total=len(self.units),
             units_dropped=len(self.removed), costs=self.last_costs, losses=self.check_losses,
+            fwd_flops=self._unit_fwd,
         ))
         actions = [self._action(name) for name in decided]
         # Every data-parallel process applies rank 0's decision, actions included (each
