@@ -441,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             # (the copies of Learn&Drop's run are timed against the A/A control beside them)
             extras = dict(budgets=DEFAULT_BUDGETS if budgets else "none", shallow=None,
                           variants=variants,
-                          aa_control=any(m in NEEDS_REFERENCE for m in methods))
+                          aa_control=any(m in NEEDS_REFERENCE
+                                         for m in [*methods, *(v.method for v in variants)]))
         run_bench(base, methods, seeds, out / model, dry_run=args.dry_run, prune=True,
                   log=lambda s: print(s, flush=True), **extras)
         if not args.dry_run:

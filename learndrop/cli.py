@@ -222,7 +222,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     bench.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD[:K=V,...]",
                        help="also run METHOD under the label LABEL with these options of its own "
                             "(repeatable), e.g. learndrop-paper=learndrop:normalization=per-unit,"
-                            "change_threshold=0.5")
+                            "change_threshold=0.5; a copy names the learndrop run or variant it "
+                            "copies: rd-x=random-drop:reference=x")
     bench.add_argument("--dry-run", action="store_true",
                        help="check the configuration, data and one training step, print the "
                             "plan, write nothing")
@@ -240,7 +241,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for flag in ("method", "resume", "reference"):
         if getattr(args, flag) is not None:
             hint = {"method": "use --methods", "resume": "run the same bench command again",
-                    "reference": "each seed's learndrop run is the reference"}[flag]
+                    "reference": "each seed's learndrop run is the reference (a variant "
+                                  "names its own: --variant rd-x=random-drop:reference=x)"}[flag]
             raise ConfigError(f"--{flag} is not a bench option: {hint}")
     if args.nproc != 1:
         raise ConfigError("bench runs every run in this one process: leave out --nproc "

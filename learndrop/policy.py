@@ -92,7 +92,11 @@ class DropPolicy:
             "save the most FLOPs for a loss increase of at most ``max_drop_cost``"). The two
             agree where every unit costs the same FLOPs (CIFAR ResNets: every identity block of
             every stage); on VGG-16 a 512-channel convolution at 2x2 saves a quarter of what
-            one at 4x4 does, and ``"cost"`` may spend the budget on it.
+            one at 4x4 does, and ``"cost"`` may spend the budget on it. Units whose removal
+            lowers the loss (cost <= 0, free of the budget) go first, the largest first. For
+            ``--method freeze`` the forward FLOPs stand in for the backward work a freeze saves
+            (a convolution's weight gradient costs what its forward does). Needs
+            ``cost_batches >= 1``.
         min_lr_fraction: no decision once the learning rate has fallen below this fraction of
             its highest value so far (in [0, 1); 0 turns it off). A unit removed in the
             low-rate tail of a schedule leaves the rest of the network too few large steps to
@@ -154,6 +158,10 @@ class DropPolicy:
                 fail(name, ">= 0 (inf turns it off)")
         if not 0 <= self.min_lr_fraction < 1:  # NaN fails too
             fail("min_lr_fraction", "in [0, 1) (0 turns it off)")
+        if self.cost_batches == 0 and self.rank_by != "cost":
+            raise PolicyError(f"rank_by={self.rank_by!r} ranks measured drop costs and needs "
+                              "cost_batches >= 1; set cost_batches to e.g. 2, or leave rank_by "
+                              "out")
         if self.cost_batches == 0:
             for name in ("max_drop_cost", "max_loss_rise"):
                 if math.isfinite(getattr(self, name)):
@@ -222,9 +230,8 @@ class DropPolicy:
             costs: measured drop costs of (at least) the ready units; they go cheapest first,
                 and the dropped ones' costs add up to at most ``max_drop_cost``.
             losses: the check losses so far, this check's last (:meth:`is_stable`).
-            fwd_flops: forward FLOPs per sample that dropping each unit saves (needed with
-                ``rank_by="cost-per-flop"``; ``ValueError`` when a ready unit's is missing or
-                not positive).
+            fwd_flops: forward FLOPs per sample that dropping each unit saves (used with
+                ``rank_by="cost-per-flop"``; a unit without a positive count goes last).
         """
         if not self.is_stable(losses):
             return []
@@ -233,12 +240,8 @@ class DropPolicy:
         if not costs:
             return ready[:allowed]
         if self.rank_by == "cost-per-flop":
-            missing = [n for n in ready if not (fwd_flops or {}).get(n, 0) > 0]
-            if missing:
-                raise ValueError(f"rank_by='cost-per-flop' needs the forward FLOPs of every "
-                                 f"ready unit; {missing[0]!r} has none")
-            # A negative cost per FLOP is the most welcome: the network does better without it.
-            ready.sort(key=lambda n: costs.get(n, math.inf) / fwd_flops[n])
+            ready.sort(key=lambda n: _per_flop_key(costs.get(n, math.inf),
+                                                   (fwd_flops or {}).get(n, 0.0)))
         else:
             ready.sort(key=lambda n: costs.get(n, math.inf))  # stable: ties keep order above
         chosen, spent = [], 0.0
@@ -259,6 +262,16 @@ class DropPolicy:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _per_flop_key(cost: float, flops: float) -> tuple[int, float]:
+    """Sort key of ``rank_by="cost-per-flop"``: units that cost nothing (<= 0: free of the
+    budget) first, the most FLOPs first; then cost per FLOP; units without FLOPs last."""
+    if not flops > 0:
+        return (2, cost)
+    if cost <= 0:
+        return (0, -flops)
+    return (1, cost / flops)
 
 
 @dataclass(frozen=True)

@@ -155,12 +155,16 @@ def test_a_copy_variant_copies_the_run_it_names(tmp_path):
     assert copy_is_full_training("random-drop", 0, tmp_path, "cap")
     assert not copy_is_full_training("random-drop", 0, tmp_path)
     # A reference that is itself a copy, or not in the bench, is refused before any training.
-    with pytest.raises(ConfigError, match="reference=rd-cap is not a run of this bench"):
-        plan_bench(["full"], [0], 8, [], variants=[
-            cap, chance, parse_variant("rd2=random-drop:reference=rd-cap")])
-    with pytest.raises(ConfigError, match="name cap or learndrop"):
-        plan_bench(["full", "learndrop"], [0], 8, [],
-                   variants=[cap, parse_variant("x=slim-from-scratch:reference=nope")])
+    for variant, message in (
+            ("rd2=random-drop:reference=rd-cap", "reference=rd-cap is a random-drop variant"),
+            ("x=slim-from-scratch:reference=nope", "reference=nope is not a run of this bench"),
+            ("x=random-drop:reference=learndrop", "add learndrop to --methods"),
+            ("x=random-drop:reference=sd", "reference=sd is a stochastic-depth variant")):
+        with pytest.raises(ConfigError, match=message):
+            plan_bench(["full"], [0], 8, [], variants=[
+                cap, chance, parse_variant("sd=stochastic-depth"), parse_variant(variant)])
+    # A label that reads as a number is still a label.
+    assert parse_variant("x=random-drop:reference=2").options == {"reference": "2"}
 
 
 def test_bench_report(bench):
@@ -374,14 +378,23 @@ def test_copies_of_a_run_that_decided_nothing_are_not_trained(tmp_path, one_thre
 
     never = tiny(method_options={**tiny().method_options, "change_threshold": 1e-9})
     out, logs = tmp_path / "b", []
+    # A copy variant is skipped likewise when the variant it copies decided nothing.
+    variants = [parse_variant("cap=learndrop:max_dropped_fraction=0.5"),
+                parse_variant("rd-cap=random-drop:reference=cap")]
     report = run_bench(never, ["full", "learndrop", "random-drop", "slim-from-scratch"], 1, out,
-                       budgets="none", aa_control=False, log=logs.append)
-    assert json.loads((out / "learndrop-s0" / "summary.json").read_text())["drops"] == []
-    for copy in ("random-drop", "slim-from-scratch"):
+                       budgets="none", aa_control=False, log=logs.append, variants=variants)
+    for reference in ("learndrop", "cap"):
+        assert json.loads((out / f"{reference}-s0" / "summary.json").read_text())["drops"] == []
+    for copy in ("random-drop", "slim-from-scratch", "rd-cap"):
         assert any(f"{copy}-s0: not trained" in line for line in logs), logs
         assert not (out / f"{copy}-s0").exists() and copy not in report["rows"]
-    assert report["not_trained"] == {"random-drop": [0], "slim-from-scratch": [0]}
-    assert "random-drop: not trained for seed(s) 0" in (out / "bench.md").read_text()
+    assert report["not_trained"] == {
+        "random-drop": {"reference": "learndrop", "seeds": [0]},
+        "slim-from-scratch": {"reference": "learndrop", "seeds": [0]},
+        "rd-cap": {"reference": "cap", "seeds": [0]}}
+    text = (out / "bench.md").read_text()
+    assert "random-drop: not trained for seed(s) 0: learndrop dropped and froze nothing" in text
+    assert "rd-cap: not trained for seed(s) 0: cap dropped and froze nothing" in text
     # --overwrite redoes every run: an old copy's results do not stay as this bench's.
     old = out / "random-drop-s0"
     old.mkdir()

@@ -581,10 +581,19 @@ def test_cost_per_flop_ranking_spends_the_budget_on_the_units_that_save_most(
     streaks = dict.fromkeys(costs, 1)
     assert by_cost.decide(scores, streaks, **kwargs) == ["features.34", "features.27"]
     assert per_flop.decide(scores, streaks, **kwargs) == ["features.27", "features.30"]
-    with pytest.raises(ValueError, match="'features.20' has none"):
-        per_flop.decide(scores, streaks, **{**kwargs, "fwd_flops": {}})
+    # Units whose removal lowers the loss come first, the largest first; units without FLOPs
+    # last.
+    free = {**costs, "features.34": -0.01, "features.20": -0.01}
+    assert per_flop.decide(scores, streaks, **{**kwargs, "costs": free}) == [
+        "features.20", "features.34"]
+    no_flops = {**fwd, "features.27": 0.0}
+    assert per_flop.decide(scores, streaks, **{**kwargs, "fwd_flops": no_flops}) == [
+        "features.30", "features.20"]
     with pytest.raises(PolicyError, match="rank_by='flops' is invalid"):
         DropPolicy(rank_by="flops")
+    with pytest.raises(PolicyError, match="needs cost_batches >= 1"):
+        DropPolicy(rank_by="cost-per-flop", cost_batches=0, max_drop_cost=math.inf,
+                   max_loss_rise=math.inf)
 
     # In training, on equal-FLOP units: the same events either way.
     trained, batches, _ = trained_resnet20

@@ -12,10 +12,11 @@ A bench of methods M, seeds S and budgets B has, per seed:
   (:class:`Variant`, ``learndrop bench --variant``).
 
 Runs of a seed are trained in lockstep (:mod:`learndrop.bench.lockstep`): group 1 holds every
-run that needs nothing else; group 2 the methods that copy that seed's Learn&Drop run
-(random-drop, slim-from-scratch: they need it finished) together with the A/A control, whose full
-run is then timed under the same conditions as they are (their time ratios are taken against it).
-Without such methods the A/A control joins group 1.
+run that needs nothing else; group 2 the runs that copy a Learn&Drop run of that seed
+(random-drop, slim-from-scratch, and their variants, which name the ``learndrop`` variant they
+copy: they need it finished) together with the A/A control, whose full run is then timed under
+the same conditions as they are (their time ratios are taken against it). Without such runs the
+A/A control joins group 1.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def parse_variant(text: str) -> Variant:
             raise ConfigError(f"--variant {label}: option {item!r} is not KEY=VALUE")
         if key in options:
             raise ConfigError(f"--variant {label}: option {key!r} is given twice")
-        options[key] = _option_value(value.strip())
+        # A reference is a run's label, whatever it looks like ("2" is a label, not a number).
+        options[key] = value.strip() if key == "reference" else _option_value(value.strip())
     return Variant(label.strip(), method.strip(), options)
 
 
@@ -317,14 +319,22 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
         raise ConfigError(f"--variant label {twice[0]!r} is given twice")
     # A copy needs its reference trained in group 1 of the same seed: Learn&Drop, or a variant
     # of a method that decides for itself.
-    references = {v.label for v in variants if v.method not in NEEDS_REFERENCE}
+    by_label = {v.label: v for v in variants}
+    references = {v.label for v in variants if v.method == REFERENCE_METHOD}
     references |= {REFERENCE_METHOD} & set(methods)
     for v in variants:
-        if v.method in NEEDS_REFERENCE and v.options["reference"] not in references:
-            raise ConfigError(
-                f"--variant {v.label}: reference={v.options['reference']} is not a run of this "
-                f"bench; name {' or '.join(sorted(references)) or 'a Learn&Drop variant'} "
-                "(give the referenced variant too: a finished run is kept)")
+        reference = v.options.get("reference")
+        if v.method not in NEEDS_REFERENCE or reference in references:
+            continue
+        if reference in by_label:
+            why = (f"a {by_label[reference].method} variant; a copy takes the drops and "
+                   "freezes of a Learn&Drop run")
+        elif reference == REFERENCE_METHOD:
+            why = "not in --methods; add learndrop to --methods"
+        else:
+            why = "not a run of this bench; give that variant too (a finished run is kept)"
+        raise ConfigError(f"--variant {v.label}: reference={reference} is {why}; it can name "
+                          f"{' or '.join(sorted(references)) or 'a learndrop variant'}")
     groups = []
     for i, seed in enumerate(seeds):
         first = [RunSpec(m, seed, m, "method", epochs=epochs)

@@ -417,17 +417,25 @@ def trained_in(runs: dict) -> dict[str, int]:
                         for run in runs.values()).most_common())
 
 
-def _copies_not_trained(out: Path, runs: dict, plan: dict) -> dict[str, list[int]]:
-    """``{label: [seed, ...]}``: the copies of Learn&Drop's run that were asked for and not
-    trained, because that run made no decision (see ``copy_is_full_training``)."""
+def _copies_not_trained(out: Path, runs: dict, plan: dict) -> dict[str, dict]:
+    """``{label: {"reference": label, "seeds": [seed, ...]}}``: the copies of a Learn&Drop run
+    (the methods that copy ``learndrop``, and the variants that copy the run they name) that
+    were asked for and not trained, because that run made no decision (see
+    ``copy_is_full_training``)."""
     asked = set(plan.get("seeds", []))
-    seeds = sorted({s for label, s in runs if label == REFERENCE_METHOD and s in asked})
+    copies = {label: REFERENCE_METHOD for label in plan.get("methods", [])
+              if label in NEEDS_REFERENCE}
+    copies.update({label: str(v.get("options", {}).get("reference", REFERENCE_METHOD))
+                   for label, v in plan.get("variants", {}).items()
+                   if v.get("method") in NEEDS_REFERENCE})
     found = {}
-    for label in plan.get("methods", []):
-        missing = [s for s in seeds
-                   if (label, s) not in runs and copy_is_full_training(label, s, out)]
+    for label, reference in copies.items():
+        method = plan.get("variants", {}).get(label, {}).get("method", label)
+        seeds = sorted({s for ref, s in runs if ref == reference and s in asked})
+        missing = [s for s in seeds if (label, s) not in runs
+                   and copy_is_full_training(method, s, out, reference)]
         if missing:
-            found[label] = missing
+            found[label] = {"reference": reference, "seeds": missing}
     return found
 
 
@@ -526,10 +534,10 @@ def bench_markdown(report: dict) -> str:
             f"| {_f(t2t['time_s'], '.1f')} ({t2t['reached']}/{t2t['of']}) "
             f"| {_f(r['units_dropped'], 'g')}/{r['units_total']} |")
 
-    for label, seeds in report.get("not_trained", {}).items():
-        lines += ["", f"{label}: not trained for seed(s) {', '.join(map(str, seeds))}: "
-                  "learndrop dropped and froze nothing there, so it would have been full "
-                  "training of the same seed, step for step; read full's row."]
+    for label, copy in report.get("not_trained", {}).items():
+        lines += ["", f"{label}: not trained for seed(s) {', '.join(map(str, copy['seeds']))}: "
+                  f"{copy['reference']} dropped and froze nothing there, so it would have been "
+                  "full training of the same seed, step for step; read full's row."]
 
     lines += ["", "## Against the budget frontier", ""]
     points = report["frontier"]["flops"]
