@@ -367,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also train METHOD under LABEL with options of its own (repeatable), "
                         "e.g. cap0.5=learndrop:max_dropped_fraction=0.5: a tuning run, reported "
                         "beside the proof runs of its seed (against full and the frontier); with "
-                        "--methods full it trains alone and the finished runs are kept")
+                        "--methods full it trains alone and the finished runs are kept; "
+                        "rd-x=random-drop:reference=x copies variant x's schedule (chance "
+                        "against its scores)")
     p.add_argument("--epochs", type=int, default=None,
                    help="override the profile's (fitted) epochs: use a new --out")
     p.add_argument("--dataset", default=None, help="default: the profile's")
