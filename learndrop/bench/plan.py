@@ -317,8 +317,8 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
         raise ConfigError(f"--variant label {twice[0]!r} is given twice")
-    # A copy needs its reference trained in group 1 of the same seed: Learn&Drop, or a variant
-    # of a method that decides for itself.
+    # A copy needs its reference trained in group 1 of the same seed: learndrop, or a variant
+    # of it.
     by_label = {v.label: v for v in variants}
     references = {v.label for v in variants if v.method == REFERENCE_METHOD}
     references |= {REFERENCE_METHOD} & set(methods)
@@ -335,13 +335,15 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
             why = "not a run of this bench; give that variant too (a finished run is kept)"
         raise ConfigError(f"--variant {v.label}: reference={reference} is {why}; it can name "
                           f"{' or '.join(sorted(references)) or 'a learndrop variant'}")
+    def variant_spec(v: Variant, seed: int, group: int) -> RunSpec:
+        return RunSpec(v.label, seed, v.method, "method", epochs=epochs, group=group,
+                       options=tuple(sorted(v.options.items())))
+
     groups = []
     for i, seed in enumerate(seeds):
         first = [RunSpec(m, seed, m, "method", epochs=epochs)
                  for m in methods if m not in NEEDS_REFERENCE]
-        first += [RunSpec(v.label, seed, v.method, "method", epochs=epochs,
-                          options=tuple(sorted(v.options.items())))
-                  for v in variants if v.method not in NEEDS_REFERENCE]
+        first += [variant_spec(v, seed, 1) for v in variants if v.method not in NEEDS_REFERENCE]
         first += [RunSpec(f"full-b{f:g}", seed, "full", "budget", f, budget_epochs(f, epochs))
                   for f in budgets]
         if shallow:
@@ -349,9 +351,7 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
                                  model=shallow))
         second = [RunSpec(m, seed, m, "method", epochs=epochs, group=2)
                   for m in methods if m in NEEDS_REFERENCE]
-        second += [RunSpec(v.label, seed, v.method, "method", epochs=epochs, group=2,
-                           options=tuple(sorted(v.options.items())))
-                   for v in variants if v.method in NEEDS_REFERENCE]
+        second += [variant_spec(v, seed, 2) for v in variants if v.method in NEEDS_REFERENCE]
         if aa_control:
             aa = RunSpec(AA_LABEL, seed, "full", "aa", epochs=epochs, group=2 if second else 1)
             (second if second else first).append(aa)
