@@ -104,6 +104,17 @@ class DropPolicy:
             peak rate, cost 1.6 points (5 seeds). Off by default: on ResNet-56 in the proof
             regime 0.65 moved along the accuracy-for-FLOPs line, not above it
             (``docs/method-card.md``, "Late drops"). A constant rate (streams) never trips it.
+        fade_steps: optimizer steps over which a unit decided for dropping fades out before it
+            is removed (>= 0; 0, the default, removes it at the check): its output is blended
+            with its input, ``(1 - a) * F(x) + a * x``, ``a`` rising linearly from 0 at the
+            check to 1 after ``fade_steps`` steps, when the unit is dropped and BatchNorm
+            recalibrated (:class:`learndrop.surgery.Fade`). The unit costs its full forward and
+            backward work while it fades; the rest of the network learns to do without it
+            before it goes. A fade must end before the run does: it needs the run's length
+            (not a stream of unknown length), and no fade starts that could not end at least
+            one step before the last. Counts toward ``max_drops_per_check`` and
+            ``max_dropped_fraction`` from its start. Freezes do not fade (a frozen unit keeps
+            its function).
     """
 
     warmup_checks: int = 1
@@ -121,6 +132,7 @@ class DropPolicy:
     costly_units: str = "keep"
     min_lr_fraction: float = 0.0
     rank_by: str = "cost"
+    fade_steps: int = 0
 
     def __post_init__(self) -> None:
         def fail(name: str, rule: str) -> None:
@@ -149,7 +161,7 @@ class DropPolicy:
             fail("costly_units", " or ".join(map(repr, COSTLY_UNITS)))
         if self.rank_by not in RANKINGS:
             fail("rank_by", " or ".join(map(repr, RANKINGS)))
-        for name in ("cost_batches", "recalibration_batches"):
+        for name in ("cost_batches", "recalibration_batches", "fade_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 fail(name, "an integer >= 0")
@@ -284,6 +296,11 @@ class FreezePolicy(DropPolicy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.fade_steps:
+            raise PolicyError(
+                f"--fade-steps {self.fade_steps}: --method freeze freezes units, which keep "
+                "their function and do not fade; leave --fade-steps out (it is an option of "
+                "--method learndrop)")
         if self.costly_units != "freeze":
             raise PolicyError(
                 f"--costly-units {self.costly_units} is an option of --method learndrop; "

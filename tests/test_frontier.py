@@ -188,6 +188,31 @@ def test_accuracy_right_after_the_first_decision(fake_bench):
         "## Checks")[0]
 
 
+def test_units_that_fade_out_are_measured_when_they_leave(fake_bench):
+    """A decision that starts fades (``fade_steps``) is measured at the end of the first epoch
+    in which a unit left (not at the decision's, whose network was still whole), against full
+    training's at that epoch; the epochs of the fade differ from full training's."""
+    for seed in (0, 1):
+        full = fake_bench[("full", seed)]["metrics"]
+        full[0]["train_loss"] = 2.0
+        rows = fake_bench[("learndrop", seed)]["metrics"] = _curve(
+            [full[0]["test_acc"], full[1]["test_acc"] - 0.05, full[2]["test_acc"] - 0.004], 10)
+        rows[0].update(train_loss=2.0, fading=["layer1.0"])  # the fade starts at its end
+        rows[1].update(train_loss=1.5, fading=["layer1.1"])  # still fading: not measured
+        rows[2]["dropped"] = ["layer1.0", "layer1.1"]
+    report = aggregate(fake_bench)
+    ld = report["rows"]["learndrop"]["after_first_decision"]
+    assert ld["epochs"] == [3, 3] and ld["decided"] == [1, 1] and ld["units"] == [2, 2]
+    assert ld["delta"] == pytest.approx(-0.004)
+    md = bench_markdown({"config": {}, "seeds": [0, 1], "finished": 18,
+                         "machine": machine_info("cpu"), **report})
+    assert "| learndrop | 2 | 3 (from 1)/3 (from 1) | 2/2 |" in md
+    # A fade that never ended (a run stopped mid-fade) measures nothing.
+    for seed in (0, 1):
+        fake_bench[("learndrop", seed)]["metrics"][2]["dropped"] = []
+    assert aggregate(fake_bench)["rows"]["learndrop"]["after_first_decision"] is None
+
+
 def test_markdown_says_above_below_and_outside(fake_bench):
     report = {"config": {"model": "resnet20", "dataset": "fashion-mnist", "epochs": 8},
               "seeds": [0, 1], "finished": 18, "machine": machine_info("cpu"),

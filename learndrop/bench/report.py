@@ -119,21 +119,41 @@ def _after_first_decision(rows: list[dict], full_rows: list[dict] | None) -> dic
     That needs deterministic runs (the CPU path; cuDNN autotuning and bf16 make GPU runs differ)
     and excludes methods that change training from the first step (FreezeOut's per-layer
     rates). ``None`` otherwise, and for a run that never decided.
+
+    Units that fade out before their drop (``fade_steps``; the row's ``fading``) leave the
+    network at the end of their fade: a run whose first decision started fades is measured at
+    the end of the first epoch in which a unit left, against full training's at that epoch
+    (``decided``: the epoch whose end started the fades). That is the accuracy right after
+    the drop; the epochs of the fade, which trained a network on its way out, are not
+    compared.
     """
     full = {r["epoch"]: r for r in full_rows or ()}
-    for row in rows:
+    for i, row in enumerate(rows):
         ref = full.get(row["epoch"])
         if ref is None:
             return None
-        if row.get("dropped"):
+        if row.get("dropped") or row.get("fading"):
             if ref.get("train_loss") != row.get("train_loss"):
                 return None
-            return {"epoch": row["epoch"], "units": len(row["dropped"]),
+            decided = row["epoch"]
+            if not row.get("dropped"):
+                row = next((r for r in rows[i + 1:] if r.get("dropped")), None)
+                ref = full.get(row["epoch"]) if row is not None else None
+                if ref is None:
+                    return None
+            return {"epoch": row["epoch"], "decided": decided, "units": len(row["dropped"]),
                     "test_acc": row["test_acc"], "full_acc": ref["test_acc"],
                     "delta": row["test_acc"] - ref["test_acc"]}
         if ref["test_acc"] != row["test_acc"]:
             return None
     return None
+
+
+def _epochs(decision: dict) -> str:
+    """``2/2/2``, or with fades ``3 (from 2)/3 (from 2)``: per seed, the epoch measured."""
+    decided = decision.get("decided", decision["epochs"])
+    return "/".join(str(e) if e == d else f"{e} (from {d})"
+                    for e, d in zip(decision["epochs"], decided, strict=True))
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -280,6 +300,7 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
         },
         "after_first_decision": {
             "seeds": len(decided), "epochs": [d["epoch"] for d in decided],
+            "decided": [d.get("decided", d["epoch"]) for d in decided],
             "units": [d["units"] for d in decided], "delta": delta, "delta_std": delta_std,
         } if decided else None,
         "units_dropped": med("units_dropped"),
@@ -594,7 +615,9 @@ def bench_markdown(report: dict) -> str:
             "minus full training's at the same epoch, for the runs that were full training "
             "until then (the same test accuracy at every earlier epoch, the same training loss "
             "in that one). Points, mean ± std over seeds; the seeds column counts the seeds "
-            "compared, the epochs and units are per seed in order.",
+            "compared, the epochs and units are per seed in order. Units that fade out before "
+            "their drop (`fade_steps`) are measured at the end of the epoch in which they left "
+            "(`3 (from 2)`: the fade began at the end of epoch 2).",
             "",
             "| run | seeds | epoch | units | test acc (%) | full at that epoch (%) "
             "| Δ (pts) |",
@@ -606,7 +629,7 @@ def bench_markdown(report: dict) -> str:
             acc = mean_std([c["test_acc"] for c in cells])
             full_acc = mean_std([c["full_acc"] for c in cells])
             lines.append(
-                f"| {label} | {d['seeds']} | {'/'.join(map(str, d['epochs']))} "
+                f"| {label} | {d['seeds']} | {_epochs(d)} "
                 f"| {'/'.join(map(str, d['units']))} | {_pm(*acc)} | {_pm(*full_acc)} "
                 f"| {_pm(d['delta'], d['delta_std'], sign=True)} |")
 

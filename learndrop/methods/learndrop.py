@@ -6,8 +6,10 @@ check loss on the recent training batches and hold back while it rises
 (:mod:`learndrop.drop_cost`); drop the cheap ones, leave the costly ones to train (or, with
 ``costly_units="freeze"``, freeze them), cheapest first
 (:meth:`DropPolicy.decide`); after a drop, recompute the BatchNorm statistics from the recent
-batches (:mod:`learndrop.recalibrate`, :meth:`Method.after_change`). Every extra forward pass
-is charged to the FLOPs ledger and its time to ``check_time_s``.
+batches (:mod:`learndrop.recalibrate`, :meth:`Method.after_change`). With
+``policy.fade_steps``, a unit decided for dropping first fades out over that many steps
+(:class:`learndrop.surgery.Fade`) and is dropped, and BatchNorm recalibrated, when the fade ends.
+Every extra forward pass is charged to the FLOPs ledger and its time to ``check_time_s``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from torch import nn
 
 from learndrop.drop_cost import LossFn, drop_costs
 from learndrop.flops import unit_costs
-from learndrop.methods.base import Event, Method, RunInfo
+from learndrop.methods.base import Event, Method, MethodOptionError, RunInfo
 from learndrop.methods.registry import register_method
 from learndrop.policy import DropPolicy, FreezePolicy
 from learndrop.scores import ScoreTracker, UnitScore
+from learndrop.surgery import Fade
 from learndrop.units import Unit
 
 __all__ = ["Freeze", "LearnDrop"]
@@ -60,11 +63,15 @@ class LearnDrop(Method):
         policy: the drop decision's hyperparameters (:class:`DropPolicy`).
         total_steps: the run's length in steps, when known: no unit is dropped at the last
             check (nothing would be saved, and the network would end untrained after the drop).
+            Required with ``policy.fade_steps`` (a fade must end before the run does).
         loss_fn: ``loss_fn(logits, y)`` of the check loss and the drop costs, a batch mean
             (default cross-entropy; it should be the training loss).
         Other arguments: see :class:`learndrop.methods.base.Method`.
 
     Options (``--method learndrop``): the fields of :class:`DropPolicy`.
+
+    Raises:
+        MethodOptionError: ``policy.fade_steps`` without ``total_steps``.
     """
 
     def __init__(
@@ -90,6 +97,11 @@ class LearnDrop(Method):
             model, optimizer, example_input,
             units=units, unit_names=unit_names, steps_per_check=steps_per_check,
         )
+        if policy.fade_steps and total_steps is None:
+            raise MethodOptionError(
+                f"fade_steps={policy.fade_steps} needs the run's length (a fade must end before "
+                "the run does), and this run has none (a stream of unknown length?): pass "
+                "total_steps, or leave fade_steps out")
         self.mode = mode
         if mode == "freeze":
             self.name = "freeze"  # its checkpoints resume as --method freeze
@@ -107,6 +119,9 @@ class LearnDrop(Method):
         self.last_scores: dict[str, UnitScore] = {}
         self.last_costs: dict[str, float] = {}  # drop costs measured at the last check
         self.check_losses: list[float] = []  # the check loss of every check so far
+        # Units fading out before their drop: name -> (fade, steps faded so far, the scores
+        # their drop event will carry).
+        self.fading: dict[str, tuple[Fade, int, dict]] = {}
         # The highest learning rate so far (``min_lr_fraction``), updated at every step.
         self.peak_lr = 0.0
         # Forward FLOPs per sample of each unit, to charge the bypassed passes to the ledger.
@@ -129,13 +144,36 @@ class LearnDrop(Method):
         return {**super().metrics(), "scores": {
             u: {"change": s.change, "ratio": s.ratio, "slope": s.slope,
                 "continuation": s.continuation, "drop_cost": self.last_costs.get(u),
-                "action": self.removed.get(u)} for u, s in self.last_scores.items()}}
+                "action": self.removed.get(u, "fade" if u in self.fading else None)}
+            for u, s in self.last_scores.items()},
+            "fading": sorted(self.fading)}
 
     def on_step(self) -> list[Event]:
         self.tracker.accumulate_lr()
         self.peak_lr = max(self.peak_lr, self.lr_now)
-        return []
+        return self._advance_fades()
 
+    def _advance_fades(self) -> list[Event]:
+        """One more step of every fade (its blend weight ``a`` rises by ``1 / fade_steps``);
+        drop the units whose fade is complete."""
+        events = []
+        by_name = {u.name: u for u in self.units}
+        for name, (fade, done, scores) in list(self.fading.items()):
+            done += 1
+            if done < self.policy.fade_steps:
+                fade.alpha = done / self.policy.fade_steps
+                self.fading[name] = (fade, done, scores)
+                continue
+            fade.remove()
+            del self.fading[name]
+            events.append(self.apply(by_name[name], "drop", **scores))
+        return events
+
+    def _trainable_ids(self) -> set[int]:
+        """Parameters that learn now and will go on learning: a fading unit's are leaving."""
+        leaving = {id(p) for fade, _, _ in self.fading.values()
+                   for p in fade.unit.parameters(self.model)}
+        return super()._trainable_ids() - leaving
     @property
     def lr_now(self) -> float:
         """The learning rate now: the largest of the param groups' (a schedule scales them
@@ -152,11 +190,14 @@ class LearnDrop(Method):
         for name, score in scores.items():
             candidate = self.policy.is_candidate(score)
             self.streaks[name] = self.streaks.get(name, 0) + 1 if candidate else 0
-        if self.total_steps is not None and self.steps >= self.total_steps:
+        if (self.total_steps is not None
+                and self.steps + self.policy.fade_steps >= self.total_steps):
             # A drop after the last step saves nothing and leaves the final network with stale
-            # BatchNorm statistics downstream: score, but do not act.
+            # BatchNorm statistics downstream (and a fade must end before the run does): score,
+            # but do not act.
             return []
-        if not self.policy.drops_allowed(len(self.units), len(self.removed)):
+        gone = len(self.removed) + len(self.fading)
+        if not self.policy.drops_allowed(len(self.units), gone):
             return []  # the cap is reached for good: nothing left to measure or decide
         if not self.policy.lr_allows(self.lr_now, self.peak_lr):
             return []  # the low-rate tail: nothing to decide, so nothing measured
@@ -165,7 +206,7 @@ class LearnDrop(Method):
         # Never the last trainable unit: with every parameter gone, backward() would fail.
         decided = self.keep_trainable(self.policy.decide(
             scores, self.streaks, check=self.checks, units_total=len(self.units),
-            units_dropped=len(self.removed), costs=self.last_costs, losses=self.check_losses,
+            units_dropped=gone, costs=self.last_costs, losses=self.check_losses,
             fwd_flops=self._unit_fwd,
         ))
         actions = [self._action(name) for name in decided]
@@ -180,13 +221,17 @@ class LearnDrop(Method):
                 raise ValueError(f"the synced decision holds {entry!r}; Learn&Drop's entries "
                                  "are 'drop:UNIT' or 'freeze:UNIT'")
             score = scores.get(name)  # None only if another process's scores differed
-            events.append(self.apply(
-                by_name[name], action,
-                change_score=score.change if score else None,
-                continuation_score=score.continuation if score else None,
-                drop_cost=self.last_costs.get(name),
-            ))
+            recorded = {"change_score": score.change if score else None,
+                        "continuation_score": score.continuation if score else None,
+                        "drop_cost": self.last_costs.get(name)}
             self.tracker.forget(name)
+            if action == "drop" and self.policy.fade_steps:
+                self.fading[name] = (Fade(self.model, by_name[name]), 0, recorded)
+                continue
+            events.append(self.apply(by_name[name], action, **recorded))
+        if any(n in self.fading for n in decided):
+            # A compiled or DDP-wrapped forward is rebuilt and sees the fades' hooks.
+            self.structure_version += 1
         return events
 
     def _action(self, name: str) -> str:
@@ -209,7 +254,9 @@ class LearnDrop(Method):
     def state_dict(self) -> dict:
         return {**super().state_dict(), "tracker": self.tracker.state_dict(),
                 "streaks": dict(self.streaks), "policy": self.policy.to_dict(),
-                "check_losses": list(self.check_losses), "peak_lr": self.peak_lr}
+                "check_losses": list(self.check_losses), "peak_lr": self.peak_lr,
+                "fading": {n: {"steps": done, "scores": dict(scores)}
+                           for n, (_, done, scores) in self.fading.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -219,6 +266,17 @@ class LearnDrop(Method):
         # Checkpoints before min_lr_fraction: the peak is rebuilt from the next step on (a
         # guard with the default 0 does not read it).
         self.peak_lr = state.get("peak_lr", 0.0)
+        by_name = {u.name: u for u in self.units}
+        for fade, _, _ in self.fading.values():
+            fade.remove()
+        self.fading = {}
+        if state.get("fading") and not self.policy.fade_steps:
+            raise ValueError("the state holds units fading out, and this run's policy has "
+                             "fade_steps=0: resume with the fade_steps it was saved with")
+        for name, record in state.get("fading", {}).items():
+            done = record["steps"]
+            fade = Fade(self.model, by_name[name], alpha=done / self.policy.fade_steps)
+            self.fading[name] = (fade, done, dict(record["scores"]))
 
 
 @register_method("freeze", options=FreezePolicy)

@@ -1,0 +1,158 @@
+"""Fading a unit out before its drop (``fade_steps``): the blend, the schedule, the guards."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from learndrop import DropPolicy, LearnDrop, PolicyError
+from learndrop.methods import MethodOptionError, create_method
+from learndrop.models import create_model
+from learndrop.surgery import Fade, drop_unit
+from learndrop.units import find_units
+
+EAGER_FIELDS = {"warmup_checks": 0, "change_threshold": 100.0, "max_slope": 1e9,
+                "max_loss_rise": math.inf}
+F16 = torch.zeros(64, 1, 16, 16)
+
+
+@pytest.mark.parametrize(("model_name", "which"), [("vgg16_cifar", 3), ("resnet20", 4)])
+def test_a_fade_goes_from_the_unit_to_its_drop(model_name, which, one_thread):
+    """alpha = 0 is the network as it is, alpha = 1 the network without the unit (a plain
+    convolution with its BatchNorm and ReLU, or a residual block), and in between the unit's
+    gradients shrink with 1 - alpha; removing the fade restores the unit."""
+    torch.manual_seed(0)
+    model = create_model(model_name).eval()
+    x = torch.randn(4, 3, 32, 32)
+    unit = find_units(model, x)[which]
+    before = model(x)
+    fade = Fade(model, unit)
+    assert torch.equal(model(x), before)
+    fade.alpha = 1.0
+    dropped = copy.deepcopy(model)  # its copy of the fade goes with the unit's modules
+    drop_unit(dropped, unit)
+    torch.testing.assert_close(model(x), dropped(x))
+    assert not torch.allclose(model(x), before, atol=1e-3)
+
+    def grad_norm(alpha):
+        fade.alpha = alpha
+        model.zero_grad()
+        model(x).square().sum().backward()
+        return torch.linalg.vector_norm(torch.cat(
+            [p.grad.flatten() for p in unit.parameters(model)])).item()
+
+    assert grad_norm(1.0) == 0.0 and grad_norm(0.5) > 0.0
+    fade.remove()
+    torch.testing.assert_close(model(x), before)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        fade.alpha = 1.5
+
+
+def sgd_steps(model, optimizer, method, batches):
+    for x, y in batches:
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        method.step(len(x), batch=(x, y))
+
+
+def fading_run(trained, batches, fade_steps=3, total_steps=100, **fields):
+    model = copy.deepcopy(trained)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    policy = DropPolicy(**{**EAGER_FIELDS, "max_drops_per_check": 2, "max_drop_cost": 10.0,
+                           "fade_steps": fade_steps, **fields})
+    ld = LearnDrop(model, optimizer, F16, policy=policy, total_steps=total_steps)
+    sgd_steps(model, optimizer, ld, batches)
+    return model, optimizer, ld
+
+
+def test_decided_units_fade_out_then_drop(trained_resnet20, one_thread):
+    """The check starts fades, not drops: the units stay in the network, trained, their output
+    blended with their input by a weight that rises by 1/fade_steps per step; after fade_steps
+    steps they are dropped (the event carries the check's scores and cost), BatchNorm is
+    recalibrated, and the units never count twice."""
+    trained, batches, _ = trained_resnet20
+    model, optimizer, ld = fading_run(trained, batches)
+    version = ld.structure_version
+    assert ld.check() == []  # nothing has left yet
+    fading = sorted(ld.fading)
+    assert len(fading) == 2 and ld.structure_version == version + 1
+    assert ld.metrics()["fading"] == fading
+    assert {ld.metrics()["scores"][n]["action"] for n in fading} == {"fade"}
+    costs = {n: ld.last_costs[n] for n in fading}
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for name in fading:
+        assert not isinstance(model.get_submodule(name), nn.Identity)
+        assert all(id(p) in held for p in model.get_submodule(name).parameters())
+    alphas = []
+    for step in range(3):
+        alphas.extend(ld.fading[n][0].alpha for n in fading)
+        sgd_steps(model, optimizer, ld, batches[step:step + 1])
+        if step < 2:
+            assert ld.events == []
+    assert alphas == pytest.approx([0.0, 0.0, 1 / 3, 1 / 3, 2 / 3, 2 / 3])
+    assert ld.fading == {} and sorted(e.unit for e in ld.events) == fading
+    for event in ld.events:
+        assert event.action == "drop" and event.step == len(batches) + 3
+        assert event.drop_cost == pytest.approx(costs[event.unit])
+        assert isinstance(model.get_submodule(event.unit), nn.Identity)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert int(bn.num_batches_tracked) == ld.recalibration_batches  # recomputed after the drop
+    assert ld.summary()["units_dropped"] == 2
+
+
+def test_fading_units_count_toward_the_caps(trained_resnet20, one_thread):
+    trained, batches, _ = trained_resnet20
+    # 7 units, at most 2 ever: both go to fades at the first check, none at the next.
+    model, optimizer, ld = fading_run(trained, batches, fade_steps=8, max_dropped_fraction=0.3)
+    ld.check()
+    assert len(ld.fading) == 2
+    sgd_steps(model, optimizer, ld, batches)
+    assert ld.check() == [] and len(ld.fading) == 2
+    # Decisions see the fading units' parameters as gone (the last trainable ones never go).
+    leaving = {id(p) for name in ld.fading
+               for p in model.get_submodule(name).parameters()}
+    assert not leaving & ld._trainable_ids()
+
+
+def test_resuming_mid_fade_continues_it_exactly(trained_resnet20, one_thread):
+    trained, batches, _ = trained_resnet20
+    model, optimizer, ld = fading_run(trained, batches, fade_steps=3)
+    ld.check()
+    sgd_steps(model, optimizer, ld, batches[:1])
+    saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
+             copy.deepcopy(ld.state_dict()))
+    sgd_steps(model, optimizer, ld, batches[1:3])
+
+    resumed = copy.deepcopy(trained)
+    resumed.load_state_dict(saved[0])
+    opt2 = torch.optim.SGD(resumed.parameters(), lr=0.01, momentum=0.9)
+    ld2 = LearnDrop(resumed, opt2, F16, policy=ld.policy, total_steps=100)
+    ld2.load_state_dict(saved[2])
+    opt2.load_state_dict(saved[1])
+    assert [f[0].alpha for f in ld2.fading.values()] == pytest.approx([1 / 3, 1 / 3])
+    sgd_steps(resumed, opt2, ld2, batches[1:3])
+    assert [e.to_dict() for e in ld2.events] == [e.to_dict() for e in ld.events]
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="resume with the fade_steps it was saved with"):
+        LearnDrop(copy.deepcopy(trained), opt2, F16, policy=DropPolicy(),
+                  total_steps=100).load_state_dict(saved[2])
+
+
+def test_fade_guards(trained_resnet20, one_thread):
+    trained, batches, _ = trained_resnet20
+    # A fade that could not end before the run does is not started (nor is anything dropped).
+    model, optimizer, ld = fading_run(trained, batches, fade_steps=3,
+                                      total_steps=len(batches) + 3)
+    assert ld.check() == [] and ld.fading == {} and ld.removed == {}
+    with pytest.raises(MethodOptionError, match="fade_steps=3 needs the run's length"):
+        LearnDrop(copy.deepcopy(trained), optimizer, F16, policy=DropPolicy(fade_steps=3))
+    with pytest.raises(PolicyError, match="fade_steps=-1 is invalid"):
+        DropPolicy(fade_steps=-1)
+    with pytest.raises(PolicyError, match="--method freeze freezes units, which keep"):
+        create_method("freeze", copy.deepcopy(trained), optimizer, F16,
+                      policy=DropPolicy(fade_steps=3))
