@@ -1,7 +1,9 @@
 """Fading a unit out before its drop (``fade_steps``): the blend, the schedule, the guards."""
 
 import copy
+import json
 import math
+import os
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from learndrop import DropPolicy, LearnDrop, PolicyError
 from learndrop.methods import MethodOptionError, create_method
 from learndrop.models import create_model
 from learndrop.surgery import Fade, drop_unit
+from learndrop.train import TrainConfig, train
 from learndrop.units import find_units
 
 EAGER_FIELDS = {"warmup_checks": 0, "change_threshold": 100.0, "max_slope": 1e9,
@@ -156,3 +159,27 @@ def test_fade_guards(trained_resnet20, one_thread):
     with pytest.raises(PolicyError, match="--method freeze freezes units, which keep"):
         create_method("freeze", copy.deepcopy(trained), optimizer, F16,
                       policy=DropPolicy(fade_steps=3))
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist")
+                    and not os.environ.get("LEARNDROP_DATA"),
+                    reason="Fashion-MNIST not installed (make test installs it)")
+def test_the_trainer_fades_units_out_over_an_epoch(tmp_path, one_thread):
+    """``--fade-steps 10`` with 10 steps per epoch: the units decided at the end of an epoch
+    fade during the next and leave at its end; the metrics rows, the log and the heat map say
+    so, and the run's forward FLOPs per step fall only when they leave."""
+    lines = []
+    summary = train(TrainConfig(
+        model="resnet20", dataset="fashion-mnist", epochs=4, subset=640, test_subset=200,
+        batch_size=64, lr=0.05, image_size=16, out=str(tmp_path / "run"), quiet=True,
+        method_options={"change_threshold": 0.9, "max_drops_per_check": 2,
+                        "max_drop_cost": math.inf, "fade_steps": 10}), log=lines.append)
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    started = next(r for r in rows if r["fading"])
+    left = rows[rows.index(started) + 1]
+    assert sorted(left["dropped"]) == started["fading"] and not left["fading"]
+    assert all(d["step"] == started["step"] + 10 for d in summary["drops"])
+    assert started["fwd_flops_per_sample"] == rows[0]["fwd_flops_per_sample"]
+    assert left["fwd_flops_per_sample"] < started["fwd_flops_per_sample"]
+    assert any(f"(fading out: {', '.join(started['fading'])})" in line for line in lines)
+    assert (tmp_path / "run" / "unit_scores.png").exists()

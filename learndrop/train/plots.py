@@ -94,8 +94,15 @@ def _score_heatmap(metrics: list[dict], summary: dict, out: Path) -> Path | None
         j = col.get(round(event["epoch"]) if event.get("epoch") is not None else None)
         if event["unit"] in units and j is not None and event["action"] in marks:
             ax.plot(j, units.index(event["unit"]) - 0.1, markersize=9, **marks[event["action"]])
+    started: set[str] = set()  # units fading out (fade_steps): marked where the fade began
+    for j, m in enumerate(rows):
+        for unit in m.get("fading", ()):
+            if unit in units and unit not in started:
+                started.add(unit)
+                ax.plot(j, units.index(unit) - 0.1, marker=">", color="orange", markersize=8)
     ax.set_xticks(range(len(rows)), [str(m["epoch"]) for m in rows])
     ax.set_yticks(range(len(units)), units, fontsize=7)
-    ax.set(xlabel="check (epoch)",
-           title="Unit scores (x = dropped, square = frozen; numbers: drop cost, nats)")
+    ax.set_xlabel("check (epoch)")
+    ax.set_title("Unit scores\n(x = dropped, > = fade-out began, square = frozen;\n"
+                 "numbers: drop cost, nats)", fontsize=8)
     return _save(fig, out / "unit_scores.png")

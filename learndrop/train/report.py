@@ -148,6 +148,13 @@ def announce(events: list[Event], method: Method, log: Log, *, per: str = "epoch
         f"{100 * method.ledger.totals()['fwd_flops_reduction']:.1f}% saved so far")
 
 
+def fading_note(row: dict) -> str:
+    """`` (fading out: a, b)`` for a metrics row with units on their way out (``fade_steps``),
+    else empty."""
+    fading = row.get("fading")
+    return f" (fading out: {', '.join(fading)})" if fading else ""
+
+
 _SUMMARY_KEYS = (
     "samples_seen", "fwd_flops", "fwd_flops_full", "fwd_flops_reduction", "extra_fwd_flops",
     "bwd_flops",

@@ -326,6 +326,7 @@ def _known_length(batches: Iterable[Batch], cap: int | None) -> int | None:
 
 def _row_line(row: dict, method) -> str:
     return (f"step {row['step']}: loss {row['train_loss']:.4f}, test acc {row['test_acc']:.4f}, "
-            f"units {row['units_live']}/{len(method.units)}, fwd FLOPs per step "
+            f"units {row['units_live']}/{len(method.units)}{report.fading_note(row)}, "
+            f"fwd FLOPs per step "
             f"{100 * (1 - row['fwd_flops_per_sample'] / row['fwd_flops_per_sample_full']):.1f}% "
             f"below full, {row['time_s']:.1f}s")

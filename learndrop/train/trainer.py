@@ -396,7 +396,8 @@ class Training:
     def _epoch_line(self, row: dict) -> str:
         return (f"epoch {row['epoch']}/{self.config.epochs}: loss {row['train_loss']:.4f}, train "
                 f"acc {row['train_acc']:.4f}, test acc {row['test_acc']:.4f}, units "
-                f"{row['units_live']}/{len(self.method.units)}, fwd FLOPs saved "
+                f"{row['units_live']}/{len(self.method.units)}{report.fading_note(row)}, "
+                f"fwd FLOPs saved "
                 f"{100 * (1 - row['fwd_flops'] / row['fwd_flops_full']):.1f}%, "
                 f"{self.train_time:.1f}s")
 
