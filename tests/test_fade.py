@@ -21,6 +21,29 @@ EAGER_FIELDS = {"warmup_checks": 0, "change_threshold": 100.0, "max_slope": 1e9,
 F16 = torch.zeros(64, 1, 16, 16)
 
 
+def test_a_compiled_forward_follows_the_fade_without_recompiling(one_thread):
+    """The blend weight is a tensor updated in place: one compiled graph serves every step of a
+    fade (a float would be baked into the graph, and each new value would recompile)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1).eval()
+    x = torch.randn(2, 1, 16, 16)
+    fade = Fade(model, find_units(model, x)[4])
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, backend=counting)
+    with torch.no_grad():
+        for alpha in (0.0, 0.25, 0.5, 1.0):
+            fade.alpha = alpha
+            torch.testing.assert_close(compiled(x), model(x))
+    assert len(graphs) == 1
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize(("model_name", "which"), [("vgg16_cifar", 3), ("resnet20", 4)])
 def test_a_fade_goes_from_the_unit_to_its_drop(model_name, which, one_thread):
     """alpha = 0 is the network as it is, alpha = 1 the network without the unit (a plain

@@ -59,12 +59,28 @@ def loader():
     return torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False)
 
 
-def fit(tmp_path, loader, epochs, ckpt_path=None, name="run", steps_per_check=4):
+class StopAfter(pl.Callback):
+    """Ends the fit after ``epochs`` epochs of a longer run: an interruption (the run keeps
+    its length, so a method scheduled by it sees the same run as the uninterrupted one)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def fit(tmp_path, loader, epochs, ckpt_path=None, name="run", steps_per_check=4, stop_after=None,
+        method="learndrop", policy=POLICY, **callback_kwargs):
     pl.seed_everything(0)
     module = Classifier()
-    callback = LearnDropCallback(policy=POLICY, steps_per_check=steps_per_check)
+    if method == "learndrop":
+        callback_kwargs["policy"] = policy
+    callback = LearnDropCallback(method, steps_per_check=steps_per_check, **callback_kwargs)
     trainer = pl.Trainer(
-        max_epochs=epochs, callbacks=[callback], accelerator="cpu", devices=1,
+        max_epochs=epochs, callbacks=[callback, *([StopAfter(stop_after)] if stop_after else [])],
+        accelerator="cpu", devices=1,
         default_root_dir=tmp_path / name, logger=pl.loggers.CSVLogger(tmp_path / name),
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         deterministic=True,
@@ -96,7 +112,8 @@ def test_callback_drops_logs_and_resumes(tmp_path, loader):
     assert logged["learndrop/fwd_flops_saved"] == pytest.approx(summary["fwd_flops_reduction"])
 
     # Two epochs, a checkpoint, then two more epochs from it: the same drops, same structure.
-    first, _, cb = fit(tmp_path, loader, epochs=2, name="part1")
+    first, _, cb = fit(tmp_path, loader, epochs=4, stop_after=2, name="part1")
+    assert first.global_step == 2 * 8 and cb.method.total_steps == 4 * 8  # Lightning's count
     assert 0 < cb.method.summary()["units_dropped"] < summary["units_dropped"]
     ckpt = tmp_path / "half.ckpt"
     first.save_checkpoint(ckpt)
@@ -164,3 +181,29 @@ def test_a_module_without_forward_uses_its_network_attribute(tmp_path, loader):
     assert "\n" not in str(err.value)
     two = TwoNets()
     assert _fit_module(tmp_path, loader, two, model_attr="net").method.model is two.net
+
+
+def test_the_run_length_comes_from_lightning_fades_and_freezeout_need_it(tmp_path, loader):
+    """Learn&Drop's fades and FreezeOut schedule by the run's length: the callback takes it from
+    Lightning (``estimated_stepping_batches``) when it is not passed."""
+    import dataclasses
+
+    trainer, module, callback = fit(tmp_path, loader, epochs=3, name="fade",
+                                    policy=dataclasses.replace(POLICY, fade_steps=4))
+    method = callback.method
+    assert method.total_steps == 3 * 8
+    # A unit decided at a check fades over the 4 steps to the next one, then leaves: every drop
+    # comes a check after its decision, and none in the last 4 steps (a fade must end in time).
+    drops = [e for e in method.events if e.action == "drop"]
+    assert drops and all(e.step % 4 == 0 and e.step <= 3 * 8 - 4 for e in drops)
+    assert drops[0].step >= 2 * 4 and method.fading == {}
+    assert {e.unit for e in drops} <= set(structure(module))  # gone from the network
+    assert method.summary()["units_dropped"] == len(drops)
+    # Passed explicitly, the user's number wins.
+    _, _, own = fit(tmp_path, loader, epochs=1, name="own", total_steps=100,
+                    policy=dataclasses.replace(POLICY, fade_steps=4))
+    assert own.method.total_steps == 100
+
+    # FreezeOut needs the run's length: it used to fail unless total_steps was passed.
+    _, _, freezeout = fit(tmp_path, loader, epochs=2, name="freezeout", method="freezeout")
+    assert freezeout.method.total_steps == 2 * 8 and freezeout.method.steps == 16

@@ -49,7 +49,7 @@ except ImportError as err:  # the optional extra
     raise ImportError("learndrop.integrations.lightning needs lightning 2.x: "
                       "pip install 'learndrop[lightning]'") from err
 
-from learndrop.methods import Method, create_method
+from learndrop.methods import Method, create_method, method_takes
 from learndrop.units import Unit
 
 __all__ = ["LearnDropCallback", "default_input", "default_target"]
@@ -99,6 +99,8 @@ class LearnDropCallback(Callback):
         steps_per_check: optimizer steps between checks; default one epoch.
         log_metrics: log ``learndrop/*`` metrics at the end of every training epoch.
         **method_kwargs: passed to the method (e.g. ``policy=DropPolicy(...)``, ``unit_names``).
+            ``total_steps``, where the method takes it and it is not passed, is Lightning's
+            ``trainer.estimated_stepping_batches`` (left out when that is infinite).
 
     Attributes:
         method: the :class:`~learndrop.methods.Method` (``None`` before training starts).
@@ -176,9 +178,17 @@ class LearnDropCallback(Callback):
             raise ValueError(f"LearnDropCallback needs exactly one optimizer, the trainer has "
                              f"{len(trainer.optimizers)}")
         example = example.detach().to(pl_module.device)
+        kwargs = dict(self.method_kwargs)
+        if "total_steps" not in kwargs and method_takes(self.method_name, "total_steps"):
+            # The run's length, for methods that schedule by it (FreezeOut, Learn&Drop's fades
+            # and its no-drop-at-the-last-check rule): Lightning's own count of optimizer steps
+            # (max_epochs or max_steps, gradient accumulation), unknown for an endless loader.
+            total = trainer.estimated_stepping_batches
+            if math.isfinite(total):
+                kwargs["total_steps"] = int(total)
         self.method = create_method(
             self.method_name, self.network(pl_module), trainer.optimizers[0], example,
-            units=units, steps_per_check=self._steps_per_check(trainer), **self.method_kwargs)
+            units=units, steps_per_check=self._steps_per_check(trainer), **kwargs)
         if trainer.world_size > 1:
             strategy = trainer.strategy
             self.method.sync = lambda names: list(strategy.broadcast(list(names), src=0))

@@ -19,6 +19,7 @@ from learndrop.methods.registry import (
     build_method,
     create_method,
     field_help,
+    method_takes,
     option_flag,
     parse_options,
     register_method,
@@ -40,6 +41,7 @@ __all__ = [
     "Event", "Freeze", "FreezeOut", "Full", "LearnDrop", "METHODS", "Method",
     "MethodOptionError", "MissingBatchesError", "RandomDrop", "RunInfo", "SlimFromScratch",
     "StochasticDepth",
-    "UnknownMethodError", "build_method", "create_method", "field_help", "option_flag",
+    "UnknownMethodError", "build_method", "create_method", "field_help", "method_takes",
+    "option_flag",
     "parse_options", "register_method",
 ]

@@ -55,6 +55,16 @@ def _spec(name: str) -> type[Method]:
     return METHODS[name]
 
 
+def method_takes(name: str, keyword: str) -> bool:
+    """Whether method ``name``'s constructor takes the keyword argument ``keyword`` (how a
+    driver asks a method for a fact of the run, e.g. ``total_steps``, without testing its type).
+
+    Raises:
+        UnknownMethodError: ``name`` is not a registered method.
+    """
+    return keyword in inspect.signature(_spec(name)).parameters
+
+
 def option_flag(field: dataclasses.Field) -> str:
     """The command-line flag of an options field: ``metadata["flag"]`` or ``--field-name``."""
     return "--" + field.metadata.get("flag", field.name.replace("_", "-"))
