@@ -36,12 +36,14 @@ def test_a_compiled_forward_follows_the_fade_without_recompiling(one_thread):
         return gm.forward
 
     compiled = torch.compile(model, backend=counting)
-    with torch.no_grad():
-        for alpha in (0.0, 0.25, 0.5, 1.0):
-            fade.alpha = alpha
-            torch.testing.assert_close(compiled(x), model(x))
-    assert len(graphs) == 1
-    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            for alpha in (0.0, 0.25, 0.5, 1.0):
+                fade.alpha = alpha
+                torch.testing.assert_close(compiled(x), model(x))
+        assert len(graphs) == 1
+    finally:
+        torch._dynamo.reset()
 
 
 @pytest.mark.parametrize(("model_name", "which"), [("vgg16_cifar", 3), ("resnet20", 4)])

@@ -472,7 +472,8 @@ def test_a_learning_rate_cut_changes_no_decision(fashion16, one_thread):
     """LR x0.1 after check 3: with the median normalisation every unit's score ratio at the next
     check stays close to the uncut run's (the trajectory after a cut is not exactly a scaled copy:
     weight decay, gradient noise), and the units chosen are the same; in the per-unit reading
-    (the control) every unit's learning-rate normalised change moves by more than that."""
+    (the control) every unit's learning-rate normalised change moves the same way, by a common
+    factor more than twice the typical median-normalised shift."""
     train_loader, _ = fashion16
     chosen, ratios, changes = {}, {}, {}
     for normalization, threshold in (("median", 1.0), ("per-unit", 1.0)):

@@ -120,7 +120,7 @@ def test_callback_drops_logs_and_resumes(tmp_path, loader):
     resumed, module2, cb2 = fit(tmp_path, loader, epochs=4, ckpt_path=str(ckpt), name="part2")
     assert cb2.method.summary()["drops"] == summary["drops"]
     assert structure(module2) == structure(module)
-    assert resumed.global_step == 4 * 8
+    assert resumed.global_step == 4 * 8 and cb2.method.total_steps == 4 * 8  # as saved
     assert cb2.method.summary()["samples_seen"] == 4 * 256
     # Same weights as the uninterrupted fit: the optimizer state came back in place too.
     for (name, a), b in zip(module.state_dict().items(), module2.state_dict().values()):
@@ -204,6 +204,42 @@ def test_the_run_length_comes_from_lightning_fades_and_freezeout_need_it(tmp_pat
                     policy=dataclasses.replace(POLICY, fade_steps=4))
     assert own.method.total_steps == 100
 
-    # FreezeOut needs the run's length: it used to fail unless total_steps was passed.
-    _, _, freezeout = fit(tmp_path, loader, epochs=2, name="freezeout", method="freezeout")
-    assert freezeout.method.total_steps == 2 * 8 and freezeout.method.steps == 16
+    # FreezeOut needs the run's length (it used to fail unless total_steps was passed) and adds
+    # a parameter group per unit, which the scheduler configure_optimizers() made cannot know.
+    with pytest.raises(ValueError, match=r"added optimizer parameter groups.*no scheduler"):
+        fit(tmp_path, loader, epochs=2, name="freezeout-scheduled", method="freezeout")
+    callback = LearnDropCallback("freezeout", steps_per_check=4)
+    trainer = pl.Trainer(
+        max_epochs=2, callbacks=[callback], accelerator="cpu", devices=1, logger=False,
+        default_root_dir=tmp_path / "freezeout", enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(NetInAttribute(), loader)  # no scheduler
+    assert callback.method.total_steps == 2 * 8 and callback.method.summary()["units_frozen"] > 0
+
+
+class Endless(torch.utils.data.IterableDataset):
+    """A stream without a length: Lightning cannot count the run's steps."""
+
+    def __init__(self, loader) -> None:
+        self.batches = list(loader)
+
+    def __iter__(self):
+        while True:
+            yield from self.batches
+
+
+@pytest.mark.parametrize(("method", "kwargs", "message"), [
+    ("freezeout", {}, r"needs the run's length.*max_steps"),
+    ("learndrop", {"policy": DropPolicy(fade_steps=4)}, r"fade_steps=4 needs the run's length"),
+])
+def test_a_run_of_unknown_length_is_refused_by_methods_that_need_it(tmp_path, loader, method,
+                                                                    kwargs, message):
+    callback = LearnDropCallback(method, steps_per_check=4, **kwargs)
+    trainer = pl.Trainer(
+        max_epochs=1, callbacks=[callback], accelerator="cpu", devices=1, logger=False,
+        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False)
+    with pytest.raises(ValueError, match=message) as err:
+        trainer.fit(NetInAttribute(), torch.utils.data.DataLoader(Endless(loader),
+                                                                  batch_size=None))
+    assert "\n" not in str(err.value)

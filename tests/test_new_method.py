@@ -100,3 +100,17 @@ def test_the_contract_covers_it(drop_last, tmp_path):
     model, optimizer, method = contract.build(drop_last, reference)
     assert isinstance(method, DropLast) and method.every_checks == 2
     assert RunInfo().total_steps is None
+
+
+def test_drivers_ask_a_method_which_facts_of_the_run_it_takes():
+    """``method_takes`` reads the constructor, following ``**kwargs`` to the parent's (Freeze
+    fixes Learn&Drop's mode and passes the rest on)."""
+    from learndrop.methods import UnknownMethodError, method_takes
+
+    assert method_takes("learndrop", "total_steps")
+    assert not method_takes("learndrop", "total_steps", required=True)  # only with fades
+    assert method_takes("freeze", "total_steps") and method_takes("freeze", "policy")
+    assert method_takes("freezeout", "total_steps", required=True)
+    assert not method_takes("full", "total_steps")
+    with pytest.raises(UnknownMethodError, match="unknown method 'nope'"):
+        method_takes("nope", "total_steps")

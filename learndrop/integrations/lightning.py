@@ -173,22 +173,51 @@ class LearnDropCallback(Callback):
             f"model_attr={children[0] if children else 'net'!r}")
 
     def _build(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-               example: torch.Tensor, units: list[Unit] | None = None) -> None:
+               example: torch.Tensor, units: list[Unit] | None = None,
+               saved: dict | None = None) -> None:
         if len(trainer.optimizers) != 1:
             raise ValueError(f"LearnDropCallback needs exactly one optimizer, the trainer has "
                              f"{len(trainer.optimizers)}")
         example = example.detach().to(pl_module.device)
         kwargs = dict(self.method_kwargs)
         if "total_steps" not in kwargs and method_takes(self.method_name, "total_steps"):
-            # The run's length, for methods that schedule by it (FreezeOut, Learn&Drop's fades
-            # and its no-drop-at-the-last-check rule): Lightning's own count of optimizer steps
-            # (max_epochs or max_steps, gradient accumulation), unknown for an endless loader.
-            total = trainer.estimated_stepping_batches
-            if math.isfinite(total):
-                kwargs["total_steps"] = int(total)
+            total = self._total_steps(trainer, saved)
+            if total is not None:
+                kwargs["total_steps"] = total
+        optimizer = trainer.optimizers[0]
+        groups = len(optimizer.param_groups)
         self.method = create_method(
-            self.method_name, self.network(pl_module), trainer.optimizers[0], example,
+            self.method_name, self.network(pl_module), optimizer, example,
             units=units, steps_per_check=self._steps_per_check(trainer), **kwargs)
+        if len(optimizer.param_groups) != groups and trainer.lr_scheduler_configs:
+            # Lightning creates the schedulers before any callback sees a batch; a scheduler
+            # that holds one value per group (LambdaLR, CosineAnnealingLR) fails on its next
+            # step, others would leave the new groups alone.
+            raise ValueError(
+                f"method {self.method_name!r} added optimizer parameter groups (per-unit "
+                f"learning rates) that the LR scheduler of configure_optimizers() does not "
+                f"know: return no scheduler with it, or use learndrop train")
+
+    def _total_steps(self, trainer: pl.Trainer, saved: dict | None) -> int | None:
+        """The run's length in optimizer steps, for methods that schedule by it (FreezeOut,
+        Learn&Drop's fades and its rule of no drop at the last check): on resume the one the
+        run was saved with; otherwise Lightning's count (``max_epochs`` or ``max_steps``,
+        gradient accumulation included). ``None`` when unknown (an endless loader without
+        ``max_steps``: Lightning then reports ``max_steps``, -1 by default)."""
+        if saved is not None:
+            total = saved.get("total_steps")
+            return total if isinstance(total, int) and total > 0 else None
+        # On resume this would set up the training data before Lightning restores the
+        # loader's state (so it is not read there); at the first batch the data are set up.
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total <= 0:
+            if method_takes(self.method_name, "total_steps", required=True):
+                raise ValueError(
+                    f"method {self.method_name!r} needs the run's length, and Lightning does "
+                    f"not know it (an endless loader?): set Trainer(max_steps=...) or pass "
+                    f"LearnDropCallback(total_steps=...)")
+            return None
+        return int(total)
         if trainer.world_size > 1:
             strategy = trainer.strategy
             self.method.sync = lambda names: list(strategy.broadcast(list(names), src=0))
@@ -246,7 +275,7 @@ class LearnDropCallback(Callback):
         if example is None:
             example = torch.zeros(state["example_shape"], dtype=getattr(
                 torch, state["example_dtype"].removeprefix("torch.")))
-        self._build(trainer, pl_module, example, units)
+        self._build(trainer, pl_module, example, units, saved=state["method"])
         self.method.load_state_dict(state["method"])
 
     def state_dict(self) -> dict[str, Any]:

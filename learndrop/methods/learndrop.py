@@ -255,10 +255,14 @@ class LearnDrop(Method):
         return {**super().state_dict(), "tracker": self.tracker.state_dict(),
                 "streaks": dict(self.streaks), "policy": self.policy.to_dict(),
                 "check_losses": list(self.check_losses), "peak_lr": self.peak_lr,
+                "total_steps": self.total_steps,
                 "fading": {n: {"steps": done, "scores": dict(scores)}
                            for n, (_, done, scores) in self.fading.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        # state["total_steps"] (the run's length when saved) is read by drivers that cannot
+        # know the length before the data are set up (the Lightning callback on resume); the
+        # method keeps the one it was built with: a resumed run may have been made longer.
         super().load_state_dict(state)
         self.tracker.load_state_dict(state["tracker"])
         self.streaks = dict(state["streaks"])

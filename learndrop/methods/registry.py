@@ -21,8 +21,8 @@ from learndrop.methods.base import Method, MethodOptionError, RunInfo
 
 __all__ = [
     "METHODS", "MethodOptionError", "RunInfo", "UnknownMethodError",
-    "build_method", "create_method", "field_help", "option_flag", "parse_options",
-    "register_method",
+    "build_method", "create_method", "field_help", "method_takes", "option_flag",
+    "parse_options", "register_method",
 ]
 
 
@@ -55,14 +55,26 @@ def _spec(name: str) -> type[Method]:
     return METHODS[name]
 
 
-def method_takes(name: str, keyword: str) -> bool:
-    """Whether method ``name``'s constructor takes the keyword argument ``keyword`` (how a
-    driver asks a method for a fact of the run, e.g. ``total_steps``, without testing its type).
+def method_takes(name: str, keyword: str, *, required: bool = False) -> bool:
+    """Whether method ``name``'s constructor takes the keyword argument ``keyword`` (with
+    ``required``: takes it without a default), following constructors that pass ``**kwargs``
+    on to their parent's. How a driver asks a method for a fact of the run, e.g.
+    ``total_steps``, without testing its type.
 
     Raises:
         UnknownMethodError: ``name`` is not a registered method.
     """
-    return keyword in inspect.signature(_spec(name)).parameters
+    for cls in _spec(name).__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        parameters = inspect.signature(cls.__init__).parameters
+        if keyword in parameters:
+            return not required or parameters[keyword].default is inspect.Parameter.empty
+        # A constructor that passes **kwargs on (a subclass fixing one argument) takes what
+        # its parent's takes.
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return False
+    return False
 
 
 def option_flag(field: dataclasses.Field) -> str:
