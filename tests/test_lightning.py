@@ -243,3 +243,26 @@ def test_a_run_of_unknown_length_is_refused_by_methods_that_need_it(tmp_path, lo
         trainer.fit(NetInAttribute(), torch.utils.data.DataLoader(Endless(loader),
                                                                   batch_size=None))
     assert "\n" not in str(err.value)
+
+
+def test_under_several_processes_every_rank_applies_rank_0s_decision():
+    """The callback hands the method the strategy's broadcast (the DDP path is not run here:
+    a stand-in trainer of two ranks whose broadcast returns rank 0's names)."""
+    from types import SimpleNamespace
+
+    module = NetInAttribute()
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
+    sent = []
+
+    def broadcast(obj, src=0):
+        sent.append((list(obj), src))
+        return ["layer1.0"]
+
+    trainer = SimpleNamespace(
+        optimizers=[optimizer], world_size=2, strategy=SimpleNamespace(broadcast=broadcast),
+        lr_scheduler_configs=[], estimated_stepping_batches=16, num_training_batches=8,
+        accumulate_grad_batches=1)
+    callback = LearnDropCallback(policy=POLICY)
+    callback._build(trainer, module, torch.zeros(2, 1, 16, 16))
+    assert callback.method.total_steps == 16 and callback.method.steps_per_check == 8
+    assert callback.method.sync(["layer3.2"]) == ["layer1.0"] and sent == [(["layer3.2"], 0)]

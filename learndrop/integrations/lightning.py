@@ -100,7 +100,8 @@ class LearnDropCallback(Callback):
         log_metrics: log ``learndrop/*`` metrics at the end of every training epoch.
         **method_kwargs: passed to the method (e.g. ``policy=DropPolicy(...)``, ``unit_names``).
             ``total_steps``, where the method takes it and it is not passed, is Lightning's
-            ``trainer.estimated_stepping_batches`` (left out when that is infinite).
+            ``trainer.estimated_stepping_batches`` (on resume, the one saved in the
+            checkpoint; left out when unknown, e.g. an endless loader without ``max_steps``).
 
     Attributes:
         method: the :class:`~learndrop.methods.Method` (``None`` before training starts).
@@ -197,6 +198,9 @@ class LearnDropCallback(Callback):
                 f"method {self.method_name!r} added optimizer parameter groups (per-unit "
                 f"learning rates) that the LR scheduler of configure_optimizers() does not "
                 f"know: return no scheduler with it, or use learndrop train")
+        if trainer.world_size > 1:
+            strategy = trainer.strategy
+            self.method.sync = lambda names: list(strategy.broadcast(list(names), src=0))
 
     def _total_steps(self, trainer: pl.Trainer, saved: dict | None) -> int | None:
         """The run's length in optimizer steps, for methods that schedule by it (FreezeOut,
@@ -218,9 +222,6 @@ class LearnDropCallback(Callback):
                     f"LearnDropCallback(total_steps=...)")
             return None
         return int(total)
-        if trainer.world_size > 1:
-            strategy = trainer.strategy
-            self.method.sync = lambda names: list(strategy.broadcast(list(names), src=0))
 
     def _steps_per_check(self, trainer: pl.Trainer) -> int | None:
         if self.steps_per_check is not None:
