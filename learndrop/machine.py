@@ -5,13 +5,14 @@ between runs of different machines mean little."""
 
 from __future__ import annotations
 
+import os
 import platform
 from functools import cache
 from pathlib import Path
 
 import torch
 
-__all__ = ["cpu_flags", "cpu_model", "machine_name"]
+__all__ = ["cpu_flags", "cpu_model", "machine_name", "usable_cpus"]
 
 
 @cache
@@ -40,6 +41,14 @@ def cpu_flags() -> list[str]:
     """The CPU's vector and matrix extensions (``avx*``, ``amx*``, ``fma``, ``f16c``); empty
     where unknown."""
     return list(_cpuinfo()[1])
+
+
+def usable_cpus() -> int | None:
+    """The CPUs this process may run on (its affinity, which a container or ``taskset`` may
+    narrow below ``os.cpu_count()``); None where unknown."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
 
 
 def machine_name(device: torch.device | str) -> str:

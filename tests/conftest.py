@@ -16,11 +16,11 @@ def pytest_configure(config):
     2-core machine. Subprocesses the tests start (DDP ranks, the CLI) inherit the share."""
     import os
 
+    from learndrop.machine import usable_cpus
+
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
-        share = max(1, cores // workers)
+        share = max(1, (usable_cpus() or 1) // workers)
         torch.set_num_threads(share)
         os.environ.setdefault("OMP_NUM_THREADS", str(share))
 

@@ -41,7 +41,7 @@ from learndrop.bench.plan import (
     copy_is_full_training,
     parse_label,
 )
-from learndrop.machine import cpu_flags, cpu_model
+from learndrop.machine import cpu_flags, cpu_model, usable_cpus
 from learndrop.train.config import TrainConfig
 
 __all__ = ["AXES", "BENCH_JSON", "BENCH_MD", "TARGET_GAP", "aggregate", "bench_markdown",
@@ -362,8 +362,7 @@ def machine_info(device: str | None = None) -> dict:
     info = {
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cpus_usable": usable_cpus(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
