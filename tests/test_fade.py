@@ -131,6 +131,49 @@ def test_decided_units_fade_out_then_drop(trained_resnet20, one_thread):
     assert ld.summary()["units_dropped"] == 2
 
 
+def _hooked(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+
+
+@pytest.mark.parametrize(("steps", "leaves"), [(1, False), (2, True)])
+def test_finishing_mid_fade_settles_each_unit_at_its_nearer_end(steps, leaves, trained_resnet20,
+                                                                  one_thread):
+    """A run that stops early (``finish``) with units fading out: a unit at least half gone
+    (alpha 2/4) is dropped, one a quarter gone stays as it is; the blend's hooks are removed
+    either way and BatchNorm is recalibrated (its statistics were gathered with the blend)."""
+    trained, batches, _ = trained_resnet20
+    model, optimizer, ld = fading_run(trained, batches, fade_steps=4)
+    ld.check()
+    fading = sorted(ld.fading)
+    sgd_steps(model, optimizer, ld, batches[:steps])
+    assert _hooked(model) and {f[0].alpha for f in ld.fading.values()} == {steps / 4}
+    version = ld.structure_version
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    tracked = int(bn.num_batches_tracked)
+    x = batches[0][0]
+
+    events = ld.finish()
+    assert ld.fading == {} and _hooked(model) == [] and ld.metrics()["fading"] == []
+    assert ld.structure_version > version  # a compiled forward is rebuilt without the hooks
+    assert int(bn.num_batches_tracked) == ld.recalibration_batches != tracked
+    if leaves:
+        assert sorted(e.unit for e in events) == fading
+        assert all(e.action == "drop" and e.step == len(batches) + steps for e in events)
+        assert all(isinstance(model.get_submodule(n), nn.Identity) for n in fading)
+        assert ld.summary()["units_dropped"] == 2
+    else:
+        assert events == [] and ld.removed == {}
+        assert set(fading) <= set(ld.tracker.units)  # live again: scored if training goes on
+        assert not any(isinstance(model.get_submodule(n), nn.Identity) for n in fading)
+        # The unit computes F(x) again: the plain network with the same weights and statistics.
+        plain = copy.deepcopy(trained)
+        plain.load_state_dict(model.state_dict())
+        model.eval()
+        plain.eval()
+        torch.testing.assert_close(model(x), plain(x))
+    assert ld.finish() == []  # nothing left in flight
+
+
 def test_fading_units_count_toward_the_caps(trained_resnet20, one_thread):
     trained, batches, _ = trained_resnet20
     # 7 units, at most 2 ever: both go to fades at the first check, none at the next.
@@ -161,6 +204,7 @@ def test_resuming_mid_fade_continues_it_exactly(trained_resnet20, one_thread):
     ld2.load_state_dict(saved[2])
     opt2.load_state_dict(saved[1])
     assert [f[0].alpha for f in ld2.fading.values()] == pytest.approx([1 / 3, 1 / 3])
+    assert not set(ld2.fading) & set(ld2.tracker.units)  # leaving: not scored again
     sgd_steps(resumed, opt2, ld2, batches[1:3])
     assert [e.to_dict() for e in ld2.events] == [e.to_dict() for e in ld.events]
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values(),

@@ -71,6 +71,15 @@ class StopAfter(pl.Callback):
             trainer.should_stop = True
 
 
+def cpu_trainer(root, callbacks, epochs=1, **options) -> pl.Trainer:
+    """A quiet single-CPU Trainer writing under ``root`` (no logger, no checkpoints unless
+    ``options`` say otherwise)."""
+    return pl.Trainer(**{
+        "max_epochs": epochs, "callbacks": callbacks, "accelerator": "cpu", "devices": 1,
+        "default_root_dir": root, "logger": False, "enable_progress_bar": False,
+        "enable_model_summary": False, "enable_checkpointing": False, **options})
+
+
 def fit(tmp_path, loader, epochs, ckpt_path=None, name="run", steps_per_check=4, stop_after=None,
         method="learndrop", policy=POLICY, **callback_kwargs):
     pl.seed_everything(0)
@@ -78,13 +87,9 @@ def fit(tmp_path, loader, epochs, ckpt_path=None, name="run", steps_per_check=4,
     if method == "learndrop":
         callback_kwargs["policy"] = policy
     callback = LearnDropCallback(method, steps_per_check=steps_per_check, **callback_kwargs)
-    trainer = pl.Trainer(
-        max_epochs=epochs, callbacks=[callback, *([StopAfter(stop_after)] if stop_after else [])],
-        accelerator="cpu", devices=1,
-        default_root_dir=tmp_path / name, logger=pl.loggers.CSVLogger(tmp_path / name),
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        deterministic=True,
-    )
+    trainer = cpu_trainer(
+        tmp_path / name, [callback, *([StopAfter(stop_after)] if stop_after else [])], epochs,
+        logger=pl.loggers.CSVLogger(tmp_path / name), deterministic=True)
     trainer.fit(module, loader, ckpt_path=ckpt_path)
     return trainer, module, callback
 
@@ -162,10 +167,7 @@ class TwoNets(NetInAttribute):
 
 def _fit_module(tmp_path, loader, module, **callback_kwargs):
     callback = LearnDropCallback(policy=POLICY, steps_per_check=4, **callback_kwargs)
-    trainer = pl.Trainer(
-        max_epochs=1, callbacks=[callback], accelerator="cpu", devices=1, logger=False,
-        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, limit_train_batches=4)
+    trainer = cpu_trainer(tmp_path, [callback], limit_train_batches=4)
     trainer.fit(module, loader)
     return callback
 
@@ -209,12 +211,26 @@ def test_the_run_length_comes_from_lightning_fades_and_freezeout_need_it(tmp_pat
     with pytest.raises(ValueError, match=r"added optimizer parameter groups.*no scheduler"):
         fit(tmp_path, loader, epochs=2, name="freezeout-scheduled", method="freezeout")
     callback = LearnDropCallback("freezeout", steps_per_check=4)
-    trainer = pl.Trainer(
-        max_epochs=2, callbacks=[callback], accelerator="cpu", devices=1, logger=False,
-        default_root_dir=tmp_path / "freezeout", enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False)
-    trainer.fit(NetInAttribute(), loader)  # no scheduler
+    cpu_trainer(tmp_path / "freezeout", [callback], 2).fit(NetInAttribute(), loader)  # no scheduler
     assert callback.method.total_steps == 2 * 8 and callback.method.summary()["units_frozen"] > 0
+
+
+def test_a_fit_stopped_mid_fade_ends_with_a_plain_network(tmp_path, loader):
+    """A fit planned for 3 epochs and stopped after 2 (as EarlyStopping would) while a unit is
+    half faded out: at the end of training the callback settles it (dropped, as it was at
+    least half gone) and no blend is left in the network's forward hooks."""
+    import dataclasses
+
+    _, module, callback = fit(tmp_path, loader, epochs=3, stop_after=2, name="stopped",
+                              policy=dataclasses.replace(POLICY, fade_steps=8))
+    method = callback.method
+    # Fades start at steps 8 and 12 (a 3-epoch run has room for no later one); the fit stops at
+    # step 16, when the first has ended and the second is half way.
+    assert method.total_steps == 3 * 8 and method.steps == 2 * 8
+    assert [e.step for e in method.events] == [16, 16] and method.fading == {}
+    assert len({e.unit for e in method.events}) == 2
+    assert {e.unit for e in method.events} <= set(structure(module))  # gone from the network
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 class Endless(torch.utils.data.IterableDataset):
@@ -235,10 +251,7 @@ class Endless(torch.utils.data.IterableDataset):
 def test_a_run_of_unknown_length_is_refused_by_methods_that_need_it(tmp_path, loader, method,
                                                                     kwargs, message):
     callback = LearnDropCallback(method, steps_per_check=4, **kwargs)
-    trainer = pl.Trainer(
-        max_epochs=1, callbacks=[callback], accelerator="cpu", devices=1, logger=False,
-        default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False)
+    trainer = cpu_trainer(tmp_path, [callback])
     with pytest.raises(ValueError, match=message) as err:
         trainer.fit(NetInAttribute(), torch.utils.data.DataLoader(Endless(loader),
                                                                   batch_size=None))

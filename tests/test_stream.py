@@ -139,6 +139,24 @@ def test_user_iterator_each_batch_once_and_checks_on_schedule(tmp_path):
     assert (tmp_path / "run" / "model.pt").is_file()
 
 
+def test_a_stream_shorter_than_announced_settles_its_fades(tmp_path):
+    """A stream announced at 1,000 batches ends after 40 (an evaluation step), with a unit 30
+    steps into a 100-step fade: the run settles it (it stays, its output unblended) and
+    evaluates the settled network again: the last row and the summary report it."""
+    config = stream_config(tmp_path, stream_length=1000, method_options={
+        **stream_config(tmp_path).method_options, "fade_steps": 100})
+    summary = train_stream(config, synthetic_batches(40),
+                           test_batches=list(synthetic_batches(2, seed=1)), num_classes=4,
+                           log=lambda s: None)
+    rows = [json.loads(line) for line in
+            (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 40 and summary["stream_batches_expected"] == 1000
+    assert [r["step"] for r in rows] == [10, 20, 30, 40, 40]
+    assert rows[-2]["fading"] and rows[-1]["fading"] == []  # before and after settling
+    assert summary["final_test_acc"] == rows[-1]["test_acc"]
+    assert summary["units_dropped"] == 0 and rows[-1]["units_live"] == 2
+
+
 def test_stream_length_caps_an_endless_stream(tmp_path):
     pulled = 0
 

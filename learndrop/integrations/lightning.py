@@ -319,6 +319,13 @@ class LearnDropCallback(Callback):
                          batch=(self.input_fn(batch), self.target_fn(batch)))
         self._samples = 0
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Training ended (max_epochs, max_steps, EarlyStopping, max_time; not an exception,
+        # whose checkpoint resumes what is in flight): a fit stopped early may end with units
+        # fading out, settled here (Method.finish) so that the module holds a plain network.
+        if self.method is not None:
+            self.method.finish()
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.method is None or not self.log_metrics:
             return

@@ -81,7 +81,8 @@ class Method:
     """Base of all training methods: counts steps and samples, keeps the FLOPs ledger, applies
     drops/freezes to the model and optimizer, and holds the state needed to resume.
 
-    Subclasses override :meth:`before_step`, :meth:`on_step` and :meth:`on_check`; a method
+    Subclasses override :meth:`before_step`, :meth:`on_step`, :meth:`on_check` and (a method
+    with something in flight at the end of training) :meth:`on_finish`; a method
     with hyperparameters registers their dataclass (``@register_method(name, options=...)``) and
     maps them to its constructor in :meth:`option_kwargs`. Drivers never test a method's type:
     they ask it (:attr:`units_idle_in_step`, :attr:`needs_reference`, :attr:`batches_needed`,
@@ -104,7 +105,7 @@ class Method:
     name = "full"
     require_units = True
     #: Recent training batches from which the BatchNorm statistics are recomputed once the
-    #: step's or check's drops are done (0: none; see :meth:`after_change`).
+    #: step's or check's drops are done (0: none; see :meth:`recalibrate`).
     recalibration_batches = 0
     #: The dataclass of the method's options (set by ``register_method``); None: no options.
     options_type: ClassVar[type | None] = None
@@ -181,6 +182,11 @@ class Method:
 
     def on_check(self) -> list[Event]:
         """Called at every check; returns the events it caused."""
+        return []
+
+    def on_finish(self) -> list[Event]:
+        """Called once when training ends for good; settles what is in flight and returns the
+        events it caused (see :meth:`finish`)."""
         return []
 
     def metrics(self) -> dict:
@@ -263,22 +269,49 @@ class Method:
         self.check_time_s += time.perf_counter() - started
         return events
 
+    def finish(self) -> list[Event]:
+        """Training ends here for good (the last step, an early stop, a time limit, the end of
+        a stream): settle what the method has in flight, so that the network is the one that
+        will be used, and return the drops or freezes this caused (BatchNorm recalibrated
+        after drops, as after a check). A change without an event (a fade undone) bumps
+        :attr:`structure_version`. Not for an interruption that will resume: a checkpoint
+        keeps what is in flight, and one saved after this holds the settled network. Drivers
+        call it once, before the final evaluation. The base class has nothing in flight.
+
+        Raises:
+            MissingBatchesError: BatchNorm must be recalibrated and no batch was ever passed.
+        """
+        started = time.perf_counter()
+        events = self.on_finish()
+        self.after_change(events)
+        self.check_time_s += time.perf_counter() - started
+        return events
+
     def after_change(self, events: list[Event]) -> None:
-        """After drops: recompute the running statistics of every trainable BatchNorm layer
-        from the recent batches (:mod:`learndrop.recalibrate`); the forward passes go into the
-        FLOPs ledger as extra work.
+        """After drops: :meth:`recalibrate` BatchNorm."""
+        if any(e.action == "drop" for e in events):
+            self.recalibrate()
+
+    def recalibrate(self) -> None:
+        """Recompute the running statistics of every trainable BatchNorm layer from the
+        recent batches (:mod:`learndrop.recalibrate`; nothing when
+        :attr:`recalibration_batches` is 0); the forward passes go into the FLOPs ledger as
+        extra work.
+
+        Raises:
+            MissingBatchesError: no batch was ever passed to :meth:`step`.
 
         Every layer, not only those after the first dropped unit: measured on the ``make run``
         setting (``benchmarks/results/drop_recovery/``), the layers before the drop lag the
         weights too at a high learning rate, and recalibrating them as well gave 64% test
         accuracy right after a drop where the downstream layers alone gave 49%.
         """
-        if not self.recalibration_batches or not any(e.action == "drop" for e in events):
+        if not self.recalibration_batches:
             return
         names = batchnorms_after(self.model, self.example_input)
         if not names:
             return
-        batches = self.require_batches("recalibrate BatchNorm after a drop")
+        batches = self.require_batches("recalibrate BatchNorm after a structural change")
         samples = recalibrate_batchnorm(self.model, [x for x, _ in batches], names)
         self.ledger.record_extra(samples * self.ledger.cost(self.flops_key()).fwd)
 

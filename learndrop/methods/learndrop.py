@@ -8,7 +8,8 @@ check loss on the recent training batches and hold back while it rises
 (:meth:`DropPolicy.decide`); after a drop, recompute the BatchNorm statistics from the recent
 batches (:mod:`learndrop.recalibrate`, :meth:`Method.after_change`). With
 ``policy.fade_steps``, a unit decided for dropping first fades out over that many steps
-(:class:`learndrop.surgery.Fade`) and is dropped, and BatchNorm recalibrated, when the fade ends.
+(:class:`learndrop.surgery.Fade`) and is dropped, and BatchNorm recalibrated, when the fade ends;
+a run that stops early settles fades still under way at :meth:`Method.finish`.
 Every extra forward pass is charged to the FLOPs ledger and its time to ``check_time_s``.
 """
 
@@ -44,6 +45,10 @@ class LearnDrop(Method):
                 loss_fn(model(x), y).backward(); optimizer.step(); optimizer.zero_grad()
                 ld.step(len(x), batch=(x, y))   # scores and drops once per epoch
         ld.summary()
+
+    A loop that stops before ``total_steps`` (early stopping, a time limit) calls
+    ``ld.finish()`` before its final evaluation: a unit still fading out then leaves or stays
+    (:meth:`on_finish`).
 
     Only units that learn are scored and can be dropped (a unit the user froze is left alone;
     one unfrozen later is scored from then on), and a decision never removes the unit that holds
@@ -169,6 +174,32 @@ class LearnDrop(Method):
             events.append(self.apply(by_name[name], "drop", **scores))
         return events
 
+    def on_finish(self) -> list[Event]:
+        """Settle every fade at its nearer end, so that the final network computes what it
+        computed at the last step as closely as one without the blend can: a unit at least
+        half faded out (``alpha >= 0.5``) is dropped (an event, as at the fade's end), one
+        less so stays in the network as it is (no event), and BatchNorm is recalibrated either
+        way (the statistics were gathered with the blend). Only a run that stops early can
+        end mid-fade (no fade starts that could not end before ``total_steps``)."""
+        if not self.fading:
+            return []
+        by_name = {u.name: u for u in self.units}
+        events = []
+        for name, (fade, _, scores) in list(self.fading.items()):
+            fade.remove()
+            del self.fading[name]
+            if fade.alpha >= 0.5:
+                events.append(self.apply(by_name[name], "drop", **scores))
+            else:
+                # Live again: scored like any live unit if training goes on (a Lightning fit
+                # continued from a checkpoint saved after it ended), as a resumed run would.
+                self.tracker.units[name] = by_name[name]
+                self.streaks[name] = 0
+        self.structure_version += 1  # the hooks are gone: a compiled forward is rebuilt
+        if not events:
+            self.recalibrate()  # the drops' events recalibrate through after_change
+        return events
+
     def _trainable_ids(self) -> set[int]:
         """Parameters that learn now and will go on learning: a fading unit's are leaving."""
         leaving = {id(p) for fade, _, _ in self.fading.values()
@@ -278,6 +309,7 @@ class LearnDrop(Method):
             raise ValueError("the state holds units fading out, and this run's policy has "
                              "fade_steps=0: resume with the fade_steps it was saved with")
         for name, record in state.get("fading", {}).items():
+            self.tracker.forget(name)  # leaving: not scored, as in the run that saved it
             done = record["steps"]
             fade = Fade(self.model, by_name[name], alpha=done / self.policy.fade_steps)
             self.fading[name] = (fade, done, dict(record["scores"]))

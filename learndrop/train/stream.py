@@ -283,7 +283,16 @@ def train_stream(
         bar.close()
     if method.steps == 0:
         raise ConfigError("the stream gave no batch")
-    if last_row_step != method.steps:  # the stream ended between two evaluations
+    # A stream does not resume: what the method has in flight (a unit fading out of a
+    # stream shorter than announced) is settled before the final evaluation.
+    version = method.structure_version
+    settled = method.finish()
+    if settled:
+        report.announce(settled, method, log, per="step")
+        stats.events += settled
+    # Evaluated again if the stream ended between two evaluations or the network changed (a
+    # fade undone changes it without an event).
+    if last_row_step != method.steps or method.structure_version != version:
         log(_row_line(row_now(), method))
     log(f"stream {ended} after {method.steps} steps ({method.ledger.samples_seen} samples), "
         f"{train_time:.1f}s")

@@ -364,6 +364,12 @@ class Training:
                 raise TrainingInterrupted(
                     f"interrupted; checkpoint saved, continue with: learndrop train --resume "
                     f"{self.run.path}")
+        if epoch + 1 == config.epochs:
+            # The run ends here: what the method has in flight is settled before the final
+            # evaluation, so that it measures the network model.pt will hold. Learn&Drop starts
+            # no fade that could not end by the last step, so it has nothing left here; the
+            # call keeps the driver contract (Method.finish) for every method.
+            stats.events += method.finish()
         self.train_time += self._elapsed(started)
         self.train_cpu += time.process_time() - started_cpu
         bar.close()
