@@ -452,7 +452,7 @@ def test_a_run_started_from_other_weights_is_not_taken_for_this_benchs(tmp_path)
 
 def test_the_report_says_which_run_trained_on_which_machine():
     """A bench trained across sessions may have run on several machines: bench.md says which
-    runs ran where (their time ratios compare machines), and nothing where it was one."""
+    runs ran where (their time ratios compare machines), and the one machine where it was one."""
     from learndrop.bench.report import _machines_line, trained_on
 
     runs = {("full", 0): {"summary": {"machine": "Intel Xeon, 2 threads"}},
@@ -468,4 +468,6 @@ def test_the_report_says_which_run_trained_on_which_machine():
                            "(full-s0, learndrop-s0); ")
     assert "not recorded: 1 run(s) (full-aa-s0)" in line
     one = {k: v for k, v in runs.items() if k[0] in ("full", "learndrop")}
-    assert _machines_line(trained_on(one)) == []
+    assert _machines_line(trained_on(one)) == ["Trained on: Intel Xeon, 2 threads (all 2 runs).",
+                                                ""]
+    assert _machines_line({}) == []

@@ -58,9 +58,18 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
     # A tuning run: a variant trained alone beside the finished bench, in the same report.
     finished = {p: p.stat().st_mtime_ns for p in out.glob("resnet32/*/summary.json")}
     rows_before = set(report["rows"])
+    # Another model's finished bench beside it (trained elsewhere, earlier): an invocation
+    # that trains resnet32 lists it in the README but leaves its report as it is.
+    import shutil
+
+    shutil.copytree(out / "resnet32", out / "resnet44")
+    other = out / "resnet44" / "bench.md"
+    other.write_text(other.read_text().replace("# Bench:", "# Bench (written elsewhere):", 1))
     capsys.readouterr()
     assert proof.main(["--profile", "smoke", "--out", str(out), "--methods", "full",
                        "--variant", "cap-half=learndrop:max_dropped_fraction=0.5"]) == 0
+    assert other.read_text().startswith("# Bench (written elsewhere):")
+    assert "## resnet44" in (out / "README.md").read_text()
     printed = capsys.readouterr().out
     assert "full-s0: done, kept" in printed
     assert printed.count(": training (") == 1 and "cap-half-s0: training (" in printed
@@ -76,6 +85,8 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
                     "--variant", "learndrop-paper=learndrop:patience=2"])
     with pytest.raises(proof.ConfigError, match="names 'budgets' twice"):
         proof.main(["--profile", "smoke", "--out", str(out), "--methods", "budgets,budgets"])
+    assert proof.main(["--profile", "smoke", "--out", str(out), "--report-only"]) == 0
+    assert other.read_text().startswith("# Bench: resnet32")  # --report-only rewrites every one
     with pytest.raises(proof.ConfigError, match="leave out --variant"):
         proof.main(["--profile", "smoke", "--out", str(out), "--report-only",
                     "--variant", "x=learndrop"])

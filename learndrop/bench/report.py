@@ -525,7 +525,7 @@ def bench_markdown(report: dict) -> str:
         f"{c.get('test_subset') or 'all'}, batch {c.get('batch_size', '?')}, lr "
         f"{c.get('lr', '?')}, warm-up {c.get('warmup_epochs', '?')} epoch(s) then cosine to "
         f"zero; seeds {', '.join(map(str, report['seeds'])) or '–'}; {report['finished']} runs "
-        f"finished, {_precision_text(report.get('precision', {}))}. Machine: {m['cpu']} "
+        f"finished, {_precision_text(report.get('precision', {}))}. Report written on: {m['cpu']} "
         f"({' '.join(m['cpu_flags']) or 'flags unknown'}), "
         f"{m['cpus_usable']} CPUs usable, {m['torch_threads']} torch threads, torch "
         f"{m['torch']}, device {m['device']}, load average {m['load_average']}.",
@@ -683,10 +683,13 @@ def _precision_text(counts: dict[str, int]) -> str:
 
 
 def _machines_line(trained_on: dict[str, list[str]]) -> list[str]:
-    """The line that says which runs trained on which machine, where it is not one machine
-    (the report's "Machine:" is where the report was written); empty otherwise."""
-    if len(trained_on) < 2:
+    """The line that says which runs trained on which machine (the header's "Report written
+    on" is where the report was written, which may be neither); empty where no run finished."""
+    if not trained_on:
         return []
+    if len(trained_on) == 1:
+        machine, names = next(iter(trained_on.items()))
+        return [f"Trained on: {machine} (all {len(names)} runs).", ""]
     parts = [f"{machine}: {len(names)} run(s) ({', '.join(names)})"
              if len(names) <= 8 else f"{machine}: {len(names)} run(s)"
              for machine, names in sorted(trained_on.items(), key=lambda kv: -len(kv[1]))]
