@@ -169,10 +169,20 @@ class LearnDrop(Method):
                 fade.alpha = done / self.policy.fade_steps
                 self.fading[name] = (fade, done, scores)
                 continue
-            fade.remove()
-            del self.fading[name]
-            events.append(self.apply(by_name[name], "drop", **scores))
+            events.append(self._end_fade(by_name[name], drop=True))
         return events
+
+    def _end_fade(self, unit: Unit, drop: bool) -> Event | None:
+        """End ``unit``'s fade: its blend hook goes; it is dropped (the event, with the scores
+        it was chosen on) or, with ``drop=False``, left in the network as a live unit, scored
+        again like any other (no event)."""
+        fade, _, scores = self.fading.pop(unit.name)
+        fade.remove()
+        if drop:
+            return self.apply(unit, "drop", **scores)
+        self.tracker.units[unit.name] = unit
+        self.streaks[unit.name] = 0
+        return None
 
     def on_finish(self) -> list[Event]:
         """Settle every fade at its nearer end, so that the final network computes what it
@@ -185,16 +195,12 @@ class LearnDrop(Method):
             return []
         by_name = {u.name: u for u in self.units}
         events = []
-        for name, (fade, _, scores) in list(self.fading.items()):
-            fade.remove()
-            del self.fading[name]
-            if fade.alpha >= 0.5:
-                events.append(self.apply(by_name[name], "drop", **scores))
-            else:
-                # Live again: scored like any live unit if training goes on (a Lightning fit
-                # continued from a checkpoint saved after it ended), as a resumed run would.
-                self.tracker.units[name] = by_name[name]
-                self.streaks[name] = 0
+        for name, (fade, _, _) in list(self.fading.items()):
+            # Kept units are scored again if training goes on (a Lightning fit continued from
+            # a checkpoint saved after it ended), as a resumed run would.
+            event = self._end_fade(by_name[name], drop=fade.alpha >= 0.5)
+            if event is not None:
+                events.append(event)
         self.structure_version += 1  # the hooks are gone: a compiled forward is rebuilt
         if not events:
             self.recalibrate()  # the drops' events recalibrate through after_change
