@@ -471,3 +471,7 @@ def test_the_report_says_which_run_trained_on_which_machine():
     assert _machines_line(trained_on(one)) == ["Trained on: Intel Xeon, 2 threads (all 2 runs).",
                                                 ""]
     assert _machines_line({}) == []
+    assert _machines_line({"AMD EPYC, 2 threads": ["full-s0"]})[0] == (
+        "Trained on: AMD EPYC, 2 threads (1 run).")
+    assert _machines_line({"not recorded": ["full-s0", "full-s1"]})[0] == (
+        "Trained on: machine not recorded (all 2 runs).")

@@ -164,6 +164,7 @@ def test_finishing_mid_fade_settles_each_unit_at_its_nearer_end(steps, leaves, t
     else:
         assert events == [] and ld.removed == {}
         assert set(fading) <= set(ld.tracker.units)  # live again: scored if training goes on
+        assert all(ld.streaks[name] == 0 for name in fading)  # a new streak to earn
         assert not any(isinstance(model.get_submodule(n), nn.Identity) for n in fading)
         # The unit computes F(x) again: the plain network with the same weights and statistics.
         plain = copy.deepcopy(trained)

@@ -222,8 +222,9 @@ def test_markdown_says_above_below_and_outside(fake_bench):
     assert "above" in line["| learndrop"] and "below" in line["| freezeout"]
     assert "outside the frontier's range" in line["| stochastic-depth"]
     assert "time ratio (A/A 1.100)" in md and "Noise floor" in md
-    machine = machine_info()  # every results file names the machine
+    machine = machine_info()  # every results file names the machine it was written on
     assert machine["torch"] in md and all(flag in md for flag in machine["cpu_flags"])
+    assert f"Report written on: {machine['cpu']} (" in md
 
 
 def test_a_bench_asked_for_seed_by_seed_records_every_invocation():

@@ -70,6 +70,12 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
                        "--variant", "cap-half=learndrop:max_dropped_fraction=0.5"]) == 0
     assert other.read_text().startswith("# Bench (written elsewhere):")
     assert "## resnet44" in (out / "README.md").read_text()
+    # ... unless its report is unreadable: then it is written again, not a crash after training.
+    (out / "resnet44" / "bench.json").write_text("{")
+    assert proof.main(["--profile", "smoke", "--out", str(out), "--methods", "full",
+                       "--variant", "cap-half=learndrop:max_dropped_fraction=0.5"]) == 0
+    assert "rows" in json.loads((out / "resnet44" / "bench.json").read_text())
+    assert other.read_text().startswith("# Bench: resnet32")
     printed = capsys.readouterr().out
     assert "full-s0: done, kept" in printed
     assert printed.count(": training (") == 1 and "cap-half-s0: training (" in printed
@@ -85,6 +91,7 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
                     "--variant", "learndrop-paper=learndrop:patience=2"])
     with pytest.raises(proof.ConfigError, match="names 'budgets' twice"):
         proof.main(["--profile", "smoke", "--out", str(out), "--methods", "budgets,budgets"])
+    other.write_text("# Bench (written elsewhere):\n")
     assert proof.main(["--profile", "smoke", "--out", str(out), "--report-only"]) == 0
     assert other.read_text().startswith("# Bench: resnet32")  # --report-only rewrites every one
     with pytest.raises(proof.ConfigError, match="leave out --variant"):

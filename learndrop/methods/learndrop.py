@@ -169,20 +169,26 @@ class LearnDrop(Method):
                 fade.alpha = done / self.policy.fade_steps
                 self.fading[name] = (fade, done, scores)
                 continue
-            events.append(self._end_fade(by_name[name], drop=True))
+            events.append(self._drop_faded(by_name[name]))
         return events
 
-    def _end_fade(self, unit: Unit, drop: bool) -> Event | None:
-        """End ``unit``'s fade: its blend hook goes; it is dropped (the event, with the scores
-        it was chosen on) or, with ``drop=False``, left in the network as a live unit, scored
-        again like any other (no event)."""
+    def _stop_fade(self, unit: Unit) -> dict:
+        """End ``unit``'s fade (its blend hook goes) and return the scores it was chosen on;
+        :meth:`_drop_faded` and :meth:`_keep_faded` say what becomes of the unit."""
         fade, _, scores = self.fading.pop(unit.name)
         fade.remove()
-        if drop:
-            return self.apply(unit, "drop", **scores)
+        return scores
+
+    def _drop_faded(self, unit: Unit) -> Event:
+        """The fade ends with the unit dropped: the event, with the scores it was chosen on."""
+        return self.apply(unit, "drop", **self._stop_fade(unit))
+
+    def _keep_faded(self, unit: Unit) -> None:
+        """The fade ends with the unit left in the network, live and scored again like any
+        other (no event)."""
+        self._stop_fade(unit)
         self.tracker.units[unit.name] = unit
         self.streaks[unit.name] = 0
-        return None
 
     def on_finish(self) -> list[Event]:
         """Settle every fade at its nearer end, so that the final network computes what it
@@ -198,9 +204,10 @@ class LearnDrop(Method):
         for name, (fade, _, _) in list(self.fading.items()):
             # Kept units are scored again if training goes on (a Lightning fit continued from
             # a checkpoint saved after it ended), as a resumed run would.
-            event = self._end_fade(by_name[name], drop=fade.alpha >= 0.5)
-            if event is not None:
-                events.append(event)
+            if fade.alpha >= 0.5:
+                events.append(self._drop_faded(by_name[name]))
+            else:
+                self._keep_faded(by_name[name])
         self.structure_version += 1  # the hooks are gone: a compiled forward is rebuilt
         if not events:
             self.recalibrate()  # the drops' events recalibrate through after_change
