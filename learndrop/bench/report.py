@@ -690,9 +690,9 @@ def _machines_line(trained_on: dict[str, list[str]]) -> list[str]:
     if len(trained_on) == 1:
         machine, names = next(iter(trained_on.items()))
         runs = "1 run" if len(names) == 1 else f"all {len(names)} runs"
-        if machine == "not recorded":  # runs older than the record (session 17)
-            return [f"Trained on: machine not recorded ({runs}).", ""]
-        return [f"Trained on: {machine} ({runs}).", ""]
+        # "not recorded": runs older than the record (session 17)
+        where = "machine not recorded" if machine == "not recorded" else machine
+        return [f"Trained on: {where} ({runs}).", ""]
     parts = [f"{machine}: {len(names)} run(s) ({', '.join(names)})"
              if len(names) <= 8 else f"{machine}: {len(names)} run(s)"
              for machine, names in sorted(trained_on.items(), key=lambda kv: -len(kv[1]))]
