@@ -115,6 +115,15 @@ class DropPolicy:
             one step before the last. Counts toward ``max_drops_per_check`` and
             ``max_dropped_fraction`` from its start. Freezes do not fade (a frozen unit keeps
             its function).
+        lr_rewind_steps: after every check (or fade's end) that drops units, move the
+            learning-rate schedule back by up to this many optimizer steps, to its highest rate
+            among them, and compress the rest of the schedule into the steps left (>= 0; 0,
+            the default, leaves the schedule alone; nothing moves where no earlier point has a
+            higher rate: a constant rate, the warm-up):
+            learning-rate rewinding (Renda et al., ICLR 2020), cost-neutral
+            (:mod:`learndrop.rewind`). Needs the run's length and a step-indexed ``LambdaLR``
+            (:meth:`~learndrop.methods.base.Method.attach_schedule`; the trainer, the stream
+            loop and the Lightning callback attach theirs). Freezes do not rewind.
     """
 
     warmup_checks: int = 1
@@ -133,6 +142,7 @@ class DropPolicy:
     min_lr_fraction: float = 0.0
     rank_by: str = "cost"
     fade_steps: int = 0
+    lr_rewind_steps: int = 0
 
     def __post_init__(self) -> None:
         def fail(name: str, rule: str) -> None:
@@ -161,7 +171,7 @@ class DropPolicy:
             fail("costly_units", " or ".join(map(repr, COSTLY_UNITS)))
         if self.rank_by not in RANKINGS:
             fail("rank_by", " or ".join(map(repr, RANKINGS)))
-        for name in ("cost_batches", "recalibration_batches", "fade_steps"):
+        for name in ("cost_batches", "recalibration_batches", "fade_steps", "lr_rewind_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 fail(name, "an integer >= 0")
@@ -301,6 +311,11 @@ class FreezePolicy(DropPolicy):
                 f"--fade-steps {self.fade_steps}: --method freeze freezes units, which keep "
                 "their function and do not fade; leave --fade-steps out (it is an option of "
                 "--method learndrop)")
+        if self.lr_rewind_steps:
+            raise PolicyError(
+                f"--lr-rewind-steps {self.lr_rewind_steps}: --method freeze drops nothing, and "
+                "the schedule is rewound after drops; leave --lr-rewind-steps out (it is an "
+                "option of --method learndrop)")
         if self.costly_units != "freeze":
             raise PolicyError(
                 f"--costly-units {self.costly_units} is an option of --method learndrop; "

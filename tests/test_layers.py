@@ -10,7 +10,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "learndrop"
 CORE = {"learndrop.units", "learndrop.scores", "learndrop.policy", "learndrop.surgery",
-        "learndrop.flops", "learndrop.meta", "learndrop.recalibrate", "learndrop.drop_cost"}
+        "learndrop.flops", "learndrop.meta", "learndrop.recalibrate", "learndrop.drop_cost",
+        "learndrop.rewind"}
 KNOWN_CIRCLES: set[frozenset[str]] = set()  # none: the bench's parser lives in cli.py
 
 

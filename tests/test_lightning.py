@@ -81,15 +81,15 @@ def cpu_trainer(root, callbacks, epochs=1, **options) -> pl.Trainer:
 
 
 def fit(tmp_path, loader, epochs, ckpt_path=None, name="run", steps_per_check=4, stop_after=None,
-        method="learndrop", policy=POLICY, **callback_kwargs):
+        method="learndrop", policy=POLICY, module_cls=Classifier, extra=(), **callback_kwargs):
     pl.seed_everything(0)
-    module = Classifier()
+    module = module_cls()
     if method == "learndrop":
         callback_kwargs["policy"] = policy
     callback = LearnDropCallback(method, steps_per_check=steps_per_check, **callback_kwargs)
     trainer = cpu_trainer(
-        tmp_path / name, [callback, *([StopAfter(stop_after)] if stop_after else [])], epochs,
-        logger=pl.loggers.CSVLogger(tmp_path / name), deterministic=True)
+        tmp_path / name, [callback, *([StopAfter(stop_after)] if stop_after else []), *extra],
+        epochs, logger=pl.loggers.CSVLogger(tmp_path / name), deterministic=True)
     trainer.fit(module, loader, ckpt_path=ckpt_path)
     return trainer, module, callback
 
@@ -231,6 +231,56 @@ def test_a_fit_stopped_mid_fade_ends_with_a_plain_network(tmp_path, loader):
     assert len({e.unit for e in method.events}) == 2
     assert {e.unit for e in method.events} <= set(structure(module))  # gone from the network
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
+class LinearDecay(Classifier):
+    """A LambdaLR stepped every optimizer step: linear decay to 0 over 2 epochs of 8 steps."""
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / 16)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                          "interval": "step"}}
+
+
+class Rates(pl.Callback):
+    """The learning rate of every training step."""
+
+    def __init__(self) -> None:
+        self.rates = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_the_callback_rewinds_a_per_step_lambdalr_after_drops(tmp_path, loader):
+    """``lr_rewind_steps=8``: the drop after step 8 moves the schedule back to step 0, so step
+    9 runs at the full rate again and the rest decays to 0 at the fit's end; a scheduler the
+    method cannot move is refused before any step."""
+    import dataclasses
+
+    plain, rewound = Rates(), Rates()
+    fit(tmp_path, loader, epochs=2, name="plain", module_cls=LinearDecay, extra=[plain])
+    _, _, callback = fit(tmp_path, loader, epochs=2, name="rewound", module_cls=LinearDecay,
+                         extra=[rewound], policy=dataclasses.replace(POLICY, lr_rewind_steps=8))
+    first = callback.method.summary()["schedule_rewinds"][0]
+    assert first == {"step": 8, "from": 8.0, "to": 0.0}
+    assert rewound.rates[:9] == pytest.approx(plain.rates[:8] + [0.05])
+    assert all(r > p for r, p in zip(rewound.rates[8:], plain.rates[8:], strict=True))
+    with pytest.raises(ValueError, match="needs a LambdaLR stepped once per optimizer step"):
+        fit(tmp_path, loader, epochs=1, name="steplr",
+            policy=dataclasses.replace(POLICY, lr_rewind_steps=8))
+    with pytest.raises(ValueError, match=r"stepped every optimizer step: return") as err:
+        fit(tmp_path, loader, epochs=1, name="per-epoch", module_cls=PerEpoch,
+            policy=dataclasses.replace(POLICY, lr_rewind_steps=8))
+    assert "\n" not in str(err.value)
+
+
+class PerEpoch(Classifier):
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: 0.5 ** epoch)}  # Lightning's default interval: "epoch"
 
 
 class Endless(torch.utils.data.IterableDataset):

@@ -198,6 +198,16 @@ class LearnDropCallback(Callback):
                 f"method {self.method_name!r} added optimizer parameter groups (per-unit "
                 f"learning rates) that the LR scheduler of configure_optimizers() does not "
                 f"know: return no scheduler with it, or use learndrop train")
+        if self.method.moves_schedule:
+            configs = trainer.lr_scheduler_configs
+            if len(configs) != 1 or configs[0].interval != "step" or configs[0].frequency != 1:
+                raise ValueError(
+                    f"method {self.method_name!r} rewinds the learning-rate schedule after "
+                    f"drops (lr_rewind_steps) and needs the one LambdaLR of "
+                    f"configure_optimizers() stepped every optimizer step: return "
+                    f"{{'scheduler': LambdaLR(...), 'interval': 'step'}}, or leave "
+                    f"lr_rewind_steps out")
+            self.method.attach_schedule(configs[0].scheduler)
         if trainer.world_size > 1:
             strategy = trainer.strategy
             self.method.sync = lambda names: list(strategy.broadcast(list(names), src=0))

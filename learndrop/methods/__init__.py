@@ -32,13 +32,14 @@ for _module in pkgutil.iter_modules(__path__):
 
 from learndrop.methods.freezeout import FreezeOut  # noqa: E402
 from learndrop.methods.full import Full  # noqa: E402
+from learndrop.methods.full_rewound import FullRewound  # noqa: E402
 from learndrop.methods.learndrop import Freeze, LearnDrop  # noqa: E402
 from learndrop.methods.random_drop import RandomDrop  # noqa: E402
 from learndrop.methods.slim import SlimFromScratch  # noqa: E402
 from learndrop.methods.stochastic_depth import StochasticDepth  # noqa: E402
 
 __all__ = [
-    "Event", "Freeze", "FreezeOut", "Full", "LearnDrop", "METHODS", "Method",
+    "Event", "Freeze", "FreezeOut", "Full", "FullRewound", "LearnDrop", "METHODS", "Method",
     "MethodOptionError", "MissingBatchesError", "RandomDrop", "RunInfo", "SlimFromScratch",
     "StochasticDepth",
     "UnknownMethodError", "build_method", "create_method", "field_help", "method_takes",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import types
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import asdict, dataclass
@@ -14,6 +15,7 @@ from torch import nn
 
 from learndrop.flops import FlopsLedger
 from learndrop.recalibrate import batchnorms_after, recalibrate_batchnorm
+from learndrop.rewind import ScheduleRewind
 from learndrop.surgery import drop_unit, freeze_unit
 from learndrop.units import NoDroppableUnitsError, Unit, find_units
 
@@ -171,6 +173,11 @@ class Method:
         # the one every process applies; set by data-parallel drivers (e.g. a broadcast from
         # rank 0). None: decide locally.
         self.sync: Callable[[list[str]], list[str]] | None = None
+        # Methods that move the driver's learning-rate schedule (rewind it after drops, or
+        # replay a reference run's rewinds: :mod:`learndrop.rewind`) set this; drivers then
+        # pass their schedule to attach_schedule.
+        self.schedule_rewind: ScheduleRewind | None = None
+        self._scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
 
     # ---- hooks for subclasses -------------------------------------------------------------
     def before_step(self) -> None:
@@ -225,6 +232,92 @@ class Method:
                 f"what needs them; see the method's docstring)")
         return list(self.recent_batches)
 
+    # ---- the learning-rate schedule -----------------------------------------------------------
+    @property
+    def moves_schedule(self) -> bool:
+        """Whether the method moves the driver's learning-rate schedule (rewinds it after
+        drops, or replays a reference run's rewinds: :mod:`learndrop.rewind`); the driver must
+        then :meth:`attach_schedule`."""
+        return self.schedule_rewind is not None
+
+    def schedule_position(self, step: int) -> int | float:
+        """The position in the driver's schedule of optimizer step ``step``: ``step`` itself
+        (the int) until the method rewinds the schedule, a float from then on."""
+        return step if self.schedule_rewind is None else self.schedule_rewind.position(step)
+
+    def attach_schedule(self, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+        """Let the method move ``scheduler``, a ``LambdaLR`` stepped once per optimizer step
+        (its factor functions are wrapped in place to read :meth:`schedule_position`: the step
+        until the first rewind, a float position after it, so a factor must accept floats).
+        Drivers call it after building the scheduler; it does nothing for a method that does
+        not move the schedule (any scheduler is fine then). Call it again after rebuilding the
+        scheduler from a checkpoint: the scheduler's state dict does not hold the wrapping.
+        The first param group's factor chooses where a rewind goes; every group is moved
+        alike.
+
+        Raises:
+            MethodOptionError: the method moves the schedule and ``scheduler`` is not a
+                ``LambdaLR`` (other schedulers do not compute the rate from the step), or a
+                factor is a callable object (its state would leave the scheduler's state dict).
+        """
+        if not self.moves_schedule:
+            return
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            raise MethodOptionError(
+                f"{self.name} {self._moves_why} and needs a LambdaLR stepped once per "
+                f"optimizer step, got {type(scheduler).__name__}: write the schedule as a "
+                f"LambdaLR factor of the step")
+        factors = [getattr(f, "learndrop_factor", f) for f in scheduler.lr_lambdas]
+        if not all(isinstance(f, types.FunctionType) for f in factors):
+            raise MethodOptionError(
+                f"{self.name} {self._moves_why} and wraps its LambdaLR's factors, which "
+                f"must be plain functions (a callable object's state would be lost from the "
+                f"scheduler's state dict): pass a function or lambda")
+        self._scheduler = scheduler
+
+        def moved(factor: Callable[[float], float]) -> Callable[[int], float]:
+            # A plain function: LambdaLR.state_dict() saves no state of it.
+            def at(step: int) -> float:
+                return factor(self.schedule_position(step))
+            at.learndrop_factor = factor  # type: ignore[attr-defined]
+            return at
+        scheduler.lr_lambdas = [moved(f) for f in factors]
+
+    def _check_schedule(self) -> None:
+        if self.moves_schedule and self._scheduler is None:
+            raise MethodOptionError(
+                f"{self.name} {self._moves_why} and was given none: call "
+                f"method.attach_schedule(scheduler) with the run's LambdaLR before training")
+
+    @property
+    def _moves_why(self) -> str:
+        if self.schedule_rewind is not None and self.schedule_rewind.rewind_steps is None:
+            return "replays the learning-rate rewinds of its reference run"
+        return "rewinds the learning-rate schedule after drops (lr_rewind_steps=0 turns it off)"
+
+    def _rewind_after(self, events: list[Event]) -> None:
+        """After drops at this step, rewind the attached schedule (:attr:`schedule_rewind`),
+        so that the next step runs at the rewound rate whether the driver steps its scheduler
+        after :meth:`step` (the trainer, the stream loop) or before it (Lightning steps a
+        per-step scheduler before its ``on_train_batch_end``): in the second case the rate the
+        scheduler just set is computed again."""
+        if (self.schedule_rewind is None or self.schedule_rewind.rewind_steps is None
+                or not any(e.action == "drop" for e in events)):
+            return  # nothing to rewind, or a replay: its moves are planned
+        self._check_schedule()
+        if not self.schedule_rewind.rewind(self.steps, self._first_factor())["moved"]:
+            return
+        scheduler = self._scheduler
+        if scheduler.last_epoch == self.steps:  # already stepped past this step
+            groups = scheduler.optimizer.param_groups
+            for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas,
+                                           strict=True):
+                group["lr"] = base * factor(scheduler.last_epoch)
+            scheduler._last_lr = [g["lr"] for g in groups]  # what get_last_lr() reports
+
+    def _first_factor(self) -> Callable[[float], float]:
+        return self._scheduler.lr_lambdas[0].learndrop_factor
+
     # ---- the driver interface -------------------------------------------------------------
     def step(self, batch_size: int | None = None, *,
              batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Event]:
@@ -240,7 +333,10 @@ class Method:
         Raises:
             MissingBatchesError: the method needs batches and none was ever passed (at the
                 first check or drop that needs them).
+            MethodOptionError: the method moves the schedule and none was attached
+                (:meth:`attach_schedule`), at the first step.
         """
+        self._check_schedule()
         if batch_size is None:
             batch_size = len(batch[0]) if batch is not None else self.example_input.shape[0]
         if batch is not None:
@@ -254,6 +350,7 @@ class Method:
         started = time.perf_counter()
         events = self.on_step()
         self.after_change(events)
+        self._rewind_after(events)
         if events:
             self.check_time_s += time.perf_counter() - started
         if self.steps_per_check and self.steps % self.steps_per_check == 0:
@@ -266,6 +363,7 @@ class Method:
         self.checks += 1
         events = self.on_check()
         self.after_change(events)
+        self._rewind_after(events)
         self.check_time_s += time.perf_counter() - started
         return events
 
@@ -288,7 +386,9 @@ class Method:
         return events
 
     def after_change(self, events: list[Event]) -> None:
-        """After drops: :meth:`recalibrate` BatchNorm."""
+        """After drops: :meth:`recalibrate` BatchNorm. (Drops of a step or a check then
+        rewind the schedule, when the method does; drops at :meth:`finish` do not: no step
+        follows them.)"""
         if any(e.action == "drop" for e in events):
             self.recalibrate()
 
@@ -379,6 +479,8 @@ class Method:
             # The next check measures on them: a run resumed just before a check must see the
             # batches the uninterrupted run saw (at most batches_needed of them).
             "recent_batches": [(x.cpu(), y.cpu()) for x, y in self.recent_batches],
+            **({"schedule_rewind": self.schedule_rewind.state_dict()}
+               if self.schedule_rewind is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -401,6 +503,13 @@ class Method:
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         self.recent_batches = deque(
             (x.to(device), y.to(device)) for x, y in state.get("recent_batches", []))
+        rewound = state.get("schedule_rewind")
+        if self.schedule_rewind is not None and rewound is not None:
+            self.schedule_rewind.load_state_dict(rewound)
+        elif rewound and rewound["rewinds"]:
+            raise ValueError("the state holds a rewound learning-rate schedule, and this "
+                             "method does not rewind: resume with the lr_rewind_steps it was "
+                             "saved with")
 
     def summary(self) -> dict:
         """Units, events, parameter counts and FLOPs totals and reductions so far."""
@@ -415,6 +524,8 @@ class Method:
             "units_frozen": sum(1 for a in self.removed.values() if a == "freeze"),
             "check_time_s": round(self.check_time_s, 4),
             "drops": [e.to_dict() for e in self.events],
+            **({"schedule_rewinds": [dict(r) for r in self.schedule_rewind.rewinds]}
+               if self.schedule_rewind is not None else {}),
             **self.ledger.totals(),
         }
 

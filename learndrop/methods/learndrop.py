@@ -9,7 +9,9 @@ check loss on the recent training batches and hold back while it rises
 batches (:mod:`learndrop.recalibrate`, :meth:`Method.after_change`). With
 ``policy.fade_steps``, a unit decided for dropping first fades out over that many steps
 (:class:`learndrop.surgery.Fade`) and is dropped, and BatchNorm recalibrated, when the fade ends;
-a run that stops early settles fades still under way at :meth:`Method.finish`.
+a run that stops early settles fades still under way at :meth:`Method.finish`. With
+``policy.lr_rewind_steps``, the learning-rate schedule is rewound after every drop
+(:mod:`learndrop.rewind`; the driver attaches its schedule, :meth:`Method.attach_schedule`).
 Every extra forward pass is charged to the FLOPs ledger and its time to ``check_time_s``.
 """
 
@@ -26,6 +28,7 @@ from learndrop.flops import unit_costs
 from learndrop.methods.base import Event, Method, MethodOptionError, RunInfo
 from learndrop.methods.registry import register_method
 from learndrop.policy import DropPolicy, FreezePolicy
+from learndrop.rewind import ScheduleRewind
 from learndrop.scores import ScoreTracker, UnitScore
 from learndrop.surgery import Fade
 from learndrop.units import Unit
@@ -76,7 +79,8 @@ class LearnDrop(Method):
     Options (``--method learndrop``): the fields of :class:`DropPolicy`.
 
     Raises:
-        MethodOptionError: ``policy.fade_steps`` without ``total_steps``.
+        MethodOptionError: ``policy.fade_steps`` or ``policy.lr_rewind_steps`` without
+            ``total_steps``.
     """
 
     def __init__(
@@ -107,11 +111,19 @@ class LearnDrop(Method):
                 f"fade_steps={policy.fade_steps} needs the run's length (a fade must end before "
                 "the run does), and this run has none (a stream of unknown length?): pass "
                 "total_steps, or leave fade_steps out")
+        if policy.lr_rewind_steps and total_steps is None:
+            raise MethodOptionError(
+                f"lr_rewind_steps={policy.lr_rewind_steps} needs the run's length (the rest of "
+                "the schedule is compressed into the steps left), and this run has none (a "
+                "stream of unknown length?): pass total_steps (--stream-length on a stream), or "
+                "leave lr_rewind_steps out")
         self.mode = mode
         if mode == "freeze":
             self.name = "freeze"  # its checkpoints resume as --method freeze
         self.total_steps = total_steps
         self.policy = policy
+        if policy.lr_rewind_steps and mode == "drop":
+            self.schedule_rewind = ScheduleRewind(total_steps, policy.lr_rewind_steps)
         self.loss_fn = loss_fn
         # Freezing keeps the forward pass as it is: nothing to recalibrate.
         self.recalibration_batches = self.policy.recalibration_batches if mode == "drop" else 0

@@ -24,6 +24,9 @@ Our reading:
   ``recalibration_batches`` training batches, as Learn&Drop does after its drops
   (:meth:`~learndrop.methods.base.Method.after_change`), so that the comparison isolates the
   choice of units. The drivers pass the batches (``step(n, batch=(x, y))``).
+* When the reference rewound its learning-rate schedule after its drops (``lr_rewind_steps``),
+  the same rewinds are replayed (:meth:`~learndrop.rewind.ScheduleRewind.replaying`): the
+  learning rate of every step is the reference's, so that here too only the units differ.
 * The units of a step are drawn with a ``torch.Generator`` seeded from ``(seed, step)``: the
   choice depends only on the seed, the step and the units still live, so a resumed run, and
   every data-parallel process, makes the same choices (they also go through
@@ -44,10 +47,12 @@ from learndrop.methods.base import Event, Method, MethodOptionError, RunInfo
 from learndrop.methods.registry import register_method
 from learndrop.methods.stochastic_depth import step_generator
 from learndrop.policy import DropPolicy
+from learndrop.rewind import ScheduleRewind
 from learndrop.units import Unit
 
 __all__ = ["RandomDrop", "ReferenceOptions", "drop_events", "reference_drops",
-           "reference_events", "schedule_from"]
+           "reference_events", "reference_rewinds", "reference_summary", "replayed_rewinds",
+           "schedule_from"]
 
 EventsLike = Mapping | Iterable[Event | Mapping]
 ACTIONS = ("drop", "freeze")
@@ -106,9 +111,9 @@ class ReferenceOptions:
     reference: str | None = None
 
 
-def reference_drops(options: ReferenceOptions, method: str, run: RunInfo) -> list[dict]:
-    """The drop and freeze events of ``options.reference``'s summary.json (``[]`` in a dry run
-    whose reference has not run yet).
+def reference_summary(options: ReferenceOptions, method: str, run: RunInfo) -> dict:
+    """``options.reference``'s summary.json (``{}`` in a dry run whose reference has not run
+    yet).
 
     Raises:
         MethodOptionError: no reference given, or no finished run there.
@@ -121,10 +126,43 @@ def reference_drops(options: ReferenceOptions, method: str, run: RunInfo) -> lis
         path = path / "summary.json"
     if not path.is_file():
         if run.dry_run:
-            return []
+            return {}
         raise MethodOptionError(
             f"--reference {options.reference}: no summary.json of a finished run there")
-    return [d for d in json.loads(path.read_text())["drops"] if d["action"] in ACTIONS]
+    return json.loads(path.read_text())
+
+
+def reference_drops(options: ReferenceOptions, method: str, run: RunInfo) -> list[dict]:
+    """The drop and freeze events of ``options.reference``'s summary.json (``[]`` in a dry run
+    whose reference has not run yet). Raises as :func:`reference_summary`."""
+    summary = reference_summary(options, method, run)
+    return [d for d in summary.get("drops", []) if d["action"] in ACTIONS]
+
+
+def reference_rewinds(options: ReferenceOptions, method: str, run: RunInfo) -> list[dict]:
+    """The learning-rate rewinds of ``options.reference`` (its ``schedule_rewinds``: ``[]``
+    for a run that made none). Raises as :func:`reference_summary`."""
+    return list(reference_summary(options, method, run).get("schedule_rewinds", []))
+
+
+def replayed_rewinds(method: str, rewinds: Sequence[dict],
+                     total_steps: int | None) -> ScheduleRewind | None:
+    """The schedule that replays a reference run's learning-rate rewinds (``None`` for none).
+
+    Raises:
+        MethodOptionError: rewinds without the run's length, or not of a run of this length.
+    """
+    if not rewinds:
+        return None
+    if total_steps is None:
+        raise MethodOptionError(
+            f"{method}: the reference run rewound its learning-rate schedule, and replaying "
+            f"that needs this run's length: pass total_steps")
+    try:
+        return ScheduleRewind.replaying(total_steps, rewinds)
+    except ValueError as err:
+        raise MethodOptionError(f"{method}: {err} (the reference must have the same length)"
+                                ) from err
 
 
 def _is_event(entry: object) -> bool:
@@ -183,6 +221,10 @@ class RandomDrop(Method):
         seed: seed of the choices.
         recalibration_batches: recent training batches from which the BatchNorm statistics
             are recomputed after a drop (0 = none; default as :class:`~learndrop.DropPolicy`).
+        schedule_rewinds: the reference run's learning-rate rewinds (its summary's
+            ``schedule_rewinds``), replayed at the same steps; the driver attaches its
+            schedule (:meth:`~learndrop.methods.base.Method.attach_schedule`).
+        total_steps: the run's length in steps; needed with ``schedule_rewinds``.
         Other arguments: see :class:`learndrop.methods.base.Method`.
 
     Attributes:
@@ -193,7 +235,9 @@ class RandomDrop(Method):
 
     @classmethod
     def option_kwargs(cls, options: ReferenceOptions, run: RunInfo) -> dict:
-        return {"schedule": reference_drops(options, cls.name, run), "seed": run.seed}
+        return {"schedule": reference_drops(options, cls.name, run), "seed": run.seed,
+                "schedule_rewinds": reference_rewinds(options, cls.name, run),
+                "total_steps": run.total_steps}
 
     def __init__(
         self,
@@ -204,6 +248,8 @@ class RandomDrop(Method):
         schedule: EventsLike | Sequence[tuple[int, ...]],
         seed: int = 0,
         recalibration_batches: int = DropPolicy.recalibration_batches,
+        schedule_rewinds: Sequence[dict] = (),
+        total_steps: int | None = None,
         units: list[Unit] | None = None,
         unit_names: Iterable[str] | None = None,
         steps_per_check: int | None = None,
@@ -228,6 +274,7 @@ class RandomDrop(Method):
             )
         self.schedule = triples
         self.seed = seed
+        self.schedule_rewind = replayed_rewinds(self.name, schedule_rewinds, total_steps)
         self._counts = {step: (d, f) for step, d, f in triples}
         if 0 in self._counts:
             self._act(*self._counts[0])

@@ -204,6 +204,7 @@ def build_parts(
         method.sync = distributed.broadcast_decision(ctx)  # every rank applies rank 0's drops
     # Created after the method, which may split param groups (FreezeOut).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    method.attach_schedule(scheduler)  # a method that rewinds it after drops moves it
     forward = Forward(model, method, ctx, compile=config.compile and not dry_run)
     return Parts(model, optimizer, method, scheduler, forward, precision)
 

@@ -125,6 +125,11 @@ class TrainConfig:
                  f"--warmup-steps must be >= 0, got {self.warmup_steps}")
             need(self.stream_schedule in ("constant", "cosine"),
                  f"--stream-schedule must be constant or cosine, got {self.stream_schedule!r}")
+            need(not (self.method_options.get("lr_rewind_steps")
+                      and self.stream_schedule == "constant"),
+                 "--lr-rewind-steps rewinds a decaying schedule, and a constant-rate stream has "
+                 "none: pass --stream-schedule cosine --stream-length N, or leave "
+                 "--lr-rewind-steps out")
             need(not self.resume, "--resume is not available for streams (a stream is consumed "
                                   "once); start a new run")
         need(self.dist_timeout > 0, f"--dist-timeout must be > 0 seconds, got {self.dist_timeout}")

@@ -159,7 +159,7 @@ _SUMMARY_KEYS = (
     "samples_seen", "fwd_flops", "fwd_flops_full", "fwd_flops_reduction", "extra_fwd_flops",
     "bwd_flops",
     "bwd_flops_full", "bwd_flops_reduction", "params_initial", "params_final", "units_total",
-    "units_dropped", "units_frozen", "check_time_s", "drops",
+    "units_dropped", "units_frozen", "check_time_s", "drops", "schedule_rewinds",
 )
 
 
@@ -181,7 +181,9 @@ def summary(config: TrainConfig, dataset: str, method: Method, train_time: float
         "final_test_acc": final_acc,
         "best_test_acc": best_acc,
     }
-    return {**head, **{k: info[k] for k in _SUMMARY_KEYS if k not in head}}
+    optional = {"schedule_rewinds"}  # only methods that move the schedule have it
+    return {**head, **{k: info[k] for k in _SUMMARY_KEYS
+                       if k not in head and (k in info or k not in optional)}}
 
 
 def read_rows(path: Path, max_rows: int = 2000) -> list[dict]:

@@ -155,7 +155,7 @@ def lr_schedule(total_steps: int, warmup_steps: int,
 
     def factor(step: int) -> float:
         if step < start:
-            return base(step)  # already taken; never asked again after a resume
+            return base(step)  # already taken (read again only by a rewind's window)
         progress = (step - start) / max(1, total_steps - start)
         return f0 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return factor
