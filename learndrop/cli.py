@@ -93,6 +93,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     arg(opt, "--momentum", type=float)
     arg(opt, "--weight-decay", type=float)
     arg(opt, "--warmup-epochs", "learning-rate warm-up", type=float)
+    arg(opt, "--lr-decay-fraction", "share of the run in the final cosine decay; below 1 the "
+                                    "rate holds at its peak from the warm-up's end until the "
+                                    "decay (warmup-stable-decay)", type=float)
     arg(opt, "--seed", type=int)
     arg(opt, "--device", "auto, cpu or cuda")
     arg(opt, "--precision", "auto: bf16 autocast where the hardware has native bf16 (CUDA with "

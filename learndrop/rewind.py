@@ -132,12 +132,14 @@ class ScheduleRewind:
         """Restore a saved state.
 
         Raises:
-            ValueError: the state was rewound for a run of another length (a resumed run made
-                longer): its positions would not fit this schedule.
+            ValueError: the state is of a run of another length (a resumed run made longer):
+                its positions, and the window of a later rewind, would not fit.
         """
-        if state["rewinds"] and state.get("total_steps", self.total_steps) != self.total_steps:
+        if state.get("total_steps", self.total_steps) != self.total_steps:
+            # Even before any rewind: a later one would read the longer run's schedule in its
+            # window, not the one that ran.
             raise ValueError(
-                f"this run's learning-rate schedule was rewound for {state['total_steps']} "
-                f"steps and cannot be made {self.total_steps} steps long: resume it with its "
-                f"own length, or train a new run")
+                f"this run moves its learning-rate schedule (rewinds) for "
+                f"{state['total_steps']} steps and cannot be made {self.total_steps} steps "
+                f"long: resume it with its own length, or train a new run")
         self.rewinds = [dict(r) for r in state["rewinds"]]

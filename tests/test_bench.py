@@ -367,6 +367,12 @@ def test_a_finished_run_made_with_other_defaults_is_not_taken_for_this_benchs(tm
     (run / "config.json").write_text(json.dumps({**record, "method_options": {"patience": 2}}))
     with pytest.raises(ConfigError, match="patience=2, this bench asks for 1"):
         check_same_experiment(config, run)
+    # A training option missing from the record (added since) is what the run did: its default.
+    older = {k: v for k, v in config.record().items() if k != "lr_decay_fraction"}
+    (run / "config.json").write_text(json.dumps(older))
+    check_same_experiment(config, run)
+    with pytest.raises(ConfigError, match="lr_decay_fraction"):
+        check_same_experiment(dataclasses.replace(config, lr_decay_fraction=0.3), run)
 
 
 def test_copies_of_a_run_that_decided_nothing_are_not_trained(tmp_path, one_thread):

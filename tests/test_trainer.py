@@ -11,6 +11,7 @@ import torch
 from learndrop import load_slim
 from learndrop.cli import main
 from learndrop.train import TrainConfig, TrainingInterrupted, train
+from learndrop.train.config import ConfigError
 from learndrop.train.rundir import RunDirExistsError
 
 pytestmark = pytest.mark.skipif(
@@ -158,6 +159,8 @@ def run_cli(*argv, capsys):
         (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "cifar10"),
         (["--weights", "/nonexistent.pt"], "--weights /nonexistent.pt: no such file"),
         (["--method", "random-drop"], "needs --reference"),
+        (["--lr-decay-fraction", "0"], "--lr-decay-fraction must be in (0, 1]"),
+        (["--stream", "--lr-decay-fraction", "0.5"], "a constant-rate stream has none"),
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(tmp_path, capsys, argv, message):
@@ -165,6 +168,52 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, capsys, argv, message):
     assert code != 0
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_a_run_extended_in_its_stable_phase_takes_the_longer_runs_own_schedule(tmp_path,
+                                                                               capsys):
+    """``--lr-decay-fraction 0.5``: stopped after epoch 1 of 4 (still at the peak rate) and
+    resumed with ``--epochs 8``, the run follows the 8-epoch schedule itself: the peak until
+    epoch 4, the decay over the last 4 epochs."""
+    from learndrop.train.builder import warmup_cosine
+
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch 1/4:"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        train(small(tmp_path, "wsd", epochs=4, subset=128, test_subset=100, method="full",
+                    method_options={}, lr_decay_fraction=0.5), log=stop_after_epoch_1)
+    code = main(["train", "--resume", str(tmp_path / "wsd"), "--epochs", "8", "--quiet",
+                 "--no-plots"])
+    assert code == 0 and "before its learning-rate decay" in capsys.readouterr().out
+    rates = [json.loads(r)["lr"] for r in
+             (tmp_path / "wsd" / "metrics.jsonl").read_text().splitlines()]
+    factor = warmup_cosine(16, 2, 0.5)  # 2 steps an epoch, 1 epoch of warm-up
+    assert rates == pytest.approx([0.05 * factor(2 * e) for e in range(1, 9)], abs=1e-9)
+    assert rates[:4] == pytest.approx([0.05] * 4) and rates[-1] == pytest.approx(0, abs=1e-9)
+
+
+def test_warmup_stable_decay_holds_the_peak_until_the_decay(tmp_path):
+    """``--lr-decay-fraction 0.5`` on 4 epochs of 10 steps (1 of warm-up): the rate is at its
+    peak at the ends of epochs 1 and 2, half way down the cosine at epoch 3, zero at the end;
+    the factor itself is the plain warm-up-cosine at 1.0 and moves with a fractional position
+    (learning-rate rewinding asks for one)."""
+    from learndrop.train.builder import warmup_cosine
+
+    plain, wsd = warmup_cosine(40, 10), warmup_cosine(40, 10, 0.5)
+    assert [wsd(t) for t in (0, 9, 10, 20)] == [0.1, 1.0, 1.0, 1.0]
+    assert wsd(30) == pytest.approx(0.5) and wsd(40) == pytest.approx(0.0)
+    assert plain(25) == pytest.approx(0.5) and plain(10) == 1.0
+    assert warmup_cosine(40, 10, 1.0)(17.5) == pytest.approx(plain(17.5))
+    assert wsd(20) > wsd(20.5) > wsd(21)
+    with pytest.raises(ConfigError, match="leaves the decay 1 of the run's 40 steps"):
+        warmup_cosine(40, 10, 0.02)  # a run that would end at its peak rate
+    train(small(tmp_path, method="full", method_options={}, lr_decay_fraction=0.5),
+          log=lambda s: None)
+    rates = [json.loads(r)["lr"] for r in (tmp_path / "run" / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert rates == pytest.approx([0.05, 0.05, 0.025, 0.0], abs=1e-9)
 
 
 def test_corrupt_archive(tmp_path, capsys):

@@ -4,7 +4,8 @@ A bench of methods M, seeds S and budgets B has, per seed:
 
 - one run per method (``<method>-s<seed>``; ``full`` is always among them);
 - one full-training run per budget fraction f (``full-b<f>-s<seed>``): ``budget_epochs(f, E)``
-  epochs, warm-up scaled by the same factor, cosine decay to zero at its own end;
+  epochs, warm-up scaled by the same factor, the cosine decay (the last ``lr_decay_fraction``
+  of the run) to zero at its own end;
 - the A/A control (``full-aa-s<seed>``): full training a second time, same everything;
 - optionally a full-training run of a shallower model (``full-<model>-s<seed>``), the depth check;
 - one run per *variant* (``<label>-s<seed>``): a method under a label of its own with options of
@@ -418,9 +419,13 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
         return
     old = json.loads(path.read_text())
     new = config.to_dict()
-    for key in sorted(set(old) & set(new) - _IGNORED_FIELDS - {"method_options"}):
-        if old[key] != new[key]:  # the method among them: the options below are the same one's
-            _refuse(run, key, old[key], new[key])
+    # A field the run's record lacks (added since) is read as its default: what the run did.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    filled = {**{k: v for k, v in defaults.items() if k in new}, **old}
+    for key in sorted(set(filled) & set(new) - _IGNORED_FIELDS - {"method_options"}):
+        if filled[key] != new[key]:  # the method among them: the options below are the same one's
+            _refuse(run, key, filled[key], new[key])
     _check_weights(config, old, run)
     was, now = _precision_ran(old, run), _precision_asked(config)
     if was is not None and was != now:

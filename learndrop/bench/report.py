@@ -512,6 +512,13 @@ def _pm(mean: float | None, std: float | None, scale: float = 100, spec: str = "
     return text if std is None or mean is None else f"{text} ± {_f(std, spec, scale)}"
 
 
+def _decay_text(fraction: float) -> str:
+    if fraction == 1:
+        return "cosine to zero"
+    return (f"the peak rate until the last {fraction:.0%} of each run's steps, then cosine to "
+            f"zero")
+
+
 def bench_markdown(report: dict) -> str:
     """The bench report as Markdown tables."""
     c, m = report["config"], report["machine"]
@@ -523,9 +530,10 @@ def bench_markdown(report: dict) -> str:
         "",
         f"{c.get('epochs', '?')} epochs, training subset {c.get('subset') or 'all'}, test set "
         f"{c.get('test_subset') or 'all'}, batch {c.get('batch_size', '?')}, lr "
-        f"{c.get('lr', '?')}, warm-up {c.get('warmup_epochs', '?')} epoch(s) then cosine to "
-        f"zero; seeds {', '.join(map(str, report['seeds'])) or '–'}; {report['finished']} runs "
-        f"finished, {_precision_text(report.get('precision', {}))}. Report written on: {m['cpu']} "
+        f"{c.get('lr', '?')}, warm-up {c.get('warmup_epochs', '?')} epoch(s) then "
+        f"{_decay_text(c.get('lr_decay_fraction', 1.0))}; seeds "
+        f"{', '.join(map(str, report['seeds'])) or '–'}; {report['finished']} runs finished, "
+        f"{_precision_text(report.get('precision', {}))}. Report written on: {m['cpu']} "
         f"({' '.join(m['cpu_flags']) or 'flags unknown'}), "
         f"{m['cpus_usable']} CPUs usable, {m['torch_threads']} torch threads, torch "
         f"{m['torch']}, device {m['device']}, load average {m['load_average']}.",
@@ -567,7 +575,7 @@ def bench_markdown(report: dict) -> str:
     else:
         lines += [
             "Full training for fractions of the epochs, schedule compressed (warm-up scaled, "
-            "cosine to zero): mean over seeds.",
+            "the decay's share of the run kept, to zero): mean over seeds.",
             "",
             "| budget | epochs | TFLOP | time ratio | CPU ratio | test acc (%) |",
             "|---:|---:|---:|---:|---:|---:|",

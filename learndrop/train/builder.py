@@ -30,7 +30,7 @@ from learndrop.train.weights import head_classes, load_weights, weights_classes
 __all__ = [
     "Forward", "Parts", "build_model", "build_optimizer", "build_parts", "default_out",
     "file_sha256", "record_start",
-    "pick_device", "warmup_cosine",
+    "decay_start", "pick_device", "warmup_cosine",
 ]
 
 
@@ -96,14 +96,39 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
                            weight_decay=config.weight_decay)
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Learning-rate factor: linear warm-up, then cosine decay to zero at ``total_steps``
-    (Loshchilov & Hutter 2017, SGDR, without restarts; Goyal et al. 2017 for the warm-up)."""
-    def factor(step: int) -> float:
+def decay_start(total_steps: int, warmup_steps: int, decay_fraction: float = 1.0) -> int:
+    """The step at which :func:`warmup_cosine`'s decay begins: the warm-up's end, or later
+    when ``decay_fraction`` < 1 leaves a stable phase before it.
+
+    Raises:
+        ConfigError: a decay that would cover fewer than 2 of the run's steps (the run would
+            end at its peak rate).
+    """
+    start = max(warmup_steps, total_steps - round(decay_fraction * total_steps))
+    if decay_fraction < 1 and total_steps - start < 2:
+        raise ConfigError(
+            f"--lr-decay-fraction {decay_fraction:g} leaves the decay {total_steps - start} of "
+            f"the run's {total_steps} steps (after a warm-up of {warmup_steps}), so the run "
+            f"would end at its peak rate: raise it")
+    return start
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int,
+                  decay_fraction: float = 1.0) -> Callable[[float], float]:
+    """Learning-rate factor of a step (or a fractional schedule position): linear warm-up,
+    then cosine decay to zero at ``total_steps`` (Loshchilov & Hutter 2017, SGDR, without
+    restarts; Goyal et al. 2017 for the warm-up). With ``decay_fraction`` < 1 the decay takes
+    only the last ``decay_fraction`` of the steps and the rate holds at its peak between the
+    warm-up and it (warmup-stable-decay: Hu et al. 2024, MiniCPM, section 4; with a cosine
+    decay). 1, the default, decays from the warm-up's end on; a warm-up longer than the stable
+    phase would be starts the decay at its end. Raises as :func:`decay_start`."""
+    start = decay_start(total_steps, warmup_steps, decay_fraction)
+
+    def factor(step: float) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        progress = (step - start) / max(1, total_steps - start)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
     return factor
 
 

@@ -45,6 +45,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
+    lr_decay_fraction: float = 1.0  # the cosine decay's share of the run (< 1: a stable phase)
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 where native, else fp32), fp32 or bf16
@@ -99,6 +100,8 @@ class TrainConfig:
         need(0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
         need(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
         need(self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        need(0 < self.lr_decay_fraction <= 1,  # NaN fails too
+             f"--lr-decay-fraction must be in (0, 1], got {self.lr_decay_fraction}")
         need(self.subset is None or self.subset >= 1,
              f"--subset must be >= 1 (or 0 for the whole training set), got {self.subset}")
         need(self.test_subset is None or self.test_subset >= 1,
@@ -125,6 +128,10 @@ class TrainConfig:
                  f"--warmup-steps must be >= 0, got {self.warmup_steps}")
             need(self.stream_schedule in ("constant", "cosine"),
                  f"--stream-schedule must be constant or cosine, got {self.stream_schedule!r}")
+            need(self.lr_decay_fraction == 1 or self.stream_schedule == "cosine",
+                 f"--lr-decay-fraction {self.lr_decay_fraction} shapes a decaying schedule, and "
+                 f"a constant-rate stream has none: pass --stream-schedule cosine "
+                 f"--stream-length N, or leave --lr-decay-fraction out")
             need(not (self.method_options.get("lr_rewind_steps")
                       and self.stream_schedule == "constant"),
                  "--lr-rewind-steps rewinds a decaying schedule, and a constant-rate stream has "

@@ -147,7 +147,7 @@ def _lr_factor(config: TrainConfig, total: int | None):
         if not total:
             raise ConfigError("--stream-schedule cosine needs a known stream length; pass "
                               "--stream-length N (batches)")
-        return warmup_cosine(total, warmup)
+        return warmup_cosine(total, warmup, config.lr_decay_fraction)
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 

@@ -33,6 +33,7 @@ from learndrop.machine import machine_name
 from learndrop.train import report
 from learndrop.train.builder import (
     build_parts,
+    decay_start,
     default_out,
     pick_device,
     record_start,
@@ -142,13 +143,13 @@ def resume_config(asked: TrainConfig, saved: dict, given: Collection[str] | None
     return TrainConfig.from_dict(values)
 
 
-def lr_schedule(total_steps: int, warmup_steps: int,
-                extensions: list[tuple[int, float]]) -> Callable[[int], float]:
+def lr_schedule(total_steps: int, warmup_steps: int, extensions: list[tuple[int, float]],
+                decay_fraction: float = 1.0) -> Callable[[float], float]:
     """The learning-rate factor of an epoch run: :func:`warmup_cosine`, and after each
-    extension ``(step, factor)`` (``--resume --epochs`` with more epochs, after the warm-up) a
+    extension ``(step, factor)`` (``--resume --epochs`` with more epochs, once the decay began) a
     cosine from that step's factor down to zero at the new end. The last extension rules from
     its step on; it is continuous in value (a kink, not a jump)."""
-    base = warmup_cosine(total_steps, warmup_steps)
+    base = warmup_cosine(total_steps, warmup_steps, decay_fraction)
     if not extensions:
         return base
     start, f0 = extensions[-1]
@@ -240,7 +241,8 @@ class Training:
         self.parts = parts = build_parts(
             config, data, (config.batch_size, data.in_channels, data.image_size, data.image_size),
             ctx, steps_per_check=steps, total_steps=self.total_steps,
-            lr_factor=lr_schedule(self.total_steps, warmup, self.lr_extensions))
+            lr_factor=lr_schedule(self.total_steps, warmup, self.lr_extensions,
+                                  config.lr_decay_fraction))
         parts.use_memory_format(self.train_loader, self.test_loader)
         record_start(config, parts)  # the record says what ran, not what was asked
         self.method = method = parts.method
@@ -300,8 +302,17 @@ class Training:
                               f"was planned for {old_epochs} epochs, {done:g} done)")
         step = ckpt["scheduler"]["last_epoch"]
         warmup = round(self.config.warmup_epochs * self.steps_per_epoch)
-        old_factor = lr_schedule(self.steps_per_epoch * old_epochs, warmup, self.lr_extensions)
+        old_factor = lr_schedule(self.steps_per_epoch * old_epochs, warmup, self.lr_extensions,
+                                 self.config.lr_decay_fraction)
         factor = old_factor(step)
+        if not self.lr_extensions and step <= decay_start(
+                self.steps_per_epoch * old_epochs, warmup, self.config.lr_decay_fraction):
+            # Still before the decay (the warm-up, or the stable phase of a warmup-stable-decay
+            # schedule): the steps taken are the same on the longer run's own schedule.
+            self.log(f"extending {self.run.path} from {old_epochs} to {new_epochs} epochs "
+                     f"before its learning-rate decay: the schedule is the {new_epochs}-epoch "
+                     f"run's own")
+            return
         if factor <= 1e-12:
             raise ConfigError(
                 f"--epochs {new_epochs}: {self.run.path} ended its learning-rate schedule (it "
