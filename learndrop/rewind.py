@@ -83,7 +83,7 @@ class ScheduleRewind:
         """The schedule position of optimizer step ``step``: ``step`` itself (the int) before
         the first rewind and from the run's planned end on, the line of the last rewind at or
         before ``step`` in between."""
-        i = bisect.bisect_right([r["step"] for r in self.rewinds], step)
+        i = bisect.bisect_right(self.rewinds, step, key=lambda r: r["step"])
         if i == 0 or step >= self.total_steps:
             return step
         s, r, t_end = self.rewinds[i - 1]["step"], self.rewinds[i - 1]["to"], self.total_steps
@@ -112,10 +112,8 @@ class ScheduleRewind:
         if step < self.total_steps and not again:
             best = factor(here)
             # Whole positions of the window, newest first: ties keep the smaller move.
-            for j in range(math.ceil(here) - 1, math.floor(max(0.0, here - self.rewind_steps)) - 1,
-                           -1):
-                if j < here - self.rewind_steps - 1e-9:
-                    break
+            oldest = max(0, math.ceil(here - self.rewind_steps - 1e-9))
+            for j in range(math.ceil(here) - 1, oldest - 1, -1):
                 value = factor(float(j))
                 if value > best:
                     best, target = value, float(j)
