@@ -119,6 +119,9 @@ class Profile:
     test_subset: int | None = None
     image_size: int | None = None
     warmup_epochs: float = 1.0
+    # The cosine decay's share of every run (1: warm-up then cosine to zero; < 1: the rate holds
+    # at its peak until the decay, warmup-stable-decay): ``TrainConfig.lr_decay_fraction``.
+    lr_decay_fraction: float = 1.0
     time_budget_s: float | None = None
     epoch_range: tuple[int, int] = (4, 30)
     run_plots: bool = True  # each run's own plots (the bench's are always drawn)
@@ -175,12 +178,19 @@ def dataset_of(profile: Profile, override: str | None) -> str:
     return f"folder:{found}"
 
 
+def decay_fraction_of(profile: Profile, args: argparse.Namespace) -> float:
+    """The cosine decay's share of every run: ``--lr-decay-fraction`` or the profile's."""
+    given = args.lr_decay_fraction
+    return profile.lr_decay_fraction if given is None else given
+
+
 def base_config(profile: Profile, model: str, epochs: int, args: argparse.Namespace
                 ) -> TrainConfig:
     return TrainConfig(
         model=model, dataset=dataset_of(profile, args.dataset), subset=profile.subset_of(model),
         test_subset=profile.test_subset, image_size=profile.image_size, epochs=epochs,
         batch_size=profile.batch_size, lr=profile.lr, warmup_epochs=profile.warmup_epochs,
+        lr_decay_fraction=decay_fraction_of(profile, args),
         device=args.device, precision=profile.precision, quiet=True, plots=profile.run_plots,
     )
 
@@ -326,6 +336,14 @@ def _read_report(model_dir: Path) -> dict | None:
     return report if ok else None
 
 
+def _schedule_note(settings: dict) -> str:
+    fraction = settings.get("lr_decay_fraction", 1.0)  # absent: written before the option
+    if fraction == 1:
+        return " Schedule: a linear warm-up, then cosine to zero."
+    return (f" Schedule: warmup-stable-decay, the cosine decay in the last {fraction:g} of every "
+            "run (`--lr-decay-fraction`).")
+
+
 def write_readme(out: Path, profile_name: str, settings: dict,
                  rewrite_reports: bool = True) -> Path:
     """``OUT/README.md``: per model the regime's checks and its bench report.
@@ -341,7 +359,7 @@ def write_readme(out: Path, profile_name: str, settings: dict,
              f"`python benchmarks/proof.py --profile {profile_name} --report-only` "
              f"(`--out {settings.get('out', out)}`).", "",
              f"Profile **{profile_name}**: {profile.note}. Epochs: {settings.get('epochs', '?')} "
-             f"({settings.get('epochs_source', '?')}).", ""]
+             f"({settings.get('epochs_source', '?')}).{_schedule_note(settings)}", ""]
     from learndrop.models import list_models
 
     # One bench per model directory; archived runs beside them (e.g. ``vgg16_cifar-20k-first-look``)
@@ -395,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
                         "against its scores)")
     p.add_argument("--epochs", type=int, default=None,
                    help="override the profile's (fitted) epochs: use a new --out")
+    p.add_argument("--lr-decay-fraction", type=float, default=None, metavar="F",
+                   help="the cosine decay takes the last F of every run (budget runs included) "
+                        "and the rate holds at its peak before it (warmup-stable-decay; 1: "
+                        "warm-up then cosine, the profile's): a different regime, use a new "
+                        "--out")
     p.add_argument("--dataset", default=None, help="default: the profile's")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -409,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         given = [f for f, v in (("--models", args.models), ("--seeds", args.seeds),
                                 ("--methods", args.methods), ("--variant", args.variant),
                                 ("--epochs", args.epochs), ("--dataset", args.dataset),
+                                ("--lr-decay-fraction", args.lr_decay_fraction is not None),
                                 ("--threads", args.threads), ("--dry-run", args.dry_run),
                                 ("--device", args.device != "auto")) if v]
         if given:
@@ -449,12 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     epochs, plan = planned_epochs(profile, args, out)
     settings = {
         "profile": args.profile, "epochs": epochs, "epochs_source": plan.get("source"),
+        "lr_decay_fraction": decay_fraction_of(profile, args),
         "out": str(out), "command": "python benchmarks/proof.py " + shlex.join(
             argv if argv is not None else sys.argv[1:]),
     }
-    if not args.dry_run:
-        data = json.dumps({**plan, "settings": settings}, indent=2).encode()
-        atomic_write(out / PLAN, lambda f: f.write(data))
+    record = json.dumps({**plan, "settings": settings}, indent=2).encode()
     for model in models:
         base = base_config(profile, model, epochs, args)
         print(f"== {model}: {base.dataset}, {base.subset or 'all'} training images, {epochs} "
@@ -471,7 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         run_bench(base, methods, seeds, out / model, dry_run=args.dry_run, prune=True,
                   log=lambda s: print(s, flush=True), **extras)
         if not args.dry_run:
-            # run_bench has just written this model's report; the others are read as they are.
+            # The settings are recorded once a bench has accepted them (a bench that refuses
+            # this invocation's regime, e.g. runs of another schedule in --out, leaves the
+            # record as it was). run_bench has just written this model's report; the others
+            # are read as they are.
+            atomic_write(out / PLAN, lambda f: f.write(record))
             write_readme(out, args.profile, settings, rewrite_reports=False)
     if not args.dry_run:
         print(f"wrote {out / 'README.md'}")

@@ -97,3 +97,31 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
     with pytest.raises(proof.ConfigError, match="leave out --variant"):
         proof.main(["--profile", "smoke", "--out", str(out), "--report-only",
                     "--variant", "x=learndrop"])
+
+
+def test_a_decay_fraction_is_the_whole_regime_and_refuses_to_mix(tmp_path, one_thread, capsys,
+                                                                   benchmark_script):
+    proof = benchmark_script("proof")
+    out = tmp_path / "wsd"
+    args = ["--profile", "smoke", "--out", str(out), "--epochs", "4", "--methods", "full"]
+    assert proof.main([*args, "--lr-decay-fraction", "0.5"]) == 0
+    config = json.loads((out / "resnet32" / "full-s0" / "config.json").read_text())
+    assert config["lr_decay_fraction"] == 0.5
+    # The decay takes the last half of the run: the rate holds at its peak through epoch 2 (under
+    # the profile's cosine it would start falling after the warm-up, epoch 1), then reaches 0.
+    lrs = [json.loads(line)["lr"] for line in
+           (out / "resnet32" / "full-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[:2] == [pytest.approx(0.05)] * 2 and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    plan = (out / "proof-plan.json").read_text()
+    assert json.loads(plan)["settings"]["lr_decay_fraction"] == 0.5
+    assert "warmup-stable-decay, the cosine decay in the last 0.5" in (
+        out / "README.md").read_text()
+    # The same --out under the profile's schedule: refused before anything is written.
+    with pytest.raises(proof.ConfigError, match="lr_decay_fraction=0.5, this bench asks for 1.0"):
+        proof.main(args)
+    assert (out / "proof-plan.json").read_text() == plan
+    with pytest.raises(proof.ConfigError, match=r"--lr-decay-fraction must be in \(0, 1\]"):
+        proof.main([*args, "--lr-decay-fraction", "0"])
+    with pytest.raises(proof.ConfigError, match="leave out --lr-decay-fraction"):
+        proof.main(["--profile", "smoke", "--out", str(out), "--report-only",
+                    "--lr-decay-fraction", "0.5"])
