@@ -76,6 +76,7 @@ from learndrop.bench import (  # noqa: E402
     write_report,
 )
 from learndrop.bench.plan import NEEDS_REFERENCE  # noqa: E402
+from learndrop.bench.report import decay_text  # noqa: E402
 from learndrop.train import ConfigError, TrainConfig  # noqa: E402
 
 BUDGETS = "budgets"  # --methods word for the frontier runs (full training at DEFAULT_BUDGETS)
@@ -338,10 +339,8 @@ def _read_report(model_dir: Path) -> dict | None:
 
 def _schedule_note(settings: dict) -> str:
     fraction = settings.get("lr_decay_fraction", 1.0)  # absent: written before the option
-    if fraction == 1:
-        return " Schedule: a linear warm-up, then cosine to zero."
-    return (f" Schedule: warmup-stable-decay, the cosine decay in the last {fraction:g} of every "
-            "run (`--lr-decay-fraction`).")
+    option = "" if fraction == 1 else " (`--lr-decay-fraction`)"
+    return f" Schedule: a linear warm-up, then {decay_text(fraction)}{option}."
 
 
 def write_readme(out: Path, profile_name: str, settings: dict,

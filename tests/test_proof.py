@@ -114,8 +114,8 @@ def test_a_decay_fraction_is_the_whole_regime_and_refuses_to_mix(tmp_path, one_t
     assert lrs[:2] == [pytest.approx(0.05)] * 2 and lrs[-1] == pytest.approx(0.0, abs=1e-12)
     plan = (out / "proof-plan.json").read_text()
     assert json.loads(plan)["settings"]["lr_decay_fraction"] == 0.5
-    assert "warmup-stable-decay, the cosine decay in the last 0.5" in (
-        out / "README.md").read_text()
+    assert "the peak rate until the last 50% of each run's steps, then cosine to zero " \
+        "(`--lr-decay-fraction`)" in (out / "README.md").read_text()
     # The same --out under the profile's schedule: refused before anything is written.
     with pytest.raises(proof.ConfigError, match="lr_decay_fraction=0.5, this bench asks for 1.0"):
         proof.main(args)

@@ -512,7 +512,12 @@ def _pm(mean: float | None, std: float | None, scale: float = 100, spec: str = "
     return text if std is None or mean is None else f"{text} ± {_f(std, spec, scale)}"
 
 
-def _decay_text(fraction: float) -> str:
+def decay_text(fraction: float) -> str:
+    """The learning-rate decay after the warm-up, in words, e.g. for a report's header.
+
+    ``fraction``: ``lr_decay_fraction`` in (0, 1], the share of each run's steps the cosine
+    decay spans (1: cosine from the end of the warm-up to zero; below 1: warmup-stable-decay,
+    Hu et al., MiniCPM, 2024)."""
     if fraction == 1:
         return "cosine to zero"
     return (f"the peak rate until the last {fraction:.0%} of each run's steps, then cosine to "
@@ -531,7 +536,7 @@ def bench_markdown(report: dict) -> str:
         f"{c.get('epochs', '?')} epochs, training subset {c.get('subset') or 'all'}, test set "
         f"{c.get('test_subset') or 'all'}, batch {c.get('batch_size', '?')}, lr "
         f"{c.get('lr', '?')}, warm-up {c.get('warmup_epochs', '?')} epoch(s) then "
-        f"{_decay_text(c.get('lr_decay_fraction', 1.0))}; seeds "
+        f"{decay_text(c.get('lr_decay_fraction', 1.0))}; seeds "
         f"{', '.join(map(str, report['seeds'])) or '–'}; {report['finished']} runs finished, "
         f"{_precision_text(report.get('precision', {}))}. Report written on: {m['cpu']} "
         f"({' '.join(m['cpu_flags']) or 'flags unknown'}), "
