@@ -146,6 +146,34 @@ def test_report_from_fake_summaries(fake_bench):
     assert report["convergence"]["last_fifth_gain"] == pytest.approx(0.01)  # epoch 3 -> 4
 
 
+def test_times_of_runs_on_different_machines_are_not_compared(fake_bench):
+    """A run that trained on another machine than its full run has no time or CPU ratio and is no
+    point of the time frontiers; its FLOPs and accuracy still count. A run that recorded no
+    machine (before session 17) is compared as before."""
+    for run in fake_bench.values():
+        run["summary"]["machine"] = "Intel Xeon, 2 threads"
+    fake_bench[("learndrop", 1)]["summary"]["machine"] = "AMD EPYC, 2 threads"
+    fake_bench[("full-b0.5", 1)]["summary"]["machine"] = "AMD EPYC, 2 threads"
+    del fake_bench[("freezeout", 0)]["summary"]["machine"]
+    report = aggregate(fake_bench)
+    ld = {r["seed"]: r for r in report["rows"]["learndrop"]["per_seed"]}
+    assert ld[0]["time_ratio"] == pytest.approx(0.6) and ld[0]["cpu_ratio"] == pytest.approx(0.6)
+    assert ld[1]["time_ratio"] is None and ld[1]["cpu_ratio"] is None
+    assert ld[1]["frontier"]["time"] is None and ld[1]["frontier"]["cpu"] is None
+    assert ld[1]["flops_ratio"] == pytest.approx(0.75)
+    verdicts = report["rows"]["learndrop"]["frontier"]
+    assert verdicts["flops"]["verdict"] == "above"
+    assert verdicts["time"]["verdict"].endswith(" (1 seed(s) without a cost on this axis)")
+    assert ld[1]["frontier"]["flops"]["margin"] is not None
+    # Seed 1's half budget is no time point; seed 0's still is (the frontier averages seeds).
+    time_points = {p["budget"]: p for p in report["frontier"]["time"]}
+    flops_points = {p["budget"]: p for p in report["frontier"]["flops"]}
+    assert time_points[0.5]["acc"] == pytest.approx(0.80)
+    assert flops_points[0.5]["acc"] == pytest.approx(0.805)
+    freeze = {r["seed"]: r for r in report["rows"]["freezeout"]["per_seed"]}
+    assert freeze[0]["time_ratio"] == pytest.approx(0.75)
+
+
 def test_accuracy_right_after_the_first_decision(fake_bench):
     full0 = [r["test_acc"] for r in fake_bench[("full", 0)]["metrics"]]
     for seed in (0, 1):  # the training loss of full training's first epoch

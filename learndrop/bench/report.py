@@ -96,6 +96,14 @@ def _time_reference(label: str, seed: int, runs: dict) -> str:
     return "full"
 
 
+def _same_machine(run: dict, ref: dict) -> bool:
+    """Whether two runs' times may be compared: both trained on the same machine (``summary``'s
+    ``machine``), or one of them did not record it (runs before session 17). A time ratio
+    across machines measures the machines, not the methods, so the report leaves it out."""
+    a, b = run["summary"].get("machine"), ref["summary"].get("machine")
+    return a is None or b is None or a == b
+
+
 def _time_to_target(rows: list[dict], target: float) -> dict | None:
     """Time, CPU time and FLOPs at the end of the first epoch that reaches ``target``."""
     for row in rows:
@@ -180,7 +188,9 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
         if not AXES[axis] or cost is None:
             return cost
         ref = runs.get((_time_reference(label, seed, runs), seed))
-        return _ratio(cost, run_cost(ref["summary"], axis)) if ref else None
+        if ref is None or not _same_machine(runs[(label, seed)], ref):
+            return None
+        return _ratio(cost, run_cost(ref["summary"], axis))
 
     frontier = {}
     for axis in AXES:
@@ -203,6 +213,8 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
             summary = run["summary"]
             ref = full.get(seed)
             time_ref = runs.get((_time_reference(label, seed, runs), seed))
+            if time_ref is not None and not _same_machine(run, time_ref):
+                time_ref = None
             row = {
                 "seed": seed,
                 "final_test_acc": summary["final_test_acc"],
@@ -259,15 +271,24 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
 
     frontier = {}
     for axis in AXES:
-        cells = [r["frontier"][axis] for r in per_seed]
-        margins = [c["margin"] if c else None for c in cells]
+        # A seed without a cell has no cost on this axis (no time recorded, or a time measured
+        # on another machine than its full run's): it is left out, and the verdict says so.
+        cells = [r["frontier"][axis] for r in per_seed if r["frontier"][axis]]
+        margins = [c["margin"] for c in cells]
         mean, std = mean_std([m for m in margins if m is not None])
+        if role == "budget" or label == "full":
+            text = "frontier"
+        elif not cells:
+            text = "no cost on this axis"
+        else:
+            text = verdict(margins)
+            if len(cells) < len(per_seed):
+                text += f" ({len(per_seed) - len(cells)} seed(s) without a cost on this axis)"
         frontier[axis] = {
             "frontier_acc": mean_std([c["frontier_acc"] for c in cells
-                                      if c and c["frontier_acc"] is not None])[0],
-            "margin": mean, "margin_std": std,
-            "verdict": verdict(margins) if role != "budget" and label != "full" else "frontier",
-            "positions": sorted({c["position"] for c in cells if c}),
+                                      if c["frontier_acc"] is not None])[0],
+            "margin": mean, "margin_std": std, "verdict": text,
+            "positions": sorted({c["position"] for c in cells}),
         }
     reached = [r["time_to_target"] for r in per_seed if r["time_to_target"]]
     decided = [r["after_first_decision"] for r in per_seed if r["after_first_decision"]]
@@ -710,6 +731,7 @@ def _machines_line(trained_on: dict[str, list[str]]) -> list[str]:
              if len(names) <= 8 else f"{machine}: {len(names)} run(s)"
              for machine, names in sorted(trained_on.items(), key=lambda kv: -len(kv[1]))]
     return ["**Trained on several machines**: " + "; ".join(parts) + ". A time ratio between "
-            "runs of different machines measures the machines, not the methods; FLOPs ratios "
+            "runs of different machines measures the machines, not the methods, so the report "
+            "leaves it out (–); FLOPs ratios "
             "and accuracies do not depend on the machine (beyond seed-level noise: the CPUs' "
             "kernels round differently).", ""]
