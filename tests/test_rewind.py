@@ -15,6 +15,7 @@ from learndrop.methods import MethodOptionError, build_method, create_method
 from learndrop.rewind import ScheduleRewind
 from learndrop.train import TrainConfig, train
 from learndrop.train.builder import warmup_cosine
+from learndrop.train.config import ConfigError
 
 EAGER_FIELDS = {"warmup_checks": 0, "change_threshold": 100.0, "max_slope": 1e9,
                 "max_loss_rise": math.inf, "max_drops_per_check": 2, "max_drop_cost": 10.0}
@@ -229,3 +230,48 @@ def test_the_trainer_rewinds_and_the_controls_replay_it(tmp_path, one_thread):
     chance = run("random", method="random-drop", reference=str(tmp_path / "rewound"))
     assert [d["step"] for d in chance["drops"]] == [d["step"] for d in rewound["drops"]]
     assert rates("random") == pytest.approx(rates("rewound"))
+    # A control under another schedule would replay the rewinds at other rates: refused,
+    # before it writes anything.
+    with pytest.raises(ConfigError, match="trained with --lr-decay-fraction=1.0"):
+        train(TrainConfig(
+            model="resnet20", dataset="fashion-mnist", epochs=4, subset=640, test_subset=200,
+            batch_size=64, lr=0.05, image_size=16, out=str(tmp_path / "other"), quiet=True,
+            lr_decay_fraction=0.5, method="full-rewound",
+            method_options={"reference": str(tmp_path / "rewound")}), log=lambda line: None)
+    assert not (tmp_path / "other" / "summary.json").exists()
+
+
+def test_a_copy_of_a_reference_run_must_share_its_steps_and_schedule(tmp_path):
+    """The methods that copy a reference run are refused, in one line, where the reference
+    trained with other steps or rates; what the reference's record lacks reads as the default,
+    and a reference not yet run is left to the method."""
+    from learndrop.train.builder import check_reference
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    recorded = TrainConfig(subset=None, lr_decay_fraction=0.3, out=str(ref)).to_dict()
+    (ref / "config.json").write_text(json.dumps(recorded))
+
+    def control(method="random-drop", reference=ref, **settings):
+        return TrainConfig(method=method, method_options={"reference": str(reference)},
+                           **{"lr_decay_fraction": 0.3, "subset": 0, **settings})
+
+    for method in ("random-drop", "slim-from-scratch", "full-rewound"):
+        check_reference(control(method))  # 0 and None: both the whole training set
+        check_reference(control(method, reference=ref / "summary.json"))
+    for setting, value in (("lr_decay_fraction", 1.0), ("epochs", 9), ("batch_size", 64),
+                           ("model", "resnet56"), ("subset", 5000), ("warmup_epochs", 2.0)):
+        with pytest.raises(ConfigError, match=f"--{setting.replace('_', '-')}=") as err:
+            check_reference(control(**{setting: value}))
+        assert len(str(err.value).splitlines()) == 1
+    check_reference(control(epochs=9, method="learndrop"))  # no reference needed: not checked
+    check_reference(control(reference=tmp_path / "not-run-yet", epochs=9))
+    # A record from before lr_decay_fraction existed trained with the default (cosine).
+    del recorded["lr_decay_fraction"]
+    (ref / "config.json").write_text(json.dumps(recorded))
+    check_reference(control(lr_decay_fraction=1.0))
+    with pytest.raises(ConfigError, match="--lr-decay-fraction=1.0"):
+        check_reference(control())
+    (ref / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read"):
+        check_reference(control())

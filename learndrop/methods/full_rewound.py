@@ -11,8 +11,9 @@ Our reading: nothing is dropped; the reference run's rewinds (its summary's
 schedule (:meth:`~learndrop.rewind.ScheduleRewind.replaying`), so every step runs at the
 reference's learning rate. A reference that made no rewind gives full training, step for step.
 The positions are those of the reference's schedule: run the control with the same schedule
-options (``--lr``, ``--warmup-epochs``, ``--lr-decay-fraction``, ``--epochs``, batch and data);
-the bench does, and on the command line they are the user's to match (not checked).
+options (``--lr``, ``--warmup-epochs``, ``--lr-decay-fraction``, ``--epochs``, batch and data),
+as the bench does; the run builder refuses one that differs
+(:func:`learndrop.train.builder.check_reference`).
 """
 
 from __future__ import annotations

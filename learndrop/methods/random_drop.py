@@ -27,7 +27,8 @@ Our reading:
 * When the reference rewound its learning-rate schedule after its drops (``lr_rewind_steps``),
   the same rewinds are replayed (:meth:`~learndrop.rewind.ScheduleRewind.replaying`): the
   learning rate of every step is the reference's, so that here too only the units differ (given
-  the same schedule options, as the bench runs them; not checked on the command line).
+  the same schedule options, as the bench runs them; the run builder refuses other ones:
+  :func:`learndrop.train.builder.check_reference`).
 * The units of a step are drawn with a ``torch.Generator`` seeded from ``(seed, step)``: the
   choice depends only on the seed, the step and the units still live, so a resumed run, and
   every data-parallel process, makes the same choices (they also go through

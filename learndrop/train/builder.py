@@ -9,7 +9,9 @@ only adds how it feeds the data.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,15 +23,15 @@ from torch import nn
 
 from learndrop import distributed
 from learndrop.distributed import DistContext
-from learndrop.methods import Method, RunInfo, build_method
+from learndrop.methods import METHODS, Method, RunInfo, build_method
 from learndrop.models import create_model, replace_head
 from learndrop.precision import Precision, resolve_precision
 from learndrop.train.config import ConfigError, TrainConfig
 from learndrop.train.weights import head_classes, load_weights, weights_classes
 
 __all__ = [
-    "Forward", "Parts", "build_model", "build_optimizer", "build_parts", "default_out",
-    "file_sha256", "record_start",
+    "REFERENCE_SETTINGS", "Forward", "Parts", "build_model", "build_optimizer", "build_parts",
+    "check_reference", "default_out", "file_sha256", "record_start",
     "decay_start", "pick_device", "warmup_cosine",
 ]
 
@@ -213,6 +215,7 @@ def build_parts(
         lr_factor: the learning-rate factor of each step (the schedule).
         dry_run: build only to check (on the meta device, say): see :class:`RunInfo`.
     """
+    check_reference(config)
     device = ctx.device
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
@@ -232,6 +235,60 @@ def build_parts(
     method.attach_schedule(scheduler)  # a method that rewinds it after drops moves it
     forward = Forward(model, method, ctx, compile=config.compile and not dry_run)
     return Parts(model, optimizer, method, scheduler, forward, precision)
+
+
+#: What a run that copies a reference run (a method with ``needs_reference``: random-drop,
+#: slim-from-scratch, full-rewound) must share with it: its drops and rewinds are replayed at
+#: the reference's steps and positions of the schedule, and its units are the reference model's.
+REFERENCE_SETTINGS = ("model", "dataset", "subset", "epochs", "batch_size", "lr",
+                      "warmup_epochs", "lr_decay_fraction", "stream")
+#: The same, on a stream (``stream=True``), where these set the steps and the schedule instead.
+REFERENCE_STREAM_SETTINGS = ("stream_length", "stream_order", "classes_per_stage",
+                             "steps_per_check", "warmup_steps", "stream_schedule")
+
+
+def check_reference(config: TrainConfig) -> None:
+    """Refuse a run whose method copies a reference run (``--reference``) trained with other
+    steps or another schedule: the copy would replay drops at other points of training, or
+    rewinds to other learning rates, and compare nothing. The reference's ``config.json`` is
+    read (a field it lacks, added since, as its default); no reference yet (a bench's dry run,
+    or a reference without ``config.json``) is left to the method, which says what it needs.
+
+    Raises:
+        ConfigError: a setting of :data:`REFERENCE_SETTINGS` (and, on a stream,
+            :data:`REFERENCE_STREAM_SETTINGS`) differs; unreadable ``config.json``.
+    """
+    method = METHODS.get(config.method)
+    reference = config.method_options.get("reference")
+    if method is None or not method.needs_reference or not reference:
+        return
+    run = Path(str(reference))
+    if run.suffix == ".json":
+        run = run.parent
+    path = run / "config.json"
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--reference {reference}: cannot read {path} ({err}); pass a run "
+                          "directory that learndrop wrote") from err
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"--reference {reference}: {path} is not a run's config; pass a run "
+                          "directory that learndrop wrote")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    keys = REFERENCE_SETTINGS + (REFERENCE_STREAM_SETTINGS if config.stream else ())
+    for key in keys:
+        was, now = recorded.get(key, defaults.get(key)), getattr(config, key)
+        if key == "subset":  # 0 and None both mean the whole training set
+            was, now = was or None, now or None
+        if was != now:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(
+                f"--reference {reference} trained with {flag}={was}, this run asks for "
+                f"{flag}={now}: --method {config.method} replays that run's steps, so train "
+                "with the reference's settings (or choose a reference trained with these)")
 
 
 def file_sha256(path: str | Path) -> str:
