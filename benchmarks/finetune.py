@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.proof import cifar10_tarball  # noqa: E402
 from learndrop.bench import parse_variant, run_bench  # noqa: E402
 from learndrop.bench.plan import check_same_experiment  # noqa: E402
+from learndrop.bench.report import decay_text  # noqa: E402
 from learndrop.data import balanced_subset, cache_dir, load_dataset  # noqa: E402
 from learndrop.machine import machine_name  # noqa: E402
 from learndrop.train import ConfigError, TrainConfig, train  # noqa: E402
@@ -73,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pretrain-lr", type=float, default=0.05)
     p.add_argument("--epochs", type=int, default=8, help="fine-tuning epochs")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate (small)")
+    p.add_argument("--lr-decay-fraction", type=float, default=1.0,
+                   help="the fine-tuning runs' share of steps in the final cosine decay (1: "
+                        "cosine after the warm-up; below 1: warmup-stable-decay); the "
+                        "pretraining keeps cosine, so its weights are shared")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--methods", default="full,learndrop,random-drop",
                    help="methods of the fine-tuning bench (learndrop bench --methods)")
@@ -166,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                            out=str(out / "pretrain"), **common)
     weights = out / "pretrain" / "model.pt"
     tune = TrainConfig(dataset=f"folder:{task_b}", epochs=args.epochs, lr=args.lr,
-                       seed=args.seed, weights=str(weights), replace_head=5, **common)
+                       lr_decay_fraction=args.lr_decay_fraction, seed=args.seed,
+                       weights=str(weights), replace_head=5, **common)
     try:
         if args.dry_run:
             if not weights.is_file():
@@ -206,7 +212,8 @@ def report(args: argparse.Namespace, argv: list[str], out: Path, results: dict,
         f"{args.pretrain_lr}, seed {args.seed}) on CIFAR-10 classes 0-4 "
         f"({args.pretrain_subset or 25000} training images), then fine-tuned on classes 5-9 "
         f"({args.finetune_subset or 25000} training images) with `--weights pretrain/model.pt "
-        f"--replace-head 5`, lr {args.lr}, {args.epochs} epochs, warm-up 1 epoch then cosine; "
+        f"--replace-head 5`, lr {args.lr}, {args.epochs} epochs, warm-up 1 epoch then "
+        f"{decay_text(args.lr_decay_fraction)}; "
         f"images at {args.image_size}x{args.image_size}, batch {args.batch_size}, "
         f"{args.precision}; test accuracy on {args.test_per_class} held-out images per class, "
         f"{args.seeds} fine-tuning seeds from {args.seed}.")
