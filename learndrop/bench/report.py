@@ -96,12 +96,16 @@ def _time_reference(label: str, seed: int, runs: dict) -> str:
     return "full"
 
 
-def _same_machine(run: dict, ref: dict) -> bool:
-    """Whether two runs' times may be compared: both trained on the same machine (``summary``'s
-    ``machine``), or one of them did not record it (runs before session 17). A time ratio
-    across machines measures the machines, not the methods, so the report leaves it out."""
-    a, b = run["summary"].get("machine"), ref["summary"].get("machine")
-    return a is None or b is None or a == b
+def _timed_against(label: str, seed: int, runs: dict) -> dict | None:
+    """The run whose times the run's are compared with (:func:`_time_reference`), or ``None``:
+    not finished, or trained on another machine (``summary``'s ``machine``; a run before
+    session 17 recorded none and is compared). A time ratio across machines measures the
+    machines, not the methods, so the report leaves it out."""
+    ref = runs.get((_time_reference(label, seed, runs), seed))
+    if ref is None:
+        return None
+    a, b = runs[(label, seed)]["summary"].get("machine"), ref["summary"].get("machine")
+    return ref if a is None or b is None or a == b else None
 
 
 def _time_to_target(rows: list[dict], target: float) -> dict | None:
@@ -187,10 +191,8 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
         cost = run_cost(runs[(label, seed)]["summary"], axis)
         if not AXES[axis] or cost is None:
             return cost
-        ref = runs.get((_time_reference(label, seed, runs), seed))
-        if ref is None or not _same_machine(runs[(label, seed)], ref):
-            return None
-        return _ratio(cost, run_cost(ref["summary"], axis))
+        ref = _timed_against(label, seed, runs)
+        return _ratio(cost, run_cost(ref["summary"], axis)) if ref else None
 
     frontier = {}
     for axis in AXES:
@@ -212,9 +214,7 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
             run = runs[(label, seed)]
             summary = run["summary"]
             ref = full.get(seed)
-            time_ref = runs.get((_time_reference(label, seed, runs), seed))
-            if time_ref is not None and not _same_machine(run, time_ref):
-                time_ref = None
+            time_ref = _timed_against(label, seed, runs)
             row = {
                 "seed": seed,
                 "final_test_acc": summary["final_test_acc"],

@@ -113,6 +113,13 @@ class ReferenceOptions:
     reference: str | None = None
 
 
+def reference_dir(reference: str | Path) -> Path:
+    """The run directory that ``--reference`` names: the directory itself (or a path without a
+    suffix), or the folder of the file given (its ``summary.json``)."""
+    path = Path(reference)
+    return path if path.is_dir() or not path.suffix else path.parent
+
+
 def reference_summary(options: ReferenceOptions, method: str, run: RunInfo) -> dict:
     """``options.reference``'s summary.json (``{}`` in a dry run whose reference has not run
     yet).
@@ -124,7 +131,7 @@ def reference_summary(options: ReferenceOptions, method: str, run: RunInfo) -> d
         raise MethodOptionError(
             f"--method {method} needs --reference RUN_DIR (a finished learndrop run)")
     path = Path(options.reference)
-    if path.is_dir() or not path.suffix:
+    if reference_dir(path) == path:
         path = path / "summary.json"
     if not path.is_file():
         if run.dry_run:

@@ -9,7 +9,6 @@ only adds how it feeds the data.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -24,6 +23,7 @@ from torch import nn
 from learndrop import distributed
 from learndrop.distributed import DistContext
 from learndrop.methods import METHODS, Method, RunInfo, build_method
+from learndrop.methods.random_drop import reference_dir
 from learndrop.models import create_model, replace_head
 from learndrop.precision import Precision, resolve_precision
 from learndrop.train.config import ConfigError, TrainConfig
@@ -251,7 +251,8 @@ def check_reference(config: TrainConfig) -> None:
     """Refuse a run whose method copies a reference run (``--reference``) trained with other
     steps or another schedule: the copy would replay drops at other points of training, or
     rewinds to other learning rates, and compare nothing. The reference's ``config.json`` is
-    read (a field it lacks, added since, as its default); no reference yet (a bench's dry run,
+    read as a resumed run reads it (:meth:`TrainConfig.from_dict`: a field it lacks, added
+    since, at its default); no reference yet (a bench's dry run,
     or a reference without ``config.json``) is left to the method, which says what it needs.
 
     Raises:
@@ -262,27 +263,21 @@ def check_reference(config: TrainConfig) -> None:
     reference = config.method_options.get("reference")
     if method is None or not method.needs_reference or not reference:
         return
-    run = Path(str(reference))
-    if run.suffix == ".json":
-        run = run.parent
-    path = run / "config.json"
+    path = reference_dir(str(reference)) / "config.json"
     if not path.is_file():
         return
     try:
         recorded = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        if not isinstance(recorded, dict):
+            raise ValueError("not a run's config")
+        # As a resumed run reads its record: missing fields at their defaults, old names.
+        trained = TrainConfig.from_dict(recorded)
+    except (OSError, TypeError, ValueError) as err:
         raise ConfigError(f"--reference {reference}: cannot read {path} ({err}); pass a run "
                           "directory that learndrop wrote") from err
-    if not isinstance(recorded, dict):
-        raise ConfigError(f"--reference {reference}: {path} is not a run's config; pass a run "
-                          "directory that learndrop wrote")
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                if f.default is not dataclasses.MISSING}
     keys = REFERENCE_SETTINGS + (REFERENCE_STREAM_SETTINGS if config.stream else ())
     for key in keys:
-        was, now = recorded.get(key, defaults.get(key)), getattr(config, key)
-        if key == "subset":  # 0 and None both mean the whole training set
-            was, now = was or None, now or None
+        was, now = getattr(trained, key), getattr(config, key)
         if was != now:
             flag = "--" + key.replace("_", "-")
             raise ConfigError(
