@@ -122,6 +122,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                               "RUN_DIR/tensorboard (needs learndrop[tensorboard])",
         action="store_true")
     arg(run, "--no-plots", dest="plots", action="store_false")
+    arg(run, "--eval-batch-size", "images per test-set batch: memory only, the accuracy does "
+                                  "not depend on it", type=int, metavar="N")
     par = parser.add_argument_group("data parallel (docs/scaling.md)")
     par.add_argument("--nproc", type=int, default=1, metavar="N",
                      help="train in N processes with DistributedDataParallel (re-runs this "

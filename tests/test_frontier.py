@@ -11,7 +11,13 @@ from learndrop.bench.frontier import (
     frontier_accuracy,
     verdict,
 )
-from learndrop.bench.report import aggregate, bench_markdown, machine_info, merge_plans
+from learndrop.bench.report import (
+    aggregate,
+    bench_markdown,
+    machine_info,
+    merge_plans,
+    shown_epochs,
+)
 
 TFLOP = 1e12
 
@@ -239,6 +245,39 @@ def test_units_that_fade_out_are_measured_when_they_leave(fake_bench):
     for seed in (0, 1):
         fake_bench[("learndrop", seed)]["metrics"][2]["dropped"] = []
     assert aggregate(fake_bench)["rows"]["learndrop"]["after_first_decision"] is None
+
+
+def test_training_loss_by_epoch_is_averaged_over_the_seeds_that_logged_every_epoch(fake_bench):
+    """The lag a network carries (a run cut during training against full training and a slim
+    network from scratch) is read from each epoch's training loss, mean over seeds; a seed
+    that lost an epoch's row is left out, budgets and the A/A control are not shown."""
+    losses = {("full", 0): [2.0, 1.6, 1.3, 1.0], ("full", 1): [2.2, 1.8, 1.5, 1.2],
+              ("learndrop", 0): [2.0, 1.7, 1.4], ("learndrop", 1): [2.2, 1.9, 1.6],
+              ("freezeout", 0): [2.1, 1.9, 1.7], ("freezeout", 1): [2.1, 1.9]}
+    for (label, seed), values in losses.items():
+        run = fake_bench[(label, seed)]
+        run["summary"]["epochs"] = 4 if label == "full" else 3
+        run["metrics"] = run["metrics"][:len(values)]
+        for row, loss in zip(run["metrics"], values, strict=True):
+            row.update(train_loss=loss, train_acc=1 - loss / 4)
+    rows = aggregate(fake_bench)["rows"]
+    assert rows["full"]["train_loss_by_epoch"] == pytest.approx([2.1, 1.7, 1.4, 1.1])
+    assert rows["full"]["final_train_acc"] == pytest.approx(1 - 1.1 / 4)
+    assert rows["learndrop"]["train_loss_by_epoch"] == pytest.approx([2.1, 1.8, 1.5])
+    assert rows["learndrop"]["per_seed"][1]["train_loss_by_epoch"] == pytest.approx(
+        [2.2, 1.9, 1.6])
+    assert rows["freezeout"]["train_loss_seeds"] == 1  # seed 1 logged 2 of its 3 epochs
+    assert rows["freezeout"]["train_loss_by_epoch"] == pytest.approx([2.1, 1.9, 1.7])
+    assert rows["full-b0.5"]["train_loss_by_epoch"] is None  # no training loss logged
+    md = bench_markdown({"config": {}, "seeds": [0, 1], "finished": 18,
+                         "machine": machine_info("cpu"), **aggregate(fake_bench)})
+    table = md.split("## Training loss by epoch")[1].split("\n## ")[0]
+    assert "| run | seeds | epoch 1 | epoch 2 | epoch 3 | epoch 4 | train acc (%) |" in table
+    assert "| full | 2 | 2.100 | 1.700 | 1.400 | 1.100 | 72.5 |" in table
+    assert "| learndrop | 2 | 2.100 | 1.800 | 1.500 | – | 62.5 |" in table
+    assert "full-aa" not in table and "full-b0.5" not in table
+    assert shown_epochs(10) == [1, 2, 3, 5, 8, 10] and shown_epochs(4) == [1, 2, 3, 4]
+    assert shown_epochs(200) == [1, 2, 3, 50, 100, 150, 200]
 
 
 def test_markdown_says_above_below_and_outside(fake_bench):

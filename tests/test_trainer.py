@@ -154,6 +154,7 @@ def run_cli(*argv, capsys):
         (["--dataset", "svhn"], "unknown dataset"),
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--lr", "-1"], "--lr must be > 0"),
+        (["--eval-batch-size", "0"], "--eval-batch-size must be >= 1"),
         (["--change-threshold", "-0.5"], "change_threshold=-0.5 is invalid"),
         (["--max-dropped-fraction", "1.5"], "max_dropped_fraction=1.5 is invalid"),
         (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "cifar10"),
@@ -261,7 +262,9 @@ def test_resume_refuses_what_would_change_the_experiment_and_extends_epochs(tmp_
         assert code != 0 and message in err and len(err.splitlines()) == 1, err
     assert (run / "config.json").read_text() == config_before
 
-    code = main(["train", "--resume", str(run), "--epochs", "3", "--quiet", "--no-plots"])
+    # Where and how it reports may change (--eval-batch-size: memory only).
+    code = main(["train", "--resume", str(run), "--epochs", "3", "--quiet", "--no-plots",
+                 "--eval-batch-size", "30"])
     out = capsys.readouterr().out
     assert code == 0 and "extending" in out and "from 2 to 3 epochs" in out
     summary = json.loads((run / "summary.json").read_text())

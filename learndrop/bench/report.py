@@ -249,6 +249,10 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
                                      if target is not None else None)
             row["after_first_decision"] = _after_first_decision(
                 run["metrics"], ref["metrics"] if ref else None)
+            row["train_loss_by_epoch"] = [r["train_loss"] for r in run["metrics"]
+                                          if "train_loss" in r]
+            row["final_train_acc"] = (run["metrics"][-1].get("train_acc")
+                                      if run["metrics"] else None)
             per_seed.append(row)
         rows[label] = _summarise(label, role, budget, per_seed, runs)
 
@@ -292,6 +296,12 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
         }
     reached = [r["time_to_target"] for r in per_seed if r["time_to_target"]]
     decided = [r["after_first_decision"] for r in per_seed if r["after_first_decision"]]
+    # Epoch by epoch over the seeds that logged every epoch of the run (all, unless one lost
+    # its metrics): the same epochs for every seed, or nothing.
+    losses = [r["train_loss_by_epoch"] for r in per_seed]
+    epochs = first.get("epochs")
+    losses = [v for v in losses if epochs and len(v) == epochs]
+    train_acc = [r["final_train_acc"] for r in per_seed if r["final_train_acc"] is not None]
     delta, delta_std = mean_std([d["delta"] for d in decided])
     return {
         "role": role,
@@ -324,6 +334,10 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
             "decided": [d.get("decided", d["epoch"]) for d in decided],
             "units": [d["units"] for d in decided], "delta": delta, "delta_std": delta_std,
         } if decided else None,
+        "train_loss_by_epoch": ([statistics.fmean(epoch) for epoch in zip(*losses)]
+                                if losses else None),
+        "train_loss_seeds": len(losses),
+        "final_train_acc": statistics.fmean(train_acc) if train_acc else None,
         "units_dropped": med("units_dropped"),
         "units_total": first["units_total"],
         "params_initial": first["params_initial"],
@@ -666,6 +680,8 @@ def bench_markdown(report: dict) -> str:
                 f"| {'/'.join(map(str, d['units']))} | {_pm(*acc)} | {_pm(*full_acc)} "
                 f"| {_pm(d['delta'], d['delta_std'], sign=True)} |")
 
+    lines += _train_loss_table(rows)
+
     checks = []
     if noise:
         per_seed = ", ".join(f"s{r['seed']}: {_f(r['time_ratio'], '.3f')} / "
@@ -706,6 +722,43 @@ def bench_markdown(report: dict) -> str:
                 f"| {_f(t2t and t2t['time_s'], '.1f') if t2t else 'not reached'} "
                 f"| {s['units_dropped']} |")
     return "\n".join(lines) + "\n"
+
+
+def shown_epochs(epochs: int) -> list[int]:
+    """The epochs the training-loss table shows: every one up to 8, else the first three (how
+    fast each network starts) and the quarters of the run (``[1, 2, 3, 5, 8, 10]`` for 10)."""
+    if epochs <= 8:
+        return list(range(1, epochs + 1))
+    return sorted({1, 2, 3, *(max(1, round(epochs * q / 4)) for q in (1, 2, 3)), epochs})
+
+
+def _train_loss_table(rows: dict) -> list[str]:
+    """Markdown lines of the training loss by epoch, for the rows that are not budgets or the
+    A/A control (they add nothing the full-training row does not show)."""
+    shown = {label: r for label, r in rows.items()
+             if r["role"] in ("method", "shallow") and r["train_loss_by_epoch"]}
+    if not shown:
+        return []
+    epochs = max(len(r["train_loss_by_epoch"]) for r in shown.values())
+    columns = shown_epochs(epochs)
+    lines = [
+        "", "## Training loss by epoch", "",
+        "Each epoch's training loss (the mean over its batches, augmented, in training mode), "
+        "mean over the seeds; the last column is the last epoch's training accuracy. A run "
+        "that ends above full training fits the training set less well; the first epochs show "
+        "how fast each network starts (a shallow network starts faster; a network cut during "
+        "training keeps the lag of the epochs it trained deep). An epoch resumed mid-way by "
+        "learndrop before 2026-12-01 logged its remaining steps only.",
+        "",
+        "| run | seeds | " + " | ".join(f"epoch {e}" for e in columns) + " | train acc (%) |",
+        "|---|---:|" + "---:|" * (len(columns) + 1),
+    ]
+    for label, r in shown.items():
+        loss = r["train_loss_by_epoch"]
+        cells = [_f(loss[e - 1], ".3f") if e <= len(loss) else "–" for e in columns]
+        lines.append(f"| {label} | {r['train_loss_seeds']} | " + " | ".join(cells)
+                     + f" | {_f(r['final_train_acc'], '.1f', 100)} |")
+    return lines
 
 
 def _precision_text(counts: dict[str, int]) -> str:
