@@ -268,6 +268,7 @@ def test_training_loss_by_epoch_is_averaged_over_the_seeds_that_logged_every_epo
         [2.2, 1.9, 1.6])
     assert rows["freezeout"]["train_loss_seeds"] == 1  # seed 1 logged 2 of its 3 epochs
     assert rows["freezeout"]["train_loss_by_epoch"] == pytest.approx([2.1, 1.9, 1.7])
+    assert rows["freezeout"]["final_train_acc"] == pytest.approx(1 - 1.7 / 4)  # seed 0's
     assert rows["full-b0.5"]["train_loss_by_epoch"] is None  # no training loss logged
     md = bench_markdown({"config": {}, "seeds": [0, 1], "finished": 18,
                          "machine": machine_info("cpu"), **aggregate(fake_bench)})

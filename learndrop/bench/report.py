@@ -298,10 +298,10 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
     decided = [r["after_first_decision"] for r in per_seed if r["after_first_decision"]]
     # Epoch by epoch over the seeds that logged every epoch of the run (all, unless one lost
     # its metrics): the same epochs for every seed, or nothing.
-    losses = [r["train_loss_by_epoch"] for r in per_seed]
     epochs = first.get("epochs")
-    losses = [v for v in losses if epochs and len(v) == epochs]
-    train_acc = [r["final_train_acc"] for r in per_seed if r["final_train_acc"] is not None]
+    logged = [r for r in per_seed if epochs and len(r["train_loss_by_epoch"]) == epochs]
+    losses = [r["train_loss_by_epoch"] for r in logged]
+    train_acc = [r["final_train_acc"] for r in logged if r["final_train_acc"] is not None]
     delta, delta_std = mean_std([d["delta"] for d in decided])
     return {
         "role": role,
