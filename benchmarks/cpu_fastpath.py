@@ -41,6 +41,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from learndrop.atomic import atomic_write_text  # noqa: E402
 from learndrop.bench import machine_info  # noqa: E402
 from learndrop.data import load_dataset, make_loaders  # noqa: E402
 from learndrop.flops import FlopsLedger  # noqa: E402
@@ -256,9 +257,7 @@ def part_precision(args) -> dict:
 
 
 def _write(path: Path, value: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def report(out: Path) -> str:
@@ -313,7 +312,7 @@ def report(out: Path) -> str:
                       f"**{pr['bf16_mean_within_fp32_spread']}**.", "",
                   f"Machine: {_machine_line(pr)}", ""]
     text = "\n".join(lines)
-    (out / "README.md").write_text(text)
+    atomic_write_text(out / "README.md", text)
     return text
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from learndrop.atomic import atomic_write_text  # noqa: E402
 from learndrop.bench import machine_info, run_bench  # noqa: E402
 from learndrop.train.config import TrainConfig  # noqa: E402
 
@@ -72,7 +73,7 @@ def report(out: Path) -> str:
         lines += [(out / DEEP / "bench.md").read_text()]
     lines += ["", "Machine: `" + json.dumps(machine_info()) + "`"]
     text = "\n".join(lines) + "\n"
-    (out / "README.md").write_text(text)
+    atomic_write_text(out / "README.md", text)
     return text
 
 

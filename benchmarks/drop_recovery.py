@@ -33,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from learndrop.atomic import atomic_write_text  # noqa: E402
 from learndrop.data import load_dataset, make_loaders  # noqa: E402
 from learndrop.drop_cost import drop_costs  # noqa: E402
 from learndrop.methods import Full  # noqa: E402
@@ -162,7 +163,7 @@ def write_markdown(results: list[dict], out: Path) -> None:
         costs = ", ".join(f"{n} {c:+.3f}" for n, c in sorted(r["drop_costs"].items(),
                                                              key=lambda kv: kv[1]))
         lines.append(f"- seed {r['seed']} (check loss {r['check_loss']:.3f}): {costs}")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = [run_seed(seed, args) for seed in args.seeds]
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     write_markdown(results, out)
     print((out / "results.md").read_text())
 

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.proof import cifar10_tarball  # noqa: E402
+from learndrop.atomic import atomic_write_text  # noqa: E402
 from learndrop.bench import parse_variant, run_bench  # noqa: E402
 from learndrop.bench.plan import check_same_experiment  # noqa: E402
 from learndrop.bench.report import decay_text  # noqa: E402
@@ -231,8 +232,8 @@ def report(args: argparse.Namespace, argv: list[str], out: Path, results: dict,
     ]
     lines += [f"| {names[k]} | {100 * s['final_test_acc']:.2f}% | {s['train_time_s']:.1f} |"
               for k, s in results.items()]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(
         {"machine": machine_name(args.device), "args": vars(args), "setting": setting,
          "references": {k: {key: s[key] for key in ("final_test_acc", "train_time_s")}
                         for k, s in results.items()},

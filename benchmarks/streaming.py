@@ -41,6 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from learndrop.atomic import atomic_write, atomic_write_text  # noqa: E402
 from learndrop.bench.frontier import build_frontier, compare, mean_std, verdict  # noqa: E402
 from learndrop.bench.plan import parse_budgets, parse_seeds  # noqa: E402
 from learndrop.bench.report import run_cost  # noqa: E402
@@ -278,8 +279,8 @@ def write_report(args: argparse.Namespace, results: dict) -> None:
         "--eval-every steps on the held-out images; evaluation is not counted as stream time.",
         "",
         "![accuracy and FLOPs over the stream](streaming.png)", ""]
-    (out / "results.md").write_text("\n".join(lines))
-    (out / "results.json").write_text(json.dumps(
+    atomic_write_text(out / "results.md", "\n".join(lines))
+    atomic_write_text(out / "results.json", json.dumps(
         {"machine": machine(), "args": vars(args), "orders": report}, indent=2))
     plot(out, results)
 
@@ -311,7 +312,7 @@ def plot(out: Path, results: dict) -> None:
             ax.grid(alpha=0.3)
             ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "streaming.png", dpi=100)
+    atomic_write(out / "streaming.png", lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
 
 

@@ -80,10 +80,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     arg(what, "--epochs", type=int)
     what.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATA-METHOD)")
     data = parser.add_argument_group("data")
-    arg(data, "--subset", "class-balanced, seeded training subset; 0 = the whole training set",
-        type=int)
-    arg(data, "--test-subset", "class-balanced, seeded test subset; 0 = the whole test set",
-        type=int)
+    arg(data, "--subset", "class-balanced, seeded training subset of at most this many images "
+        "(a smaller training set is used whole; the run's first line says how many); 0 = the "
+        "whole training set", type=int)
+    arg(data, "--test-subset", "class-balanced, seeded test subset of at most this many images; "
+        "0 = the whole test set", type=int)
     arg(data, "--image-size", type=int)
     arg(data, "--data-dir")
     arg(data, "--no-augment", dest="augment", action="store_false")
@@ -180,15 +181,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     if getattr(args, "stream", False) and (nproc > 1 or env_world_size() > 1):
         raise ConfigError("--stream runs in one process; leave out --nproc and torchrun")
+    config = config_from_args(args)
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: start it
+        # Checked once here: each process would say it again, and torchrun after them.
+        config.validate()
         return launch(getattr(args, "argv", sys.argv[1:]), nproc)
     if getattr(args, "stream", False):
         from learndrop.train.stream import train_stream
 
-        summary = train_stream(config_from_args(args), log=print)
+        summary = train_stream(config, log=print)
         summary["epochs"] = None  # one pass: no epochs
     else:
-        summary = train(config_from_args(args), log=print, given=given_fields(args))
+        summary = train(config, log=print, given=given_fields(args))
     keys = ("method", "model", "dataset", "epochs", "train_time_s", "final_test_acc",
             "best_test_acc", "fwd_flops_reduction", "bwd_flops_reduction", "params_initial",
             "params_final", "units_total", "units_dropped")
@@ -271,8 +275,14 @@ def cmd_units(args: argparse.Namespace) -> int:
 
     from learndrop.flops import measure_cost, unit_costs
     from learndrop.models import create_model
+    from learndrop.train import ConfigError
     from learndrop.units import discover
 
+    for flag, value, least in (("--image-size", args.image_size, 8),
+                               ("--in-channels", args.in_channels, 1),
+                               ("--num-classes", args.num_classes, 2)):
+        if value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}")
     with torch.device("meta"):  # shapes only: even ResNet-152 costs nothing
         model = create_model(args.model, num_classes=args.num_classes,
                              in_channels=args.in_channels)

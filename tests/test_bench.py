@@ -165,6 +165,12 @@ def test_a_copy_variant_copies_the_run_it_names(tmp_path):
                 cap, chance, parse_variant("sd=stochastic-depth"), parse_variant(variant)])
     # A label that reads as a number is still a label.
     assert parse_variant("x=random-drop:reference=2").options == {"reference": "2"}
+    # A switch reads true and false as such, and nothing else (bool("false") is True).
+    assert parse_variant("fo=freezeout:scale_lr=False").options == {"scale_lr": False}
+    assert parse_variant("fo=freezeout:scale_lr=true").options == {"scale_lr": True}
+    for text in ("fo=freezeout:scale_lr=no", "fo=freezeout:scale_lr=1"):
+        with pytest.raises(ConfigError, match="scale_lr takes true or false"):
+            parse_variant(text)
 
 
 def test_bench_report(bench):

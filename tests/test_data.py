@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 import tarfile
@@ -295,12 +296,37 @@ def test_cifar10_torchvision_pickles(tmp_path):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
                  b"labels": [0, 1, 2, 9]}
-        (d / name).write_bytes(pickle.dumps(batch))
+        # protocol 2, as the official files (numpy's _reconstruct), and 5 (its _frombuffer)
+        (d / name).write_bytes(pickle.dumps(batch, protocol=2 if name < "data_batch_4" else 5))
     (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in
                                                                     range(10)]}))
     ds = load_dataset("cifar10", data_dir=str(tmp_path))
     assert ds.train_x.shape == (20, 3, 32, 32) and ds.test_x.shape == (4, 3, 32, 32)
     assert ds.classes[9] == "c9" and ds.train_y.tolist()[:4] == [0, 1, 2, 9]
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)  # what a crafted pickle would call when read
+
+
+def test_cifar10_pickles_never_run_code(tmp_path):
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    marker = tmp_path / "ran"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 1]}
+        if name == "data_batch_3":
+            batch[b"labels"] = _RunsCode(marker)
+        (d / name).write_bytes(pickle.dumps(batch))
+    with pytest.raises(CorruptDatasetError) as err:
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    assert not marker.exists()
+    message = _one_line(err)
+    assert "data_batch_3" in message and "mkdir" in message and "official" in message
 
 
 def test_imagenette_tgz_layout(tmp_path):

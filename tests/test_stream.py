@@ -14,7 +14,7 @@ from torch import nn
 from learndrop.cli import main
 from learndrop.data import ImageDataset
 from learndrop.scores import HISTORY_KEEP, ScoreTracker
-from learndrop.train import TrainConfig
+from learndrop.train import TrainConfig, TrainingDivergedError
 from learndrop.train.stream import ClassIncrementalStream, DatasetStream, train_stream
 from learndrop.units import find_units
 
@@ -172,6 +172,23 @@ def test_stream_length_caps_an_endless_stream(tmp_path):
                            log=lambda s: None)
     assert summary["steps"] == 12 and pulled == 12
     assert (tmp_path / "run" / "accuracy_loss.png").is_file()
+
+
+@pytest.mark.parametrize("length", [12, 20])  # ends between evaluations / at one
+def test_a_stream_that_diverges_between_loss_checks_writes_no_summary(tmp_path, length):
+    """The loss is checked every 25 steps and before every evaluation: a stream shorter than
+    25 steps whose loss turns NaN after its last evaluation still stops with the one-line
+    error, and leaves no summary or model behind."""
+    def turns_nan():
+        for i, (x, y) in enumerate(synthetic_batches(length)):
+            yield (x * math.nan if i >= 11 else x), y
+
+    with pytest.raises(TrainingDivergedError, match="loss became nan by stream step"):
+        train_stream(stream_config(tmp_path, method="full", method_options={}), turns_nan(),
+                     test_batches=list(synthetic_batches(1)), num_classes=4,
+                     log=lambda s: None)
+    assert not (tmp_path / "run" / "summary.json").exists()
+    assert not (tmp_path / "run" / "model.pt").exists()
 
 
 def test_long_stream_memory_stays_flat(tmp_path):

@@ -162,6 +162,18 @@ def run_cli(*argv, capsys):
         (["--method", "random-drop"], "needs --reference"),
         (["--lr-decay-fraction", "0"], "--lr-decay-fraction must be in (0, 1]"),
         (["--stream", "--lr-decay-fraction", "0.5"], "a constant-rate stream has none"),
+        # options that would do nothing in this setting are refused, not ignored
+        (["--steps-per-check", "5"], "--steps-per-check is an option of --stream"),
+        (["--stream-length", "3"], "--stream-length is an option of --stream"),
+        (["--stream", "--epochs", "50"], "--epochs 50: a stream is one pass"),
+        (["--stream", "--warmup-epochs", "3"], "pass --warmup-steps N instead"),
+        (["--stream", "--classes-per-stage", "3"], "add --stream-order class-incremental"),
+        (["--stream", "--min-lr-fraction", "0.5"], "constant-rate stream never decays"),
+        (["--method", "freeze", "--recalibration-batches", "8"], "nothing to recalibrate"),
+        (["--pretrained", "--weights", "w.pt"], "pass one of them"),
+        (["--model", "resnet20", "--pretrained"], "no pretrained weights for resnet20"),
+        (["--dataset", "folder:/tmp", "--data-dir", "/data"], "leave --data-dir out"),
+        (["--nproc", "2", "--epochs", "0"], "--epochs must be >= 1"),  # before torchrun
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(tmp_path, capsys, argv, message):
@@ -169,6 +181,16 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, capsys, argv, message):
     assert code != 0
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_a_damaged_reference_summary_is_one_line(tmp_path, capsys):
+    reference = tmp_path / "ref"
+    reference.mkdir()
+    (reference / "summary.json").write_text('{"drops": [')  # cut off mid-write
+    code, err = run_cli("train", "--method", "random-drop", "--reference", str(reference),
+                        "--out", str(tmp_path / "r"), "--quiet", capsys=capsys)
+    assert code != 0 and len(err.splitlines()) == 1
+    assert "cannot read" in err and "summary.json" in err and "train the reference" in err
 
 
 def test_a_run_extended_in_its_stable_phase_takes_the_longer_runs_own_schedule(tmp_path,

@@ -285,3 +285,14 @@ def test_units_named_twice_or_nested_are_refused():
         find_units(model, x, ["layer1.1", "layer1.1.conv1"])
     assert [u.name for u in find_units(model, x, ["layer1.2", "layer1.1"])] == [
         "layer1.1", "layer1.2"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["--image-size", "0"], "--image-size must be >= 8"),
+                                               (["--in-channels", "0"], "--in-channels must be"),
+                                               (["--num-classes", "1"], "--num-classes must be")])
+def test_learndrop_units_refuses_impossible_shapes_in_one_line(capsys, argv, message):
+    from learndrop.cli import main
+
+    assert main(["units", "resnet20", *argv]) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

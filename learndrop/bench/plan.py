@@ -142,6 +142,12 @@ class Variant:
             raise ConfigError(f"--variant {label}: {unknown[0]!r} is not an option of {method} "
                               f"({', '.join(sorted(fields)) or 'it has none'})")
         if option_type:
+            switches = {f.name for f in dataclasses.fields(option_type)
+                        if isinstance(f.default, bool)}
+            for key in sorted(switches & set(self.options)):
+                if not isinstance(self.options[key], bool):  # bool("false") would be True
+                    raise ConfigError(f"--variant {label}: {key} takes true or false, got "
+                                      f"{self.options[key]!r}")
             try:
                 option_type(**self.options)  # validated now, not after hours of other runs
             except (ValueError, TypeError) as err:
@@ -149,6 +155,8 @@ class Variant:
 
 
 def _option_value(text: str) -> object:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for parse in (int, float):
         try:
             return parse(text)
@@ -160,8 +168,9 @@ def _option_value(text: str) -> object:
 def parse_variant(text: str) -> Variant:
     """A :class:`Variant` from ``LABEL=METHOD[:KEY=VALUE,KEY=VALUE...]``, e.g.
     ``learndrop-paper=learndrop:normalization=per-unit,change_threshold=0.5,cost_batches=0``
-    (option names as in :class:`~learndrop.policy.DropPolicy` etc.; values are read as an
-    integer, else a number, ``inf`` included, else text). Raises :class:`ConfigError`."""
+    (option names as in :class:`~learndrop.policy.DropPolicy` etc.; values are read as
+    ``true``/``false``, else an integer, else a number, ``inf`` included, else text; an option
+    that is a switch takes only ``true`` or ``false``). Raises :class:`ConfigError`."""
     label, eq, rest = text.partition("=")
     method, _, options_text = rest.partition(":")
     if not eq or not label.strip() or not method.strip():

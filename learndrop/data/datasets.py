@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import json
 import os
 import pickle
@@ -407,12 +408,44 @@ def _decode_idx(src: Source, name: str) -> _Arrays:
     return _Arrays(*arrays, classes=list(classes))
 
 
+#: What a CIFAR batch file may name: numpy's array reconstructors and types, and the codec that
+#: protocol 2 pickles of Python 3 bytes call; nothing that runs other code. ``numpy.core`` is
+#: numpy 1's name of numpy 2's ``numpy._core`` (the official files were written by numpy 1).
+_PICKLE_GLOBALS = {
+    ("_codecs", "encode"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes, numbers and numpy arrays, and refuses every other global:
+    a pickle names the functions it calls when read, so a crafted "batch file" could otherwise
+    run any code (the rule ``torch.load(..., weights_only=True)`` keeps for checkpoints)."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, and a CIFAR batch holds only arrays, lists and "
+                "bytes (the file may run code when read: replace it with the official "
+                "cifar-10-python.tar.gz)")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module.removeprefix("numpy.core.")
+        return getattr(importlib.import_module(module), name)
+
+
+def _load_pickle(path: Path) -> object:
+    with open(path, "rb") as fh:
+        return _ArraysOnlyUnpickler(fh, encoding="bytes").load()
+
+
 def _decode_cifar_pickle(src: Source) -> _Arrays:
     xs, ys = [], []
     for f in src.files:
         try:
-            with open(f, "rb") as fh:
-                d = pickle.load(fh, encoding="bytes")
+            d = _load_pickle(f)
             xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(d[b"labels"], dtype=np.int64))
         except Exception as err:
@@ -421,8 +454,7 @@ def _decode_cifar_pickle(src: Source) -> _Arrays:
     meta = src.path / "batches.meta"
     if meta.is_file():
         try:
-            with open(meta, "rb") as fh:
-                classes = [c.decode() for c in pickle.load(fh, encoding="bytes")[b"label_names"]]
+            classes = [c.decode() for c in _load_pickle(meta)[b"label_names"]]
         except Exception as err:
             raise CorruptDatasetError(one_line(f"cannot read {meta}: {err}")) from err
     return _Arrays(

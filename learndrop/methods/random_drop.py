@@ -138,7 +138,15 @@ def reference_summary(options: ReferenceOptions, method: str, run: RunInfo) -> d
             return {}
         raise MethodOptionError(
             f"--reference {options.reference}: no summary.json of a finished run there")
-    return json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not a run's summary")
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise MethodOptionError(
+            f"--reference {options.reference}: cannot read {path} ({err}); pass a run "
+            "directory that learndrop wrote, or train the reference again") from err
+    return summary
 
 
 def reference_drops(options: ReferenceOptions, method: str, run: RunInfo) -> list[dict]:

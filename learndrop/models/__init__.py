@@ -13,9 +13,11 @@ from learndrop.models import cifar_resnet, cifar_vgg, torchvision_models  # noqa
 from learndrop.models.registry import (
     UnknownModelError,
     create_model,
+    has_pretrained_weights,
     list_models,
     register_model,
     replace_head,
 )
 
-__all__ = ["UnknownModelError", "create_model", "list_models", "register_model", "replace_head"]
+__all__ = ["UnknownModelError", "create_model", "has_pretrained_weights", "list_models",
+           "register_model", "replace_head"]

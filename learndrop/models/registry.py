@@ -8,6 +8,7 @@ Each model family lives in its own file and registers small builder functions wi
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -47,6 +48,13 @@ def _natural_key(name: str) -> list[Any]:
 def list_models() -> list[str]:
     """Names of all registered models, in natural order (resnet20 before resnet110)."""
     return sorted(_MODELS, key=_natural_key)
+
+
+def has_pretrained_weights(name: str) -> bool:
+    """Whether model ``name``'s builder takes ``pretrained=True`` (torchvision's ImageNet
+    models); False for an unknown name."""
+    builder = _MODELS.get(name.strip().lower())
+    return builder is not None and "pretrained" in inspect.signature(builder).parameters
 
 
 def create_model(

@@ -22,6 +22,12 @@ class ConfigError(ValueError):
     """An impossible training option."""
 
 
+#: The options that shape a stream (``stream=True``) and mean nothing to an epoch run: set to
+#: anything but their defaults without ``stream``, they are refused, not ignored.
+STREAM_ONLY = ("stream_order", "stream_length", "classes_per_stage", "steps_per_check",
+               "eval_every", "warmup_steps", "stream_schedule")
+
+
 @dataclass
 class TrainConfig:
     """Every option of ``learndrop train``; the defaults train ResNet-20 on Fashion-MNIST in a
@@ -114,9 +120,39 @@ class TrainConfig:
              f"--device must be auto, cpu or cuda, got {self.device!r}")
         need(self.precision in PRECISIONS,
              f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        need(not (self.pretrained and self.weights),
+             f"--pretrained and --weights {self.weights} both give the starting weights; "
+             "pass one of them")
+        if self.pretrained:
+            from learndrop.models import has_pretrained_weights, list_models
+
+            need(has_pretrained_weights(self.model)
+                 or self.model.strip().lower() not in list_models(),  # said when it is built
+                 f"--pretrained: torchvision has no pretrained weights for {self.model}; "
+                 "start from your own with --weights FILE, or choose a torchvision model "
+                 "(e.g. resnet18; see `learndrop models`)")
+        need(not (self.data_dir and self.dataset.startswith("folder:")),
+             f"--data-dir {self.data_dir}: --dataset {self.dataset} names its own folder; "
+             "leave --data-dir out")
         need(self.replace_head is None or self.replace_head >= 2,
              f"--replace-head must be >= 2 classes, got {self.replace_head}")
+        defaults = {f.name: f.default for f in fields(self)}
+        if not self.stream:
+            given = [k for k in STREAM_ONLY if getattr(self, k) != defaults[k]]
+            need(not given, f"--{given[0].replace('_', '-') if given else ''} is an option of "
+                            "--stream (training on one pass of a stream); add --stream, or "
+                            "leave it out")
         if self.stream:
+            for key, instead in (("epochs", "--stream-length N (batches)"),
+                                 ("warmup_epochs", "--warmup-steps N")):
+                need(getattr(self, key) == defaults[key],
+                     f"--{key.replace('_', '-')} {getattr(self, key)}: a stream is one pass "
+                     f"and counts batches, not epochs; pass {instead} instead")
+            need(self.classes_per_stage == defaults["classes_per_stage"]
+                 or self.stream_order == "class-incremental",
+                 f"--classes-per-stage {self.classes_per_stage} sets the stages of "
+                 "--stream-order class-incremental, and this stream is in dataset order; add "
+                 "--stream-order class-incremental, or leave --classes-per-stage out")
             need(self.stream_order in ("dataset", "class-incremental"),
                  f"--stream-order must be dataset or class-incremental, got {self.stream_order!r}")
             need(self.stream_length is None or self.stream_length >= 1,
@@ -139,6 +175,11 @@ class TrainConfig:
                  "--lr-rewind-steps rewinds a decaying schedule, and a constant-rate stream has "
                  "none: pass --stream-schedule cosine --stream-length N, or leave "
                  "--lr-rewind-steps out")
+            need(not (self.method_options.get("min_lr_fraction")
+                      and self.stream_schedule == "constant"),
+                 "--min-lr-fraction stops decisions once a decaying rate falls below it, and a "
+                 "constant-rate stream never decays: pass --stream-schedule cosine "
+                 "--stream-length N, or leave --min-lr-fraction out")
             need(not self.resume, "--resume is not available for streams (a stream is consumed "
                                   "once); start a new run")
         need(self.dist_timeout > 0, f"--dist-timeout must be > 0 seconds, got {self.dist_timeout}")

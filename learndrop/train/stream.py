@@ -226,8 +226,19 @@ def train_stream(
     train_time = 0.0
     ended = "exhausted"
 
+    def check_loss(steps: int) -> float:
+        mean_loss = stats.mean_loss()  # one host sync
+        if not math.isfinite(mean_loss):
+            raise TrainingDivergedError(
+                f"the training loss became {mean_loss} by stream step {steps}; lower --lr "
+                f"(now {config.lr}) or check the data")
+        return mean_loss
+
     def row_now() -> dict:
         nonlocal best, final, last_row_step
+        # Every step's loss is checked before the statistics are reset, so that no row, and
+        # no summary, comes from a run that diverged between two of the periodic checks.
+        check_loss(method.steps)
         test = evaluate(parts.model, test_batches, parts.autocast, num_classes=classes,
                         device=device)
         seen = stats.seen.cpu()
@@ -262,11 +273,7 @@ def train_stream(
             parts.forward.refresh()
             steps = method.steps
             if steps % 25 == 0:
-                mean_loss = stats.mean_loss()  # one host sync per 25 steps
-                if not math.isfinite(mean_loss):
-                    raise TrainingDivergedError(
-                        f"the training loss became {mean_loss} at stream step {steps}; lower "
-                        f"--lr (now {config.lr}) or check the data")
+                mean_loss = check_loss(steps)  # one host sync per 25 steps
                 bar.set_postfix(loss=f"{mean_loss:.3f}",
                                 units=f"{len(method.live_units)}/{len(method.units)}")
             bar.update(1)
