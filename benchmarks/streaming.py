@@ -158,7 +158,9 @@ def run_all(args: argparse.Namespace) -> dict:
                 batches = max(1, round(fraction * images / args.batch_size))
             config = TrainConfig(
                 model=args.model, dataset=args.dataset, method=method, stream=True,
-                stream_order=order, classes_per_stage=args.classes_per_stage,
+                stream_order=order,
+                classes_per_stage=(args.classes_per_stage if order == "class-incremental"
+                                   else TrainConfig.classes_per_stage),
                 image_size=args.image_size, subset=args.subset or None,
                 test_subset=args.test_subset or None, batch_size=args.batch_size,
                 lr=args.lr, steps_per_check=args.steps_per_check, eval_every=args.eval_every,

@@ -10,6 +10,12 @@ from typing import BinaryIO
 
 __all__ = ["atomic_write", "atomic_write_text"]
 
+# The mode open() gives a new file: 0666 less the umask (read once, at import, where nothing
+# else runs: os.umask can only be read by setting it).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it over
@@ -17,6 +23,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 would hide results from the user's group
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -182,6 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "stream", False) and (nproc > 1 or env_world_size() > 1):
         raise ConfigError("--stream runs in one process; leave out --nproc and torchrun")
     config = config_from_args(args)
+    config.check_options_apply(given_fields(args))  # typed, even at a default's value
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: start it
         # Checked once here: each process would say it again, and torchrun after them.
         config.validate()
@@ -259,6 +260,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     variants = [parse_variant(text) for text in args.variant]  # fail before anything runs
     args.method = "full"
     config = config_from_args(args)
+    if not config.stream:  # which bench refuses first, and says why
+        config.check_options_apply(given_fields(args))
     out = Path(args.out or f"runs/bench-{config.model}-"
                f"{config.dataset.replace('folder:', '').replace('/', '_').strip('._')}")
     config.out = None

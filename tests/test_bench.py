@@ -309,6 +309,7 @@ def test_bad_bench_config_is_one_line(tmp_path, capsys):
         (["--lr", "-1"], "--lr must be > 0"),
         (["--stream"], "--stream is not available in bench"),
         (["--nproc", "2"], "leave out --nproc"),
+        (["--steps-per-check", "50"], "--steps-per-check is an option of --stream"),
         (["--budgets", "1.5"], "not a fraction of the epochs"),
         (["--budgets", "0.5,0.6"], "both round to 2 of 3 epochs"),
         (["--shallow", "resnet9000"], "--shallow: unknown model"),

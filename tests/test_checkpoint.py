@@ -144,3 +144,26 @@ def test_unreadable_files_say_what_they_are(tmp_path):
     torch.save({"format": "learndrop.slim/1", "state_dict": model.state_dict()}, damaged)
     with pytest.raises(CheckpointError, match="lacks 'architecture'"):
         load_slim(damaged)
+
+
+def test_atomic_writes_leave_no_temporary_and_keep_the_umask_mode(tmp_path):
+    """A result written atomically reads as open() would have written it: the umask's mode,
+    not mkstemp's 0600; and an interrupted write leaves neither a half file nor its temporary."""
+    import os
+
+    from learndrop.atomic import atomic_write, atomic_write_text
+
+    umask = os.umask(0o027)
+    os.umask(umask)
+    path = tmp_path / "results.md"
+    atomic_write_text(path, "done\n")
+    assert path.read_text() == "done\n"
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+    def crash(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, crash)
+    assert path.read_text() == "done\n" and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -296,8 +296,14 @@ def test_cifar10_torchvision_pickles(tmp_path):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
                  b"labels": [0, 1, 2, 9]}
-        # protocol 2, as the official files (numpy's _reconstruct), and 5 (its _frombuffer)
-        (d / name).write_bytes(pickle.dumps(batch, protocol=2 if name < "data_batch_4" else 5))
+        # Protocol 2 with numpy 1's module names, as in the official files (written by
+        # Python 2 and numpy 1: numpy.core.multiarray._reconstruct), and protocol 5 (numpy 2's
+        # _frombuffer).
+        data = pickle.dumps(batch, protocol=2 if name < "data_batch_4" else 5)
+        if name < "data_batch_4":
+            assert b"numpy._core.multiarray\n" in data
+            data = data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+        (d / name).write_bytes(data)
     (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in
                                                                     range(10)]}))
     ds = load_dataset("cifar10", data_dir=str(tmp_path))

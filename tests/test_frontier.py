@@ -1,5 +1,7 @@
 """The budget frontier and the bench report's numbers, from fake summaries (no training)."""
 
+import copy
+
 import pytest
 
 from learndrop.bench.frontier import (
@@ -200,6 +202,9 @@ def test_accuracy_right_after_the_first_decision(fake_bench):
         early[0].update(dropped=["layer2.0"], train_loss=2.0, test_acc=0.4)
     late = fake_bench[("freezeout", 1)]["metrics"]
     late[0].update(dropped=["layer1.0"], train_loss=2.1)
+    for seed in (0, 1):  # the A/A control repeats full training to the digit (one machine)
+        fake_bench[("full-aa", seed)]["metrics"] = copy.deepcopy(
+            fake_bench[("full", seed)]["metrics"])
     report = aggregate(fake_bench)
     rd = report["rows"]["random-drop"]["after_first_decision"]
     assert rd["epochs"] == [1, 1] and rd["delta"] == pytest.approx(-0.1)
@@ -220,6 +225,20 @@ def test_accuracy_right_after_the_first_decision(fake_bench):
     assert line.endswith("| -2.00 ± 1.41 |") and "| 2/2 |" in line
     assert "| freezeout |" not in md.split("## Right after the first decision")[1].split(
         "## Checks")[0]
+
+    # Full training and Learn&Drop on one machine, the copy and the A/A control later on
+    # another, where the same seed's first epoch rounds differently: the copy is compared
+    # with the A/A control trained beside it, not with full training of the other machine.
+    for seed in (0, 1):
+        for label in ("random-drop", "full-aa"):
+            fake_bench[(label, seed)]["summary"]["machine"] = "Intel Xeon, 2 threads"
+            fake_bench[(label, seed)]["metrics"][0].update(test_acc=0.45, train_loss=2.01)
+        fake_bench[("random-drop", seed)]["metrics"][0]["test_acc"] = 0.35
+        for label in ("full", "learndrop"):
+            fake_bench[(label, seed)]["summary"]["machine"] = "AMD EPYC, 2 threads"
+    rows = aggregate(fake_bench)["rows"]
+    assert rows["random-drop"]["after_first_decision"]["delta"] == pytest.approx(-0.1)
+    assert rows["learndrop"]["after_first_decision"]["delta"] == pytest.approx(-0.02)
 
 
 def test_units_that_fade_out_are_measured_when_they_leave(fake_bench):

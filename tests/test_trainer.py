@@ -166,6 +166,8 @@ def run_cli(*argv, capsys):
         (["--steps-per-check", "5"], "--steps-per-check is an option of --stream"),
         (["--stream-length", "3"], "--stream-length is an option of --stream"),
         (["--stream", "--epochs", "50"], "--epochs 50: a stream is one pass"),
+        (["--stream", "--epochs", "8"], "--epochs 8: a stream is one pass"),  # the default
+        (["--eval-every", "100"], "--eval-every is an option of --stream"),  # the default
         (["--stream", "--warmup-epochs", "3"], "pass --warmup-steps N instead"),
         (["--stream", "--classes-per-stage", "3"], "add --stream-order class-incremental"),
         (["--stream", "--min-lr-fraction", "0.5"], "constant-rate stream never decays"),

@@ -120,8 +120,9 @@ def _time_to_target(rows: list[dict], target: float) -> dict | None:
 def _after_first_decision(rows: list[dict], full_rows: list[dict] | None) -> dict | None:
     """The test accuracy at the end of the first epoch in which the run dropped or froze units
     (measured after the decision and, where the method does it, its BatchNorm recalibration)
-    and full training's at the same epoch of the same seed: issue 15's "the test accuracy
-    measured right after a drop is within 1 point of the one before it".
+    and full training's at the same epoch of the same seed (``full_rows``: the full run trained
+    in lockstep with it, the A/A control for a run that copies another): issue 15's "the test
+    accuracy measured right after a drop is within 1 point of the one before it".
 
     Only for a run that was full training until that decision: its test accuracy equals full
     training's at every earlier epoch, and its training loss at the decision's epoch (so that
@@ -247,8 +248,12 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
             row["target_acc"] = target
             row["time_to_target"] = (_time_to_target(run["metrics"], target)
                                      if target is not None else None)
+            # Against the full run trained beside it (the A/A control for a copy of another
+            # run): on the same machine, so identical until the decision, where full training
+            # of another machine would have drifted apart like another seed.
+            beside = time_ref if time_ref is not None and label != AA_LABEL else ref
             row["after_first_decision"] = _after_first_decision(
-                run["metrics"], ref["metrics"] if ref else None)
+                run["metrics"], beside["metrics"] if beside else None)
             row["train_loss_by_epoch"] = [r["train_loss"] for r in run["metrics"]
                                           if "train_loss" in r]
             row["final_train_acc"] = (run["metrics"][-1].get("train_acc")
@@ -659,7 +664,8 @@ def bench_markdown(report: dict) -> str:
             "", "## Right after the first decision", "",
             "Test accuracy at the end of the first epoch in which a run dropped or froze units "
             "(after the decision and, where the method does it, its BatchNorm recalibration) "
-            "minus full training's at the same epoch, for the runs that were full training "
+            "minus full training's at the same epoch (the full run trained beside it: the A/A "
+            "control for a run that copies another), for the runs that were full training "
             "until then (the same test accuracy at every earlier epoch, the same training loss "
             "in that one). Points, mean ± std over seeds; the seeds column counts the seeds "
             "compared, the epochs and units are per seed in order. Units that fade out before "

@@ -431,7 +431,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
                 f"it names {module}.{name}, and a CIFAR batch holds only arrays, lists and "
                 "bytes (the file may run code when read: replace it with the official "
                 "cifar-10-python.tar.gz)")
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+        if module.startswith("numpy.core.") and int(np.__version__.split(".")[0]) >= 2:
             module = "numpy._core." + module.removeprefix("numpy.core.")
         return getattr(importlib.import_module(module), name)
 

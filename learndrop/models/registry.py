@@ -52,9 +52,13 @@ def list_models() -> list[str]:
 
 def has_pretrained_weights(name: str) -> bool:
     """Whether model ``name``'s builder takes ``pretrained=True`` (torchvision's ImageNet
-    models); False for an unknown name."""
+    models, and a registered builder with a ``pretrained`` or ``**kwargs`` parameter); False
+    for an unknown name."""
     builder = _MODELS.get(name.strip().lower())
-    return builder is not None and "pretrained" in inspect.signature(builder).parameters
+    if builder is None:
+        return False
+    params = inspect.signature(builder).parameters.values()
+    return any(p.name == "pretrained" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def create_model(

@@ -26,6 +26,8 @@ class ConfigError(ValueError):
 #: anything but their defaults without ``stream``, they are refused, not ignored.
 STREAM_ONLY = ("stream_order", "stream_length", "classes_per_stage", "steps_per_check",
                "eval_every", "warmup_steps", "stream_schedule")
+#: The options of an epoch run that a stream has no use for, with the stream's own instead.
+EPOCHS_ONLY = {"epochs": "--stream-length N (batches)", "warmup_epochs": "--warmup-steps N"}
 
 
 @dataclass
@@ -137,17 +139,9 @@ class TrainConfig:
         need(self.replace_head is None or self.replace_head >= 2,
              f"--replace-head must be >= 2 classes, got {self.replace_head}")
         defaults = {f.name: f.default for f in fields(self)}
-        if not self.stream:
-            given = [k for k in STREAM_ONLY if getattr(self, k) != defaults[k]]
-            need(not given, f"--{given[0].replace('_', '-') if given else ''} is an option of "
-                            "--stream (training on one pass of a stream); add --stream, or "
-                            "leave it out")
+        self.check_options_apply({k for k in (*STREAM_ONLY, *EPOCHS_ONLY)
+                                  if getattr(self, k) != defaults[k]})
         if self.stream:
-            for key, instead in (("epochs", "--stream-length N (batches)"),
-                                 ("warmup_epochs", "--warmup-steps N")):
-                need(getattr(self, key) == defaults[key],
-                     f"--{key.replace('_', '-')} {getattr(self, key)}: a stream is one pass "
-                     f"and counts batches, not epochs; pass {instead} instead")
             need(self.classes_per_stage == defaults["classes_per_stage"]
                  or self.stream_order == "class-incremental",
                  f"--classes-per-stage {self.classes_per_stage} sets the stages of "
@@ -187,6 +181,25 @@ class TrainConfig:
             parse_options(self.method, self.method_options)
         except (TypeError, ValueError) as err:  # unknown method or option, impossible value
             raise ConfigError(str(err)) from err
+
+    def check_options_apply(self, given: set[str]) -> None:
+        """Refuse (one line) an option of ``given`` (field names) that this run would ignore:
+        a stream's own options without ``stream``, the epochs' with it. :meth:`validate` passes
+        the fields away from their defaults; the CLI also the options typed, at any value.
+
+        Raises:
+            ConfigError: naming the option and what to do instead.
+        """
+        if not self.stream:
+            for key in (k for k in STREAM_ONLY if k in given):
+                raise ConfigError(f"--{key.replace('_', '-')} is an option of --stream "
+                                  "(`learndrop train --stream`: one pass of a stream); add "
+                                  "--stream, or leave it out")
+        else:
+            for key in (k for k in EPOCHS_ONLY if k in given):
+                raise ConfigError(
+                    f"--{key.replace('_', '-')} {getattr(self, key)}: a stream is one pass and "
+                    f"counts batches, not epochs; pass {EPOCHS_ONLY[key]} instead")
 
     def to_dict(self) -> dict:
         return asdict(self)
