@@ -181,8 +181,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     if getattr(args, "stream", False) and (nproc > 1 or env_world_size() > 1):
         raise ConfigError("--stream runs in one process; leave out --nproc and torchrun")
-    config = config_from_args(args)
-    config.check_options_apply(given_fields(args))  # typed, even at a default's value
+    config, given = config_from_args(args), given_fields(args)
+    config.check_options_apply(given)  # typed, even at a default's value
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun: start it
         # Checked once here: each process would say it again, and torchrun after them.
         config.validate()
@@ -193,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train_stream(config, log=print)
         summary["epochs"] = None  # one pass: no epochs
     else:
-        summary = train(config, log=print, given=given_fields(args))
+        summary = train(config, log=print, given=given)
     keys = ("method", "model", "dataset", "epochs", "train_time_s", "final_test_acc",
             "best_test_acc", "fwd_flops_reduction", "bwd_flops_reduction", "params_initial",
             "params_final", "units_total", "units_dropped")

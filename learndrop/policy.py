@@ -296,9 +296,6 @@ def _per_flop_key(cost: float, flops: float) -> tuple[int, float]:
     return (1, cost / flops)
 
 
-_DEFAULT_RECALIBRATION_BATCHES = DropPolicy.recalibration_batches
-
-
 @dataclass(frozen=True)
 class FreezePolicy(DropPolicy):
     """The options of ``--method freeze``: :class:`DropPolicy`'s, with ``costly_units`` fixed
@@ -319,7 +316,7 @@ class FreezePolicy(DropPolicy):
                 f"--lr-rewind-steps {self.lr_rewind_steps}: --method freeze drops nothing, and "
                 "the schedule is rewound after drops; leave --lr-rewind-steps out (it is an "
                 "option of --method learndrop)")
-        if self.recalibration_batches not in (0, _DEFAULT_RECALIBRATION_BATCHES):
+        if self.recalibration_batches not in (0, DropPolicy.recalibration_batches):
             # The default is kept (and recorded) as DropPolicy's, and 0 says what freezing
             # does; any other value would be ignored, since a frozen unit leaves the forward
             # pass, and its statistics, as they were.

@@ -419,6 +419,8 @@ _PICKLE_GLOBALS = {
     ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
 }
 
+_NUMPY_CORE = "numpy._core." if int(np.__version__.split(".")[0]) >= 2 else "numpy.core."
+
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, bytes, numbers and numpy arrays, and refuses every other global:
@@ -431,8 +433,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
                 f"it names {module}.{name}, and a CIFAR batch holds only arrays, lists and "
                 "bytes (the file may run code when read: replace it with the official "
                 "cifar-10-python.tar.gz)")
-        if module.startswith("numpy.core.") and int(np.__version__.split(".")[0]) >= 2:
-            module = "numpy._core." + module.removeprefix("numpy.core.")
+        if module.startswith("numpy.core."):
+            module = _NUMPY_CORE + module.removeprefix("numpy.core.")
         return getattr(importlib.import_module(module), name)
 
 
