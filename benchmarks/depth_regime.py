@@ -9,7 +9,9 @@ network trained from the first step) and random-drop (the same drops, chosen at 
 
 Resumable run by run (a finished run is never redone; an interrupted one resumes from its
 checkpoint), so the CPU profile, which takes hours on 2 cores, can run in the background and
-continue later with the same command:
+continue later with the same command (but a checkpoint does not reach another session's
+checkout: on 2 CPU cores with native bf16, ``python benchmarks/proof.py --profile cpu-depth``
+is the depth regime whose runs each finish within a session, ResNet-56 against ResNet-20):
 
     python benchmarks/depth_regime.py --profile cpu          # full CIFAR-10, 2 CPU cores: hours
     python benchmarks/depth_regime.py --profile gpu          # full CIFAR-10, paper-like epochs

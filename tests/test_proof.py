@@ -112,10 +112,23 @@ def test_a_decay_fraction_is_the_whole_regime_and_refuses_to_mix(tmp_path, one_t
     lrs = [json.loads(line)["lr"] for line in
            (out / "resnet32" / "full-s0" / "metrics.jsonl").read_text().splitlines()]
     assert lrs[:2] == [pytest.approx(0.05)] * 2 and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    # The depth check alone, later: the shallow model's full run joins the finished bench.
+    capsys.readouterr()
+    assert proof.main([*args[:-1], "depth-check", "--lr-decay-fraction", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "full-s0: done, kept" in printed and printed.count(": training (") == 1
+    report = json.loads((out / "resnet32" / "bench.json").read_text())
+    assert set(report["rows"]) == {"full", "full-resnet20"}
+    assert report["depth"]["model"] == "resnet20"
+    with pytest.raises(proof.ConfigError, match="names 'depth-check' twice"):
+        proof.main([*args[:-1], "depth-check,depth-check", "--lr-decay-fraction", "0.5"])
     plan = (out / "proof-plan.json").read_text()
     assert json.loads(plan)["settings"]["lr_decay_fraction"] == 0.5
+    readme = (out / "README.md").read_text()
     assert "the peak rate until the last 50% of each run's steps, then cosine to zero " \
-        "(`--lr-decay-fraction`)" in (out / "README.md").read_text()
+        "(`--lr-decay-fraction`)" in readme
+    # The decay fills the last epochs: their gain says nothing about convergence.
+    assert "not a convergence check here: the learning rate decays over the last 50%" in readme
     # The same --out under the profile's schedule: refused before anything is written.
     with pytest.raises(proof.ConfigError, match="lr_decay_fraction=0.5, this bench asks for 1.0"):
         proof.main(args)
