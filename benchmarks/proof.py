@@ -443,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
                         "--methods full it trains alone and the finished runs are kept; "
                         "rd-x=random-drop:reference=x copies variant x's schedule (chance "
                         "against its scores)")
+    p.add_argument("--no-aa-control", action="store_true",
+                   help="with --methods: train random-drop or slim-from-scratch without the A/A "
+                        "control (full training again) beside them, to save a full run; their "
+                        "time ratios are then against full training of another invocation")
     p.add_argument("--epochs", type=int, default=None,
                    help="override the profile's (fitted) epochs: use a new --out")
     p.add_argument("--lr-decay-fraction", type=float, default=None, metavar="F",
@@ -466,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                                 ("--epochs", args.epochs), ("--dataset", args.dataset),
                                 ("--lr-decay-fraction", args.lr_decay_fraction is not None),
                                 ("--threads", args.threads), ("--dry-run", args.dry_run),
+                                ("--no-aa-control", args.no_aa_control),
                                 ("--device", args.device != "auto")) if v]
         if given:
             raise ConfigError(f"--report-only rewrites the reports of every finished run: "
@@ -486,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--models: unknown model {unknown[0]!r}; see `learndrop models`")
     seeds = parse_seeds(args.seeds) if args.seeds else list(profile.seeds)
     methods, budgets, depth_check = METHODS, True, True
+    if args.no_aa_control and not args.methods:
+        raise ConfigError("--no-aa-control: the whole bench always trains the A/A control (its "
+                          "noise floor); give --methods, or leave --no-aa-control out")
     if args.methods:
         names = [m.strip() for m in args.methods.split(",")]
         twice = next((w for w in (BUDGETS, DEPTH_CHECK) if names.count(w) > 1), None)
@@ -506,6 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     if taken:
         raise ConfigError(f"--variant {taken}: the label is one of the proof bench's own runs "
                           f"({', '.join(r.label for r in RESERVED)}); choose another")
+    copies = any(m in NEEDS_REFERENCE for m in [*methods, *(v.method for v in variants)])
+    if args.no_aa_control and not copies:
+        raise ConfigError("--no-aa-control: only random-drop and slim-from-scratch train the A/A "
+                          "control beside them, and none is asked for; leave it out")
     epochs, plan = planned_epochs(profile, args, out)
     settings = {
         "profile": args.profile, "epochs": epochs, "epochs_source": plan.get("source"),
@@ -526,8 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             extras = dict(budgets=DEFAULT_BUDGETS if budgets else "none",
                           shallow=profile.shallow.get(model) if depth_check else None,
                           variants=variants,
-                          aa_control=any(m in NEEDS_REFERENCE
-                                         for m in [*methods, *(v.method for v in variants)]))
+                          aa_control=copies and not args.no_aa_control)
         run_bench(base, methods, seeds, out / model, dry_run=args.dry_run, prune=True,
                   log=lambda s: print(s, flush=True), **extras)
         if not args.dry_run:

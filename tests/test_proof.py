@@ -122,6 +122,16 @@ def test_a_decay_fraction_is_the_whole_regime_and_refuses_to_mix(tmp_path, one_t
     assert report["depth"]["model"] == "resnet20"
     with pytest.raises(proof.ConfigError, match="names 'depth-check' twice"):
         proof.main([*args[:-1], "depth-check,depth-check", "--lr-decay-fraction", "0.5"])
+    # A copy of Learn&Drop without the A/A control beside it: timed against full training.
+    assert proof.main([*args[:-1], "random-drop", "--no-aa-control",
+                       "--lr-decay-fraction", "0.5"]) == 0
+    rows = json.loads((out / "resnet32" / "bench.json").read_text())["rows"]
+    assert {"random-drop", "learndrop"} <= set(rows) and "full-aa" not in rows
+    assert rows["random-drop"]["time_reference"] == "full"
+    with pytest.raises(proof.ConfigError, match="none is asked for; leave it out"):
+        proof.main([*args, "--no-aa-control", "--lr-decay-fraction", "0.5"])
+    with pytest.raises(proof.ConfigError, match="always trains the A/A control"):
+        proof.main(["--profile", "smoke", "--out", str(out), "--no-aa-control"])
     plan = (out / "proof-plan.json").read_text()
     assert json.loads(plan)["settings"]["lr_decay_fraction"] == 0.5
     readme = (out / "README.md").read_text()
