@@ -19,9 +19,9 @@ Profiles (``--profile``):
   128, the whole 10,000-image test set, seeds 0, 1, 2;
 - ``cpu-depth``: the regime where depth may matter, for 2 CPU cores with native bf16 (AMX or
   AVX512_BF16): all 50,000 training images, 20 epochs under warmup-stable-decay (the last 30%
-  decays), bf16 autocast, ResNet-56 with ResNet-20 as the depth check; about 45 minutes per full
-  ResNet-56 run on an Intel Xeon with AMX, so one seed's runs fit a few sessions run by run
-  (``--methods full,learndrop``, then ``--methods depth-check``, ...);
+  decays), bf16 autocast, ResNet-56 with ResNet-20 as the depth check; about 40 minutes per full
+  ResNet-56 run on an Intel Xeon with AMX (session 30), so that each run finishes within a
+  session (``--methods full,learndrop``, then ``--methods depth-check``, ...);
 - ``gpu``: paper scale on one GPU (all 50,000 training images, ResNet-56 and ResNet-110, one
   seed), bf16 autocast and channels_last (the trainer's CUDA path), batch 512 with the learning
   rate scaled linearly (0.4 = 0.1 x 512/128; Goyal et al. 2017) so that the small CIFAR ResNets
@@ -157,9 +157,9 @@ PROFILES = {
                         "that its full run is near 15 minutes), 10 epochs, the whole test set, "
                         "fp32 on every CPU (every committed run of it is fp32)"),
     # The regime where depth may matter, on a CPU with native bf16 (AMX or AVX512_BF16, where
-    # bf16 autocast trains ResNet-56 1.8-2.0x as fast as fp32; session 30): all 50,000 training
-    # images, 20 epochs under warmup-stable-decay, ResNet-56 against ResNet-20. About 45 minutes
-    # per full ResNet-56 run on the Intel Xeon with AMX, so that every run ends within one
+    # bf16 autocast trains ResNet-56 1.7-1.8x as fast as fp32; sessions 17, 30): all 50,000
+    # training images, 20 epochs under warmup-stable-decay, ResNet-56 against ResNet-20. About 40
+    # minutes per full ResNet-56 run on the Intel Xeon with AMX, so that every run ends within one
     # session (checkpoints of an unfinished run do not reach the next session's checkout).
     "cpu-depth": Profile(dataset=None, subset=None, epochs=20, batch_size=128, lr=0.1,
                          models=("resnet56",), shallow={"resnet56": "resnet20"},
@@ -432,8 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated, from " + ",".join(METHODS) + f", {BUDGETS!r} (full "
                         "training at 0.25, 0.5 and 0.75 of the epochs: the frontier) and "
                         f"{DEPTH_CHECK!r} (full training of the profile's shallow model): a first "
-                        "look at those runs alone (no A/A control, learndrop-paper, "
-                        "costly-freeze or depth check, and no budget runs unless named); the "
+                        "look at those runs alone (no A/A control, learndrop-paper or "
+                        "costly-freeze, and no budget runs or depth check unless named); the "
                         "whole bench, run later without --methods, keeps them. Default: the "
                         "whole bench")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD[:K=V,...]",
@@ -500,15 +500,16 @@ def main(argv: list[str] | None = None) -> int:
         if twice:
             raise ConfigError(f"--methods names {twice!r} twice")
         budgets, depth_check = BUDGETS in names, DEPTH_CHECK in names
-        if depth_check and not profile.shallow:
-            raise ConfigError(f"--methods {DEPTH_CHECK}: profile {args.profile!r} names no "
-                              "shallow model; leave it out")
         methods = parse_methods([m for m in names if m not in (BUDGETS, DEPTH_CHECK)])
         outside = [m for m in methods if m not in METHODS]
         if outside:
             raise ConfigError(f"--methods: {outside[0]!r} is not in the proof bench; choose from "
                               f"{','.join(METHODS)}")
         methods = [m for m in METHODS if m in methods]  # the bench's order
+    lacking = next((m for m in models if depth_check and m not in profile.shallow), None)
+    if args.methods and lacking:
+        raise ConfigError(f"--methods {DEPTH_CHECK}: profile {args.profile!r} names no shallow "
+                          f"model for {lacking}; leave {DEPTH_CHECK} out")
     variants = [parse_variant(text) for text in args.variant]
     taken = next((v.label for v in variants if v.label in {r.label for r in RESERVED}), None)
     if taken:

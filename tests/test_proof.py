@@ -120,6 +120,8 @@ def test_a_decay_fraction_is_the_whole_regime_and_refuses_to_mix(tmp_path, one_t
     report = json.loads((out / "resnet32" / "bench.json").read_text())
     assert set(report["rows"]) == {"full", "full-resnet20"}
     assert report["depth"]["model"] == "resnet20"
+    with pytest.raises(proof.ConfigError, match="names no shallow model for resnet20"):
+        proof.main([*args[:-1], "depth-check", "--models", "resnet20"])
     with pytest.raises(proof.ConfigError, match="names 'depth-check' twice"):
         proof.main([*args[:-1], "depth-check,depth-check", "--lr-decay-fraction", "0.5"])
     # A copy of Learn&Drop without the A/A control beside it: timed against full training.
