@@ -500,16 +500,16 @@ def main(argv: list[str] | None = None) -> int:
         if twice:
             raise ConfigError(f"--methods names {twice!r} twice")
         budgets, depth_check = BUDGETS in names, DEPTH_CHECK in names
+        lacking = next((m for m in models if m not in profile.shallow), None)
+        if depth_check and lacking:
+            raise ConfigError(f"--methods {DEPTH_CHECK}: profile {args.profile!r} names no "
+                              f"shallow model for {lacking}; leave {DEPTH_CHECK} out")
         methods = parse_methods([m for m in names if m not in (BUDGETS, DEPTH_CHECK)])
         outside = [m for m in methods if m not in METHODS]
         if outside:
             raise ConfigError(f"--methods: {outside[0]!r} is not in the proof bench; choose from "
                               f"{','.join(METHODS)}")
         methods = [m for m in METHODS if m in methods]  # the bench's order
-    lacking = next((m for m in models if depth_check and m not in profile.shallow), None)
-    if args.methods and lacking:
-        raise ConfigError(f"--methods {DEPTH_CHECK}: profile {args.profile!r} names no shallow "
-                          f"model for {lacking}; leave {DEPTH_CHECK} out")
     variants = [parse_variant(text) for text in args.variant]
     taken = next((v.label for v in variants if v.label in {r.label for r in RESERVED}), None)
     if taken:
