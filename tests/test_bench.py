@@ -203,6 +203,10 @@ def test_bench_report(bench):
     assert rows["random-drop"]["time_reference"] == "full-aa"
     assert report["noise_floor"]["time_ratio"] == rows["full-aa"]["time_ratio"]
     assert rows["full"]["time_to_target"]["reached"] == 1
+    # The pace check: the runs that did full training's work, not the ones that dropped.
+    paced = {p["run"] for p in report["pace"]["per_run"]}
+    assert paced == {"full-aa-s0", "full-b0.5-s0", "full-b0.25-s0"}
+    assert "**Pace**" in (out / "bench.md").read_text()
     assert report["depth"]["gap"] == pytest.approx(
         rows["full"]["final_test_acc"] - rows["full-resnet32"]["final_test_acc"])
     assert rows["full-resnet32"]["model"] == "resnet32"
@@ -488,3 +492,27 @@ def test_the_report_says_which_run_trained_on_which_machine():
         "Trained on: AMD EPYC, 2 threads (1 run).")
     assert _machines_line({"not recorded": ["full-s0", "full-s1"]})[0] == (
         "Trained on: machine not recorded (all 2 runs).")
+
+
+def test_the_pace_check_flags_identical_work_timed_apart():
+    """Budgets and the A/A control do full training's work step for step: timed more than 10%
+    slower or faster per image than full training, they ran under other conditions (another
+    session, another load), and the report says to read the FLOPs axis against them."""
+    from learndrop.bench.report import _pace
+
+    def run(time_s, samples, dropped=False, machine="Intel Xeon, 2 threads"):
+        flops = 1e12
+        return {"summary": {"train_time_s": time_s, "samples_seen": samples, "model": "resnet56",
+                            "machine": machine, "fwd_flops": flops / 2 if dropped else flops,
+                            "fwd_flops_full": flops, "bwd_flops": flops, "bwd_flops_full": flops,
+                            "extra_fwd_flops": 0.0}}
+
+    runs = {("full", 0): run(100.0, 1000), ("full-b0.5", 0): run(64.0, 500),   # 28% slower
+            ("full-aa", 0): run(103.0, 1000), ("learndrop", 0): run(10.0, 1000, dropped=True),
+            ("full-b0.25", 0): run(25.0, 250, machine="AMD EPYC, 2 threads"),  # another machine
+            ("full-b0.75", 1): run(75.0, 750)}                                 # no full-s1
+    pace = _pace(runs)
+    assert [(p["run"], round(p["ratio"], 3)) for p in pace["per_run"]] == [
+        ("full-aa-s0", 1.03), ("full-b0.5-s0", 1.28)]
+    assert pace["off"] == ["full-b0.5-s0"]
+    assert _pace({("full", 0): run(100.0, 1000)}) is None

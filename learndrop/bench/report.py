@@ -266,6 +266,7 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
         "noise_floor": _noise_floor(rows),
         "depth": _depth(rows),
         "convergence": _convergence(runs),
+        "pace": _pace(runs),
         "rows": rows,
     }
 
@@ -359,6 +360,43 @@ def _noise_floor(rows: dict) -> dict | None:
     return {"time_ratio": aa["time_ratio"], "cpu_ratio": aa["cpu_ratio"],
             "per_seed": [{k: r[k] for k in ("seed", "time_ratio", "cpu_ratio")}
                          for r in aa["per_seed"]]}
+
+
+PACE_TOLERANCE = 0.10  # identical work timed this far apart: the machine changed, not the method
+
+
+def _full_work(summary: dict) -> bool:
+    """Every step of the run ran the whole network (full training, a budget, the A/A control)."""
+    return (summary["fwd_flops"] == summary["fwd_flops_full"]
+            and summary["bwd_flops"] == summary["bwd_flops_full"]
+            and not summary.get("extra_fwd_flops"))
+
+
+def _pace(runs: dict) -> dict | None:
+    """The pace check: the runs that did full training's work step for step (the budgets, the
+    A/A control) against the same seed's full run, in wall-clock seconds per training image.
+
+    Identical work on the same machine takes the same time per image, so a ratio outside
+    ``1 ± PACE_TOLERANCE`` says the runs were timed under different conditions (another session,
+    another load, not interleaved), and the time ratios between them measure that, not a method.
+    Returns ``{"tolerance", "per_run": [{"run", "reference", "ratio"}], "off": [run, ...]}``, or
+    ``None`` where no such pair exists."""
+    per_run = []
+    for (label, seed), run in sorted(runs.items()):
+        ref = runs.get(("full", seed))
+        s = run["summary"]
+        if label == "full" or ref is None or not _full_work(s):
+            continue
+        r = ref["summary"]
+        if (not s.get("samples_seen") or not r.get("samples_seen")
+                or s.get("machine") != r.get("machine") or s.get("model") != r.get("model")):
+            continue
+        ratio = _ratio(s["train_time_s"] / s["samples_seen"], r["train_time_s"] / r["samples_seen"])
+        per_run.append({"run": f"{label}-s{seed}", "reference": f"full-s{seed}", "ratio": ratio})
+    if not per_run:
+        return None
+    off = [p["run"] for p in per_run if abs(p["ratio"] - 1) > PACE_TOLERANCE]
+    return {"tolerance": PACE_TOLERANCE, "per_run": per_run, "off": off}
 
 
 def _depth(rows: dict) -> dict | None:
@@ -656,6 +694,12 @@ def bench_markdown(report: dict) -> str:
                           a["verdict"] + (f" ({where})" if where and a["margin"] is not None
                                           else "")]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        off = [run for run in (report.get("pace") or {}).get("off", [])
+               if parse_label(run.rsplit("-s", 1)[0])[0] == "budget"]
+        if off:
+            lines += ["", f"**The time and CPU-time columns are not to be read:** {', '.join(off)} "
+                      "did full training's work at another pace than full training (see Pace "
+                      "under Checks), so the frontier's time axes carry the machine's drift."]
 
     decided = {label: r["after_first_decision"] for label, r in rows.items()
                if r["after_first_decision"]}
@@ -696,6 +740,18 @@ def bench_markdown(report: dict) -> str:
                       f"{_f(noise['time_ratio'], '.3f')}, CPU-time ratio "
                       f"{_f(noise['cpu_ratio'], '.3f')} (median; per seed time / CPU: "
                       f"{per_seed}). A time ratio closer to 1 than this says nothing.")
+    pace = report.get("pace")  # absent from reports written before the check
+    if pace:
+        listed = ", ".join(f"{p['run']} {_f(p['ratio'], '.3f')}" for p in pace["per_run"])
+        verdict_text = (
+            f"**{', '.join(pace['off'])} timed more than {100 * pace['tolerance']:g}% away from "
+            "full training: time ratios between them carry that much of the conditions they "
+            "ran under (another session, another load), not of the method; read the FLOPs "
+            "axis there**" if pace["off"]
+            else f"all within {100 * pace['tolerance']:g}%")
+        checks.append(f"- **Pace** (full training's work timed in other runs, seconds per "
+                      f"training image against the same seed's full run): {listed}: "
+                      f"{verdict_text}.")
     if report["depth"]:
         d = report["depth"]
         checks.append(f"- **Depth check**: full training of {d['deep_model']} "
