@@ -362,7 +362,7 @@ def _noise_floor(rows: dict) -> dict | None:
                          for r in aa["per_seed"]]}
 
 
-PACE_TOLERANCE = 0.10  # identical work timed this far apart: the machine changed, not the method
+PACE_TOLERANCE = 0.10  # identical work timed this far apart: the conditions changed, not the method
 
 
 def _full_work(summary: dict) -> bool:
