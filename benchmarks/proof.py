@@ -62,7 +62,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,10 +98,11 @@ METHODS = ["full", "learndrop", "random-drop", "slim-from-scratch", "freezeout",
 PAPER_RULE = Variant("learndrop-paper", "learndrop", {
     "normalization": "per-unit", "change_threshold": 0.5, "cost_batches": 0,
     "max_drop_cost": math.inf, "max_loss_rise": math.inf, "recalibration_batches": 0,
-    "costly_units": "freeze"})
+    "costly_units": "freeze", "min_lr_fraction": 0.0})
 # Learn&Drop as its defaults stood until session 16 (issue 13's "before" picture): the units too
 # costly to drop were frozen. Kept in the bench so that every seed measures the change.
-FREEZE_RULE = Variant("costly-freeze", "learndrop", {"costly_units": "freeze"})
+FREEZE_RULE = Variant("costly-freeze", "learndrop", {"costly_units": "freeze",
+                                                    "min_lr_fraction": 0.0})
 RESERVED = (PAPER_RULE, FREEZE_RULE)
 CIFAR10 = ("../shared/data/cifar10-jpg.tar.gz", "shared/data/cifar10-jpg.tar.gz")
 PLAN = "proof-plan.json"
@@ -143,19 +144,28 @@ class Profile:
     model_subsets: dict[str, int] = field(default_factory=dict)
     # The regime's cost check (a): a full run's wall-clock limit on the machine it is sized for.
     max_full_run_s: float = MAX_FULL_RUN_S
+    # Method options pinned at the values the regime's committed runs were made with, so that a
+    # later default does not turn them into another experiment (the bench refuses to mix them):
+    # every run whose method has the option trains with it; a --variant's own options win.
+    pinned_options: dict[str, object] = field(default_factory=dict)
 
     def subset_of(self, model: str) -> int | None:
         """The training subset of ``model`` (images; None: all)."""
         return self.model_subsets.get(model, self.subset)
 
 
+# The late-drop guard off: Learn&Drop's default until session 33 (``DropPolicy.min_lr_fraction``).
+GUARD_OFF = {"min_lr_fraction": 0.0}
 PROFILES = {
     "cpu": Profile(dataset=None, subset=20_000, epochs=10, batch_size=128, lr=0.1,
                    models=("resnet56", "vgg16_cifar"), shallow={"resnet56": "resnet20"},
                    seeds=(0, 1, 2), model_subsets={"vgg16_cifar": 10_000}, precision="fp32",
+                   pinned_options=GUARD_OFF,
                    note="2 CPU cores: 20,000 class-balanced training images (VGG-16: 10,000, so "
                         "that its full run is near 15 minutes), 10 epochs, the whole test set, "
-                        "fp32 on every CPU (every committed run of it is fp32)"),
+                        "fp32 on every CPU (every committed run of it is fp32); Learn&Drop "
+                        "without the late-drop guard (`min_lr_fraction=0`, the default until "
+                        "session 33, as every committed run of it; the guard is a --variant)"),
     # The regime where depth may matter, on a CPU with native bf16 (AMX or AVX512_BF16, where
     # bf16 autocast trains ResNet-56 1.7-1.8x as fast as fp32; sessions 17, 30): all 50,000
     # training images, 20 epochs under warmup-stable-decay, ResNet-56 against ResNet-20. About 40
@@ -164,11 +174,13 @@ PROFILES = {
     "cpu-depth": Profile(dataset=None, subset=None, epochs=20, batch_size=128, lr=0.1,
                          models=("resnet56",), shallow={"resnet56": "resnet20"},
                          seeds=(0, 1, 2), lr_decay_fraction=0.3, precision="bf16",
-                         max_full_run_s=50 * 60,
+                         max_full_run_s=50 * 60, pinned_options=GUARD_OFF,
                          note="2 CPU cores with native bf16: all 50,000 training images, 20 "
                               "epochs, warmup-stable-decay (the last 30% decays), bf16 autocast "
                               "+ channels_last; the depth check (ResNet-20) says whether depth "
-                              "matters here"),
+                              "matters here; Learn&Drop without the late-drop guard "
+                              "(`min_lr_fraction=0`, the default until session 33, as every "
+                              "committed run of it; the guard is a --variant)"),
     "gpu": Profile(dataset=None, subset=None, epochs=None, batch_size=512, lr=0.4,
                    models=("resnet56", "resnet110"),
                    shallow={"resnet56": "resnet20", "resnet110": "resnet20"},
@@ -208,14 +220,21 @@ def decay_fraction_of(profile: Profile, args: argparse.Namespace) -> float:
     return profile.lr_decay_fraction if given is None else given
 
 
-def base_config(profile: Profile, model: str, epochs: int, args: argparse.Namespace
-                ) -> TrainConfig:
+def base_config(profile: Profile, model: str, epochs: int, args: argparse.Namespace,
+                methods: tuple[str, ...] = ()) -> TrainConfig:
+    """The bench's base configuration; ``methods``: every method this invocation trains (its
+    variants' included), which receive the profile's pinned options that they have."""
+    from learndrop.methods import METHODS as KNOWN
+
+    known = {f.name for m in methods if KNOWN[m].options_type
+             for f in fields(KNOWN[m].options_type)}
     return TrainConfig(
         model=model, dataset=dataset_of(profile, args.dataset), subset=profile.subset_of(model),
         test_subset=profile.test_subset, image_size=profile.image_size, epochs=epochs,
         batch_size=profile.batch_size, lr=profile.lr, warmup_epochs=profile.warmup_epochs,
         lr_decay_fraction=decay_fraction_of(profile, args),
         device=args.device, precision=profile.precision, quiet=True, plots=profile.run_plots,
+        method_options={k: v for k, v in profile.pinned_options.items() if k in known},
     )
 
 
@@ -527,13 +546,17 @@ def main(argv: list[str] | None = None) -> int:
             argv if argv is not None else sys.argv[1:]),
     }
     record = json.dumps({**plan, "settings": settings}, indent=2).encode()
+    whole = methods == METHODS and budgets
+    if whole:
+        variants = [*RESERVED, *variants]
+    trained = (*methods, *(v.method for v in variants))
     for model in models:
-        base = base_config(profile, model, epochs, args)
+        base = base_config(profile, model, epochs, args, trained)
         print(f"== {model}: {base.dataset}, {base.subset or 'all'} training images, {epochs} "
               f"epochs, seeds {','.join(map(str, seeds))}", flush=True)
-        if methods == METHODS and budgets:
+        if whole:
             extras = dict(budgets=DEFAULT_BUDGETS, aa_control=True,
-                          shallow=profile.shallow.get(model), variants=[*RESERVED, *variants])
+                          shallow=profile.shallow.get(model), variants=variants)
         else:  # a first look: the chosen runs alone, named and configured as in the whole bench
             # (the copies of Learn&Drop's run are timed against the A/A control beside them)
             extras = dict(budgets=DEFAULT_BUDGETS if budgets else "none",

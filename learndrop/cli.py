@@ -41,7 +41,9 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "method options (each applies to the methods named in its help; docs/method-card.md)")
     for flag, (f, owners, options) in flags.items():
-        text = f"{field_help(options, f)} [{', '.join(owners)}; default {f.default}]"
+        # argparse expands %-formats in help: a docstring's "3.5%" must reach it as "3.5%%".
+        text = f"{field_help(options, f)} [{', '.join(owners)}; default {f.default}]".replace(
+            "%", "%%")
         # The annotation as written (a string under ``from __future__ import annotations``).
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         if kind == "bool":

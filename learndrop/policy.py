@@ -7,7 +7,7 @@ once it has been a candidate for ``patience`` consecutive checks. Ready units ar
 cheapest measured drop cost first (lowest continuation score first when no cost was measured),
 within the guards: no decision during the ``warmup_checks`` first checks, none while training is
 unstable (below), none once the learning rate has decayed below ``min_lr_fraction`` of its peak
-(off by default), at most ``max_drops_per_check`` per check, and never more than
+(0.5 by default), at most ``max_drops_per_check`` per check, and never more than
 ``max_dropped_fraction`` of all units dropped or frozen in total. A unit is never acted on twice.
 
 The action (:meth:`DropPolicy.action`): a ready unit whose measured drop cost (the training-loss
@@ -101,12 +101,14 @@ class DropPolicy:
             its highest value so far (in [0, 1); 0 turns it off). A unit removed in the
             low-rate tail of a schedule leaves the rest of the network too few large steps to
             take over its work: on the fine-tuning bench the third drop, made at 0.61 of the
-            peak rate, cost 1.6 points (5 seeds). Off by default: on ResNet-56 in the proof
-            regime 0.65 moved along the accuracy-for-FLOPs line, not above it
-            (``docs/method-card.md``, "Late drops"); 0.5 gained 0.35 to 1.23 points in each of
-            five paired runs where it held a drop back, under cosine and warmup-stable-decay
-            ("Late drops in pairs"), and is the candidate default. A constant rate (streams)
-            never trips it; a step schedule trips it at its first cut below half the peak.
+            peak rate, cost 1.6 points (5 seeds). Default 0.5 (since session 33): it gained
+            0.35 to 1.23 points in each of five paired runs where it held a drop back, under
+            cosine and warmup-stable-decay, for 0.1-3.5% more FLOPs, and changed nothing where
+            no drop came late (``docs/method-card.md``, "Late drops in pairs"); 0.65 moved
+            along the accuracy-for-FLOPs line, not above it ("Late drops"). A constant rate
+            (streams) never trips it; a step schedule trips it at its first cut below half the
+            peak, after which nothing more is dropped (pass 0 to let decisions go on there:
+            the scores themselves are schedule-proof).
         fade_steps: optimizer steps over which a unit decided for dropping fades out before it
             is removed (>= 0; 0, the default, removes it at the check): its output is blended
             with its input, ``(1 - a) * F(x) + a * x``, ``a`` rising linearly from 0 at the
@@ -142,7 +144,7 @@ class DropPolicy:
     max_loss_rise: float = 0.1
     recalibration_batches: int = 4
     costly_units: str = "keep"
-    min_lr_fraction: float = 0.0
+    min_lr_fraction: float = 0.5
     rank_by: str = "cost"
     fade_steps: int = 0
     lr_rewind_steps: int = 0

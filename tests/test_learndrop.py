@@ -483,7 +483,8 @@ def test_a_learning_rate_cut_changes_no_decision(fashion16, one_thread):
                                     weight_decay=5e-4)
         ld = LearnDrop(model, optimizer, F16, steps_per_check=len(train_loader), policy=DropPolicy(
             normalization=normalization, change_threshold=threshold, max_drops_per_check=2,
-            max_drop_cost=math.inf, warmup_checks=3))  # the check after the cut decides first
+            max_drop_cost=math.inf, warmup_checks=3,  # the check after the cut decides first
+            min_lr_fraction=0.0))  # the guard would stop decisions after the cut, by design
         for epoch in range(3):
             train_loader.set_epoch(epoch)
             sgd_steps(model, optimizer, ld, train_loader)

@@ -42,6 +42,11 @@ def test_smoke_profile_runs_the_protocol_and_resumes(tmp_path, one_thread, capsy
     # ... and with the defaults until session 16 (costly units frozen).
     freeze = json.loads((out / "resnet32" / "costly-freeze-s0" / "config.json").read_text())
     assert freeze["method_options_resolved"]["costly_units"] == "freeze"
+    # Both "before" pictures without the late-drop guard, today's Learn&Drop with it.
+    assert freeze["method_options_resolved"]["min_lr_fraction"] == 0.0
+    assert paper["method_options"]["min_lr_fraction"] == 0.0
+    ld = json.loads((out / "resnet32" / "learndrop-s0" / "config.json").read_text())
+    assert ld["method_options_resolved"]["min_lr_fraction"] == 0.5
     assert [p["budget"] for p in report["frontier"]["flops"]] == [0.25, 0.5, 0.75, 1.0]
     assert report["depth"]["model"] == "resnet20" and report["noise_floor"] is not None
     # Finished runs keep their summaries and metrics, not their checkpoints.
@@ -150,3 +155,20 @@ def test_a_decay_fraction_is_the_whole_regime_and_refuses_to_mix(tmp_path, one_t
     with pytest.raises(proof.ConfigError, match="leave out --lr-decay-fraction"):
         proof.main(["--profile", "smoke", "--out", str(out), "--report-only",
                     "--lr-decay-fraction", "0.5"])
+
+
+def test_a_profile_pins_the_options_its_runs_were_made_with(benchmark_script):
+    """cpu-depth's committed Learn&Drop runs predate the late-drop guard's default: its runs
+    keep the guard off, and only methods that have the option receive it (a bench of
+    random-drop alone would otherwise refuse an option none of its methods has)."""
+    import argparse
+
+    proof = benchmark_script("proof")
+    args = argparse.Namespace(dataset="fashion-mnist", device="cpu", lr_decay_fraction=None)
+    profile = proof.PROFILES["cpu-depth"]
+    base = proof.base_config(profile, "resnet56", 20, args, ("full", "learndrop"))
+    assert base.method_options == {"min_lr_fraction": 0.0}
+    assert proof.base_config(profile, "resnet56", 20, args, ("full", "random-drop")
+                             ).method_options == {}
+    assert proof.base_config(proof.PROFILES["gpu"], "resnet56", 20, args, ("learndrop",)
+                             ).method_options == {}
