@@ -76,7 +76,11 @@ def run_one(label: str, seed: int, out: Path, args: argparse.Namespace) -> dict:
             method_options=dict(options or {}), out=str(run), overwrite=True)
         train(config, log=lambda s: print(f"  {label}-s{seed}: {s}", flush=True))
         prune_checkpoints(out)  # a finished run is kept by its summary and metrics
-    return json.loads(summary.read_text())
+    result = json.loads(summary.read_text())
+    if result.get("epochs") != args.epochs:  # another experiment: never mixed into this one
+        raise SystemExit(f"step_schedule.py: {run} trained {result.get('epochs')} epochs, not "
+                         f"{args.epochs}; choose another --out")
+    return result
 
 
 def flops_ratio(s: dict) -> float:

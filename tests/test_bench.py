@@ -366,18 +366,32 @@ def test_a_finished_run_made_with_other_defaults_is_not_taken_for_this_benchs(tm
     with pytest.raises(ConfigError, match=f"costly_units='{other}', this bench asks for "
                                           f"'{today}' \\(today's default\\)"):
         check_same_experiment(config, run)
-    # An option missing from the record (added since) is read at today's default.
+    # An option missing from the record (added since) is read at today's default ...
     del record[RESOLVED_OPTIONS]["costly_units"]
     (run / "config.json").write_text(json.dumps(record))
     check_same_experiment(config, run)
-    # A run recorded before the record existed is read with today's defaults.
+    # ... unless its default changed since: the late-drop guard was off (or did not exist)
+    # when a record did not list it, so such a run is not today's Learn&Drop.
+    guard_off = dataclasses.replace(config, method_options={"min_lr_fraction": 0.0})
+    del record[RESOLVED_OPTIONS]["min_lr_fraction"]
+    (run / "config.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="min_lr_fraction=0.0, this bench asks for 0.5 "
+                                          "\\(today's default\\)"):
+        check_same_experiment(config, run)
+    check_same_experiment(guard_off, run)
+    assert TrainConfig.from_dict(record).resolved_method_options()["min_lr_fraction"] == 0.0
+    # A run recorded before the record existed is read with the defaults of its time.
     del record[RESOLVED_OPTIONS]
     (run / "config.json").write_text(json.dumps(
         {**record, "method_options": {"costly_units": today}}))
-    check_same_experiment(config, run)
+    check_same_experiment(guard_off, run)
+    with pytest.raises(ConfigError, match="min_lr_fraction=0.0"):
+        check_same_experiment(config, run)
+    assert TrainConfig.from_dict({**record, "method_options": {}}).method_options == {
+        "min_lr_fraction": 0.0}
     (run / "config.json").write_text(json.dumps({**record, "method_options": {"patience": 2}}))
     with pytest.raises(ConfigError, match="patience=2, this bench asks for 1"):
-        check_same_experiment(config, run)
+        check_same_experiment(guard_off, run)
     # A training option missing from the record (added since) is what the run did: its default.
     older = {k: v for k, v in config.record().items() if k != "lr_decay_fraction"}
     (run / "config.json").write_text(json.dumps(older))

@@ -38,7 +38,7 @@ from learndrop.train.config import (
     RESOLVED_OPTIONS,
     ConfigError,
     TrainConfig,
-    default_method_options,
+    recorded_defaults,
     same_value,
 )
 
@@ -443,7 +443,8 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
             + (" (--precision auto on this machine)" if config.precision == "auto" else "")
             + f"; pass --precision {was} to go on with that run, or choose another --out")
     # The options by the values they had, defaults included; an option missing from the record
-    # (added since) and a run recorded before the record existed are read with today's defaults.
+    # (added since) and a run recorded before the record existed are read with the defaults of
+    # the run's time (recorded_defaults: today's, less those changed since).
     try:
         was = old.get(RESOLVED_OPTIONS)
         if was is None:
@@ -451,7 +452,7 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{run}: this version cannot read the run's method options ({err}); "
                           "delete that run to train it again, or choose another --out") from err
-    was = {**default_method_options(config.method), **was}
+    was = {**recorded_defaults(config.method), **was}
     for key, now in sorted(config.resolved_method_options().items()):
         if not same_value(was.get(key), now):
             _refuse(run, key, was.get(key), now,

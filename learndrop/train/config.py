@@ -11,11 +11,20 @@ from learndrop.methods import parse_options
 from learndrop.precision import PRECISIONS
 
 __all__ = ["RESOLVED_OPTIONS", "ConfigError", "TrainConfig", "default_method_options",
-           "same_value"]
+           "recorded_defaults", "same_value"]
 
 #: The key of ``config.json`` (and of a checkpoint's config) that records every option of the
 #: method with the value the run used, defaults included (:meth:`TrainConfig.record`).
 RESOLVED_OPTIONS = "method_options_resolved"
+
+
+#: Method options whose default changed after runs were recorded without them: a record that
+#: lists no value for one (written before the option existed, or before records listed every
+#: option) ran with the value here, not today's default. An option whose default never changed
+#: needs no entry: its default is what such a run did.
+BEFORE_RECORDED = {
+    "min_lr_fraction": 0.0,  # the late-drop guard: off until session 33, absent before session 17
+}
 
 
 class ConfigError(ValueError):
@@ -230,10 +239,12 @@ class TrainConfig:
         owned their options (``policy``, ``reference``, ``freezeout_t0``, ``drop_rate``) or the
         stream's ``check_every`` became ``steps_per_check``."""
         values = dict(values)
+        method = values.get("method", cls.method)
         resolved = values.pop(RESOLVED_OPTIONS, None)
         if resolved is not None:
-            values["method_options"] = _as_given(values.get("method", cls.method), resolved,
-                                                 values.get("method_options") or {})
+            values["method_options"] = _as_given(
+                method, {**recorded_defaults(method), **resolved},
+                values.get("method_options") or {})
         if "check_every" in values:  # renamed: one name (Method's) for one idea
             values["steps_per_check"] = values.pop("check_every")
         legacy = dict(values.pop("policy", None) or {})
@@ -248,6 +259,14 @@ class TrainConfig:
                      if known is not None and known.options_type is not None else set())
             values["method_options"] = {k: v for k, v in legacy.items()
                                         if k in names and v is not None}
+        if resolved is None and isinstance(values.get("method_options", {}), dict):
+            # A record of the options given only: those it lacks ran at the defaults of its
+            # time (BEFORE_RECORDED), not today's.
+            today = default_method_options(method)
+            changed = {k: v for k, v in recorded_defaults(method).items()
+                       if not same_value(v, today.get(k))}
+            if changed:
+                values["method_options"] = {**changed, **(values.get("method_options") or {})}
         known_fields = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known_fields})
 
@@ -264,6 +283,13 @@ def default_method_options(method: str) -> dict:
 
     known = METHODS.get(method)
     return _plain(known.options_type()) if known is not None and known.options_type else {}
+
+
+def recorded_defaults(method: str) -> dict:
+    """Every option of ``method`` at the value a run recorded without it used: today's default,
+    or its value before a later change of default (:data:`BEFORE_RECORDED`)."""
+    defaults = default_method_options(method)
+    return {**defaults, **{k: v for k, v in BEFORE_RECORDED.items() if k in defaults}}
 
 
 def _plain(options: object | None) -> dict:
