@@ -447,8 +447,10 @@ def check_same_experiment(config: TrainConfig, run: Path) -> None:
     # the run's time (recorded_defaults: today's, less those changed since).
     try:
         was = old.get(RESOLVED_OPTIONS)
-        if was is None:
-            was = TrainConfig.from_dict(old).resolved_method_options()
+        if was is None:  # the options given only (validated); the others at their time's
+            given = TrainConfig.from_dict(old)
+            was = {k: v for k, v in given.resolved_method_options().items()
+                   if k in given.method_options}
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{run}: this version cannot read the run's method options ({err}); "
                           "delete that run to train it again, or choose another --out") from err

@@ -234,8 +234,9 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         """A config from ``config.json`` (or a checkpoint's): with a record of the resolved
         options (:meth:`record`), ``method_options`` holds those given and every other whose
-        recorded value is not today's default, so the config means what the run did. Also of
-        runs made before methods
+        recorded value is not today's default, so the config means what the run did; an
+        option that record does not list is read at :func:`recorded_defaults` (the defaults of
+        the run's time). Also of runs made before methods
         owned their options (``policy``, ``reference``, ``freezeout_t0``, ``drop_rate``) or the
         stream's ``check_every`` became ``steps_per_check``."""
         values = dict(values)
@@ -259,14 +260,6 @@ class TrainConfig:
                      if known is not None and known.options_type is not None else set())
             values["method_options"] = {k: v for k, v in legacy.items()
                                         if k in names and v is not None}
-        if resolved is None and isinstance(values.get("method_options", {}), dict):
-            # A record of the options given only: those it lacks ran at the defaults of its
-            # time (BEFORE_RECORDED), not today's.
-            today = default_method_options(method)
-            changed = {k: v for k, v in recorded_defaults(method).items()
-                       if not same_value(v, today.get(k))}
-            if changed:
-                values["method_options"] = {**changed, **(values.get("method_options") or {})}
         known_fields = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known_fields})
 
