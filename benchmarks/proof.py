@@ -62,7 +62,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,10 +224,9 @@ def base_config(profile: Profile, model: str, epochs: int, args: argparse.Namesp
                 methods: tuple[str, ...] = ()) -> TrainConfig:
     """The bench's base configuration; ``methods``: every method this invocation trains (its
     variants' included), which receive the profile's pinned options that they have."""
-    from learndrop.methods import METHODS as KNOWN
+    from learndrop.train.config import default_method_options
 
-    known = {f.name for m in methods if KNOWN[m].options_type
-             for f in fields(KNOWN[m].options_type)}
+    known = {name for m in methods for name in default_method_options(m)}
     return TrainConfig(
         model=model, dataset=dataset_of(profile, args.dataset), subset=profile.subset_of(model),
         test_subset=profile.test_subset, image_size=profile.image_size, epochs=epochs,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import learndrop.train.trainer as trainer  # noqa: E402
 from learndrop.atomic import atomic_write_text  # noqa: E402
 from learndrop.bench import prune_checkpoints  # noqa: E402
+from learndrop.bench.frontier import mean_std  # noqa: E402
 from learndrop.train import TrainConfig, train  # noqa: E402
 
 MILESTONES = (0.5, 0.75)  # fractions of the run's steps where the rate is cut
@@ -91,9 +91,9 @@ def after_cut(s: dict, cut_epoch: float) -> int:
     return sum(1 for d in s.get("drops", []) if d["action"] == "drop" and d["epoch"] > cut_epoch)
 
 
-def mean_std(xs: list[float]) -> str:
-    return (f"{statistics.mean(xs):+.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1
-            else f"{xs[0]:+.2f}")
+def mean_std_text(xs: list[float]) -> str:
+    mean, std = mean_std(xs)
+    return f"{mean:+.2f}" if std is None else f"{mean:+.2f} ± {std:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     lost = [rows[f"guard-s{s}"]["flops_ratio"] - rows[f"guard-off-s{s}"]["flops_ratio"]
             for s in seeds]
     lines += ["", f"- Against full training (points, mean ± std over {len(seeds)} seed(s)): "
-              f"guard-off {mean_std(diff['guard-off'])}, guard {mean_std(diff['guard'])}.",
-              f"- Guard minus guard-off: {mean_std(pair)} points, "
+              f"guard-off {mean_std_text(diff['guard-off'])}, "
+              f"guard {mean_std_text(diff['guard'])}.",
+              f"- Guard minus guard-off: {mean_std_text(pair)} points, "
               f"{', '.join(f'{x:+.3f}' for x in lost)} of full training's FLOPs (the savings "
               "the guard gives up).",
               f"- Machine: {next(iter(rows.values()))['machine']}.", ""]
