@@ -8,7 +8,8 @@ cheapest measured drop cost first (lowest continuation score first when no cost 
 within the guards: no decision during the ``warmup_checks`` first checks, none while training is
 unstable (below), none once the learning rate has decayed below ``min_lr_fraction`` of its peak
 (0.5 by default), at most ``max_drops_per_check`` per check, and never more than
-``max_dropped_fraction`` of all units dropped or frozen in total. A unit is never acted on twice.
+``max_dropped_fraction`` of all units dropped or frozen in total (and, optionally, never more than
+``max_dropped_fraction_per_stage`` of one stage's). A unit is never acted on twice.
 
 The action (:meth:`DropPolicy.action`): a ready unit whose measured drop cost (the training-loss
 increase with it bypassed, :mod:`learndrop.drop_cost`) is at most ``max_drop_cost`` nats is
@@ -34,7 +35,8 @@ replace (``normalization="per-unit", change_threshold=0.5``, no cost measurement
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from learndrop.scores import NORMALIZATIONS, UnitScore
@@ -67,6 +69,14 @@ class DropPolicy:
             (at least one unit).
         max_dropped_fraction: cap on the fraction of all units ever dropped or frozen
             (0 <= x <= 1).
+        max_dropped_fraction_per_stage: cap on the fraction of each stage's units ever dropped
+            or frozen, rounded down (0 <= x <= 1; 1, the default, is off). A stage is the units
+            that run at one activation shape (:func:`learndrop.units.unit_stages`: the blocks
+            between two downsamplings of a ResNet). With 0.75 on a CIFAR ResNet-56 (stages of
+            9, 8 and 8 droppable blocks) at most 6 of each go, so the deepest cut is ResNet-20's
+            three blocks per stage; without it the drops emptied the middle stage, and that
+            unbalanced network trained from scratch ended 0.2-0.6 point below ResNet-20 at the
+            same FLOPs (``docs/method-card.md``, "A cap per stage").
         normalization: ``"median"`` divides each change score by the median of the live units
             at the same check (the schedule alone decides nothing); ``"per-unit"`` keeps each
             unit's own learning-rate normalised reading (:mod:`learndrop.scores`).
@@ -138,6 +148,7 @@ class DropPolicy:
     patience: int = 1
     max_drops_per_check: int | float = 0.25
     max_dropped_fraction: float = 0.75
+    max_dropped_fraction_per_stage: float = 1.0
     normalization: str = "median"
     cost_batches: int = 2
     max_drop_cost: float = 0.1
@@ -168,8 +179,9 @@ class DropPolicy:
             (isinstance(k, int) and k >= 1) or (isinstance(k, float) and 0 < k <= 1)
         ):
             fail("max_drops_per_check", "an integer >= 1 or a fraction in (0, 1]")
-        if not 0 <= self.max_dropped_fraction <= 1:
-            fail("max_dropped_fraction", "in [0, 1]")
+        for name in ("max_dropped_fraction", "max_dropped_fraction_per_stage"):
+            if not 0 <= getattr(self, name) <= 1:  # NaN fails too
+                fail(name, "in [0, 1]")
         if self.normalization not in NORMALIZATIONS:
             fail("normalization", " or ".join(NORMALIZATIONS))
         if self.costly_units not in COSTLY_UNITS:
@@ -205,6 +217,20 @@ class DropPolicy:
         per_check = k if isinstance(k, int) else max(1, math.floor(k * units_total))
         cap = math.floor(self.max_dropped_fraction * units_total + 1e-9)
         return max(0, min(per_check, cap - units_dropped))
+
+    def stage_room(self, stages: Mapping[str, Hashable], gone: Collection[str]
+                   ) -> dict[Hashable, int]:
+        """How many more units of each stage may go: ``floor(max_dropped_fraction_per_stage *
+        stage size)`` minus those gone already.
+
+        Args:
+            stages: the stage of every unit, live or gone (:func:`learndrop.units.unit_stages`).
+            gone: the units already dropped, frozen or fading out.
+        """
+        sizes = Counter(stages.values())
+        out = Counter(stages[n] for n in gone if n in stages)
+        return {stage: math.floor(self.max_dropped_fraction_per_stage * size + 1e-9) - out[stage]
+                for stage, size in sizes.items()}
 
     def lr_allows(self, lr: float, peak_lr: float) -> bool:
         """Whether the learning rate ``lr`` (of the last step) is still at least
@@ -245,6 +271,8 @@ class DropPolicy:
         costs: Mapping[str, float] | None = None,
         losses: Sequence[float] = (),
         fwd_flops: Mapping[str, float] | None = None,
+        stages: Mapping[str, Hashable] | None = None,
+        gone: Collection[str] = (),
     ) -> list[str]:
         """Names of the units to act on now, in order (each one's action: :meth:`action`).
 
@@ -259,13 +287,40 @@ class DropPolicy:
             losses: the check losses so far, this check's last (:meth:`is_stable`).
             fwd_flops: forward FLOPs per sample that dropping each unit saves (used with
                 ``rank_by="cost-per-flop"``; a unit without a positive count goes last).
+            stages: the stage of every unit (needed when ``max_dropped_fraction_per_stage`` is
+                below 1): a unit whose stage is at its cap waits, and the next ready unit is
+                taken.
+            gone: the units already dropped, frozen or fading out (with ``stages``).
+
+        Raises:
+            PolicyError: ``max_dropped_fraction_per_stage`` below 1 and no ``stages``.
         """
+        room = None
+        if self.max_dropped_fraction_per_stage < 1:
+            if stages is None:
+                raise PolicyError(
+                    f"max_dropped_fraction_per_stage={self.max_dropped_fraction_per_stage} needs "
+                    "the units' stages: pass stages=learndrop.units.unit_stages(model, "
+                    "example_input, units) and gone= the units removed so far")
+            room = self.stage_room(stages, gone)
+
+        def stage_full(name: str) -> bool:
+            return room is not None and room.get(stages[name], 0) <= 0
+
         if not self.is_stable(losses):
             return []
         ready = self.ready(scores, streaks, check=check)
         allowed = self.drops_allowed(units_total, units_dropped)
         if not costs:
-            return ready[:allowed]
+            chosen = []
+            for name in ready:
+                if len(chosen) == allowed:
+                    break
+                if not stage_full(name):
+                    chosen.append(name)
+                    if room is not None:
+                        room[stages[name]] -= 1
+            return chosen
         if self.rank_by == "cost-per-flop":
             ready.sort(key=lambda n: _per_flop_key(costs.get(n, math.inf),
                                                    (fwd_flops or {}).get(n, 0.0)))
@@ -279,12 +334,16 @@ class DropPolicy:
             action = self.action(cost)
             if action == "keep":
                 continue  # too costly to drop, and left to train
+            if stage_full(name):
+                continue  # its stage has lost all it may: it stays, and trains
             if action == "drop" and cost is not None:
                 # A negative cost (the network does better without it) adds no budget.
                 if spent + max(cost, 0.0) > self.max_drop_cost:
                     continue  # cheap, but not at this check: the budget is spent
                 spent += max(cost, 0.0)
             chosen.append(name)
+            if room is not None:
+                room[stages[name]] -= 1
         return chosen
 
     def to_dict(self) -> dict:

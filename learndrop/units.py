@@ -42,7 +42,7 @@ from learndrop.meta import meta_batch, meta_call
 
 __all__ = [
     "Discovery", "NoDroppableUnitsError", "Unit", "computes_identity", "discover", "find_units",
-    "record_execution",
+    "record_execution", "unit_stages",
 ]
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Hardswish, nn.Mish)
@@ -366,3 +366,22 @@ def find_units(
         NoDroppableUnitsError: no unit found (or a named module is not droppable).
     """
     return discover(model, example_input, names).units
+
+
+def unit_stages(model: nn.Module, example_input: torch.Tensor, units: Iterable[Unit]
+                ) -> dict[str, tuple[int, ...]]:
+    """The stage of each unit: the shape of one sample of its input, ``(channels, height,
+    width)`` for a convolutional network. Droppable units keep their input's shape, so the
+    units of one stage are those that run at one resolution and width: the blocks between two
+    downsamplings of a ResNet (He et al., 2016, Table 6: three stages of n blocks on CIFAR), or
+    the convolutions between two poolings of a VGG.
+
+    One forward pass on a meta copy of ``example_input`` (no memory, no compute). A unit that
+    does not run in it forms a stage of its own (its key is ``(-1, index)``).
+    """
+    shapes = {call.name: call.in_shape for call in record_execution(model, example_input)}
+    stages = {}
+    for unit in units:
+        shape = shapes.get(unit.name)
+        stages[unit.name] = tuple(shape[1:]) if shape is not None else (-1, unit.index)
+    return stages

@@ -5,6 +5,7 @@ import dataclasses
 import io
 import math
 import statistics
+from collections import Counter
 
 import pytest
 import torch
@@ -615,3 +616,58 @@ def test_cost_per_flop_ranking_spends_the_budget_on_the_units_that_save_most(
         sgd_steps(model, optimizer, ld, batches)
         events[rank_by] = [(e.unit, e.action) for e in ld.check()]
     assert events["cost"] and events["cost"] == events["cost-per-flop"]
+
+
+def test_a_cap_per_stage_keeps_every_stage_some_blocks(trained_resnet20, one_thread):
+    """``max_dropped_fraction_per_stage``: a unit whose stage has lost all it may is passed
+    over for the next ready one (within the check's cost budget), in the plain ranking and
+    the measured one; without the stages the option is refused, not ignored."""
+    from learndrop.units import unit_stages
+
+    low = UnitScore(change=0.1, ratio=0.1, slope=-1.0, continuation=0.1)
+    stages = {"a1": "A", "a2": "A", "a3": "A", "a4": "A", "b1": "B", "b2": "B"}
+    scores = dict.fromkeys(stages, low)
+    streaks = dict.fromkeys(stages, 1)
+    policy = DropPolicy(max_drops_per_check=1.0, max_dropped_fraction=1.0,
+                        max_dropped_fraction_per_stage=0.5)
+    kwargs = dict(check=2, units_total=6, units_dropped=0, stages=stages)
+    assert policy.decide(scores, streaks, **kwargs) == ["a1", "a2", "b1"]
+    assert policy.decide(scores, streaks, **{**kwargs, "units_dropped": 1, "gone": {"a3"}}) == [
+        "a1", "b1"]
+    costs = {"a1": 0.01, "a2": 0.02, "a3": 0.03, "a4": 0.04, "b1": 0.05, "b2": 0.06}
+    # By cost: a1 and a2 fill stage A; a3 and a4 wait although cheaper than b1; b2 is over
+    # the check's budget of 0.1 nats once a1, a2 and b1 (0.08) are in.
+    assert policy.decide(scores, streaks, costs=costs, **kwargs) == ["a1", "a2", "b1"]
+    assert policy.stage_room(stages, {"a1", "b2"}) == {"A": 1, "B": 0}
+    with pytest.raises(PolicyError, match="max_dropped_fraction_per_stage=0.5 needs the units' "):
+        policy.decide(scores, streaks, check=2, units_total=6, units_dropped=0)
+    with pytest.raises(PolicyError, match="max_dropped_fraction_per_stage=1.5 is invalid"):
+        DropPolicy(max_dropped_fraction_per_stage=1.5)
+    uncapped = dataclasses.replace(policy, max_dropped_fraction_per_stage=1.0)  # the default
+    assert uncapped.decide(scores, streaks, check=2, units_total=6, units_dropped=0,
+                           costs=costs)[:3] == ["a1", "a2", "a3"]
+
+    # In training, ResNet-20 (stages of 3, 2 and 2 units) with every unit ready and cheap
+    # enough: uncapped, the check drops from one stage more than half of it; at 0.5 per
+    # stage, at most one unit of each, and only those stages' units are measured.
+    trained, batches, _ = trained_resnet20
+    dropped = {}
+    for fraction in (1.0, 0.5):
+        model = copy.deepcopy(trained)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        ld = LearnDrop(model, optimizer, F16, policy=DropPolicy(
+            **EAGER_FIELDS, max_loss_rise=math.inf, max_drop_cost=math.inf,
+            max_dropped_fraction_per_stage=fraction))
+        stages = unit_stages(model, F16, ld.units)
+        sgd_steps(model, optimizer, ld, batches)
+        events = ld.check()
+        dropped[fraction] = [stages[e.unit] for e in events if e.action == "drop"]
+        if fraction == 0.5:
+            assert len(ld.last_costs) == len(ld.units)  # every stage had room at this check
+            sgd_steps(model, optimizer, ld, batches)
+            assert ld.check() == []  # every stage at its cap: nothing more goes
+            assert ld.last_costs == {}  # ... and nothing is measured
+    sizes = Counter(stages.values())
+    assert sorted(sizes.values()) == [2, 2, 3]
+    assert max(Counter(dropped[1.0]).values()) > 1
+    assert Counter(dropped[0.5]) == {stage: 1 for stage in sizes}

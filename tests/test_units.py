@@ -6,7 +6,7 @@ from torch import nn
 from torchvision.models import resnet
 
 from learndrop.models import create_model
-from learndrop.units import NoDroppableUnitsError, find_units
+from learndrop.units import NoDroppableUnitsError, find_units, unit_stages
 
 CIFAR = torch.zeros(2, 3, 32, 32)
 
@@ -76,6 +76,26 @@ def test_cifar_resnet56_keeps_downsampling_blocks():
     blocks = [n for n, m in model.named_modules() if type(m).__name__ == "BasicBlock"]
     assert len(blocks) == 27
     assert set(blocks) - names == {"layer2.0", "layer3.0"}
+
+
+def test_a_stage_is_the_units_of_one_activation_shape():
+    """ResNet-56's droppable blocks fall into its three stages (9 + 8 + 8: each stage's first
+    block of the last two downsamples and is no unit); VGG-16's convolutions group between
+    its poolings; the stage follows the input's resolution."""
+    model = create_model("resnet56")
+    stages = unit_stages(model, CIFAR, find_units(model, CIFAR))
+    by_stage = {}
+    for name, stage in stages.items():
+        by_stage.setdefault(stage, []).append(name)
+    assert by_stage == {(16, 32, 32): [f"layer1.{i}" for i in range(9)],
+                        (32, 16, 16): [f"layer2.{i}" for i in range(1, 9)],
+                        (64, 8, 8): [f"layer3.{i}" for i in range(1, 9)]}
+    vgg = create_model("vgg16_cifar", in_channels=1)
+    small = torch.zeros(2, 1, 16, 16)
+    stages = unit_stages(vgg, small, find_units(vgg, small))
+    assert stages["features.17"] == stages["features.20"] == (256, 4, 4)
+    assert stages["features.34"] == stages["features.40"] == (512, 1, 1)
+    assert len(set(stages.values())) == 5
 
 
 def test_one_channel_inputs():

@@ -31,7 +31,7 @@ from learndrop.policy import DropPolicy, FreezePolicy
 from learndrop.rewind import ScheduleRewind
 from learndrop.scores import ScoreTracker, UnitScore
 from learndrop.surgery import Fade
-from learndrop.units import Unit
+from learndrop.units import Unit, unit_stages
 
 __all__ = ["Freeze", "LearnDrop"]
 
@@ -145,6 +145,9 @@ class LearnDrop(Method):
         self._unit_fwd = ({n: c.fwd for n, c in unit_costs(model, example_input,
                                                            self.units).items()}
                           if self.policy.cost_batches else {})
+        # Each unit's stage (its activation shape), for max_dropped_fraction_per_stage.
+        self._stages = (unit_stages(model, example_input, self.units)
+                        if policy.max_dropped_fraction_per_stage < 1 else None)
 
     @property
     def batches_needed(self) -> int:
@@ -257,13 +260,24 @@ class LearnDrop(Method):
             return []  # the cap is reached for good: nothing left to measure or decide
         if not self.policy.lr_allows(self.lr_now, self.peak_lr):
             return []  # the low-rate tail: nothing to decide, so nothing measured
+        stage_kwargs = {}
+        if self._stages is not None:
+            stage_kwargs = {"stages": self._stages, "gone": {*self.removed, *self.fading}}
+            if max(self.policy.stage_room(**stage_kwargs).values()) <= 0:
+                return []  # every stage is at its cap, for good
         if self.policy.cost_batches:
-            self._measure(self.policy.ready(scores, self.streaks, check=self.checks))
+            ready = self.policy.ready(scores, self.streaks, check=self.checks)
+            if self._stages is not None:
+                # Units whose stage is at its cap cannot go: their bypassed passes would be
+                # paid for nothing.
+                room = self.policy.stage_room(**stage_kwargs)
+                ready = [n for n in ready if room[self._stages[n]] > 0]
+            self._measure(ready)
         # Never the last trainable unit: with every parameter gone, backward() would fail.
         decided = self.keep_trainable(self.policy.decide(
             scores, self.streaks, check=self.checks, units_total=len(self.units),
             units_dropped=gone, costs=self.last_costs, losses=self.check_losses,
-            fwd_flops=self._unit_fwd,
+            fwd_flops=self._unit_fwd, **stage_kwargs,
         ))
         actions = [self._action(name) for name in decided]
         # Every data-parallel process applies rank 0's decision, actions included (each
