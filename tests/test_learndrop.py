@@ -130,8 +130,13 @@ def train_classifier(seed: int, epochs: int = 6):
     model = create_model("resnet20", num_classes=4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     steps = 6
+    # This toy task is learnt to a training loss of about 0.001 nats by the fifth check, where
+    # the stability guard's relative rise (10%) is rounding noise: with one thread per process
+    # (pytest-xdist) it held every decision back on an AMD EPYC, with two it did not. The guard
+    # has tests of its own; here it is off.
     ld = LearnDrop(model, optimizer, X, steps_per_check=steps,
-                   policy=DropPolicy(change_threshold=0.7, max_drops_per_check=0.34))
+                   policy=DropPolicy(change_threshold=0.7, max_drops_per_check=0.34,
+                                     max_loss_rise=math.inf))
     for _ in range(epochs):
         for _ in range(steps):
             y = torch.randint(0, 4, (16,), generator=g)
