@@ -311,20 +311,11 @@ class DropPolicy:
             return []
         ready = self.ready(scores, streaks, check=check)
         allowed = self.drops_allowed(units_total, units_dropped)
-        if not costs:
-            chosen = []
-            for name in ready:
-                if len(chosen) == allowed:
-                    break
-                if not stage_full(name):
-                    chosen.append(name)
-                    if room is not None:
-                        room[stages[name]] -= 1
-            return chosen
-        if self.rank_by == "cost-per-flop":
+        costs = costs or {}  # none measured: lowest continuation first, every unit "drop"
+        if costs and self.rank_by == "cost-per-flop":
             ready.sort(key=lambda n: _per_flop_key(costs.get(n, math.inf),
                                                    (fwd_flops or {}).get(n, 0.0)))
-        else:
+        elif costs:
             ready.sort(key=lambda n: costs.get(n, math.inf))  # stable: ties keep order above
         chosen, spent = [], 0.0
         for name in ready:

@@ -260,17 +260,17 @@ class LearnDrop(Method):
             return []  # the cap is reached for good: nothing left to measure or decide
         if not self.policy.lr_allows(self.lr_now, self.peak_lr):
             return []  # the low-rate tail: nothing to decide, so nothing measured
-        stage_kwargs = {}
+        stage_kwargs, room = {}, None
         if self._stages is not None:
             stage_kwargs = {"stages": self._stages, "gone": {*self.removed, *self.fading}}
-            if max(self.policy.stage_room(**stage_kwargs).values()) <= 0:
+            room = self.policy.stage_room(**stage_kwargs)
+            if max(room.values()) <= 0:
                 return []  # every stage is at its cap, for good
         if self.policy.cost_batches:
             ready = self.policy.ready(scores, self.streaks, check=self.checks)
-            if self._stages is not None:
+            if room is not None:
                 # Units whose stage is at its cap cannot go: their bypassed passes would be
                 # paid for nothing.
-                room = self.policy.stage_room(**stage_kwargs)
                 ready = [n for n in ready if room[self._stages[n]] > 0]
             self._measure(ready)
         # Never the last trainable unit: with every parameter gone, backward() would fail.
