@@ -370,18 +370,27 @@ def find_units(
 
 def unit_stages(model: nn.Module, example_input: torch.Tensor, units: Iterable[Unit]
                 ) -> dict[str, tuple[int, ...]]:
-    """The stage of each unit: the shape of one sample of its input, ``(channels, height,
-    width)`` for a convolutional network. Droppable units keep their input's shape, so the
-    units of one stage are those that run at one resolution and width: the blocks between two
-    downsamplings of a ResNet (He et al., 2016, Table 6: three stages of n blocks on CIFAR), or
-    the convolutions between two poolings of a VGG.
+    """The stage of each unit: ``(k, *shape)``, where ``shape`` is the shape of one sample of
+    the unit's input (``(channels, height, width)`` for a convolutional network) and ``k``
+    counts the stages in execution order. A stage is a run of consecutive units (in execution
+    order) whose inputs have one shape. Droppable units keep their input's shape, so these are
+    the units that run at one resolution and width: the blocks between two downsamplings of a
+    ResNet (He et al., 2016, Table 6: three stages of n blocks on CIFAR), or the convolutions
+    between two poolings of a VGG. Units of one shape on both sides of a unit of another shape
+    (an encoder and a decoder at one resolution) are two stages, not one.
 
     One forward pass on a meta copy of ``example_input`` (no memory, no compute). A unit that
     does not run in it forms a stage of its own (its key is ``(-1, index)``).
     """
     shapes = {call.name: call.in_shape for call in record_execution(model, example_input)}
-    stages = {}
-    for unit in units:
+    stages: dict[str, tuple[int, ...]] = {}
+    k, previous = -1, None
+    for unit in sorted(units, key=lambda u: u.index):
         shape = shapes.get(unit.name)
-        stages[unit.name] = tuple(shape[1:]) if shape is not None else (-1, unit.index)
+        if shape is None:
+            stages[unit.name] = (-1, unit.index)
+            continue
+        if tuple(shape[1:]) != previous:
+            k, previous = k + 1, tuple(shape[1:])
+        stages[unit.name] = (k, *previous)
     return stages

@@ -87,15 +87,26 @@ def test_a_stage_is_the_units_of_one_activation_shape():
     by_stage = {}
     for name, stage in stages.items():
         by_stage.setdefault(stage, []).append(name)
-    assert by_stage == {(16, 32, 32): [f"layer1.{i}" for i in range(9)],
-                        (32, 16, 16): [f"layer2.{i}" for i in range(1, 9)],
-                        (64, 8, 8): [f"layer3.{i}" for i in range(1, 9)]}
+    assert by_stage == {(0, 16, 32, 32): [f"layer1.{i}" for i in range(9)],
+                        (1, 32, 16, 16): [f"layer2.{i}" for i in range(1, 9)],
+                        (2, 64, 8, 8): [f"layer3.{i}" for i in range(1, 9)]}
     vgg = create_model("vgg16_cifar", in_channels=1)
     small = torch.zeros(2, 1, 16, 16)
     stages = unit_stages(vgg, small, find_units(vgg, small))
-    assert stages["features.17"] == stages["features.20"] == (256, 4, 4)
-    assert stages["features.34"] == stages["features.40"] == (512, 1, 1)
+    assert stages["features.17"] == stages["features.20"] == (2, 256, 4, 4)
+    assert stages["features.34"] == stages["features.40"] == (4, 512, 1, 1)
     assert len(set(stages.values())) == 5
+
+    # An encoder and a decoder at one resolution, a smaller one between them: three stages.
+    def conv() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), conv(), conv(), nn.MaxPool2d(2), conv(),
+                        nn.Upsample(scale_factor=2), conv(), conv())
+    x = torch.zeros(2, 3, 8, 8)
+    stages = unit_stages(net, x, find_units(net, x, names=["1", "2", "4", "6", "7"]))
+    assert stages == {"1": (0, 4, 8, 8), "2": (0, 4, 8, 8), "4": (1, 4, 4, 4),
+                      "6": (2, 4, 8, 8), "7": (2, 4, 8, 8)}
 
 
 def test_one_channel_inputs():
