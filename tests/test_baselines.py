@@ -498,6 +498,52 @@ def test_random_drop_seeds():
     assert set(run_random_drop(2, steps=6).removed) == choices[2]
 
 
+def test_random_drop_draws_under_the_reference_cap_per_stage(tmp_path):
+    """A reference capped per stage (``max_dropped_fraction_per_stage``) is copied with random
+    units under the same cap, read from its config.json: ResNet-20's stages have 3, 2 and 2
+    units, so at 0.5 three drops take one unit of each on every seed, where uncapped draws put
+    two in one stage; a schedule the cap cannot hold is refused."""
+    import json
+
+    from learndrop.methods import build_method
+    from learndrop.methods.base import RunInfo
+    from learndrop.units import unit_stages
+
+    schedule = [(1, 2), (2, 1)]
+    stages = unit_stages(resnet(), X, RandomDrop(resnet(), sgd(resnet()), X,
+                                                 schedule=[]).units)
+    per_stage = {}
+    for cap in (1.0, 0.5):
+        for seed in range(6):
+            model = resnet()
+            optimizer = sgd(model)
+            method = RandomDrop(model, optimizer, X, schedule=schedule, seed=seed,
+                                recalibration_batches=0, max_dropped_fraction_per_stage=cap)
+            for _ in range(3):
+                train_step(method, model, optimizer)
+            assert len(method.removed) == 3
+            per_stage[cap, seed] = Counter(stages[name] for name in method.removed)
+    assert all(max(per_stage[0.5, seed].values()) == 1 for seed in range(6))
+    assert any(max(per_stage[1.0, seed].values()) == 2 for seed in range(6))
+    with pytest.raises(ValueError, match="a cap of 0.2 per stage lets 0 go"):
+        RandomDrop(resnet(), sgd(resnet()), X, schedule=schedule,
+                   max_dropped_fraction_per_stage=0.2)
+
+    # Built from a reference run directory, the cap comes from its config.json.
+    (tmp_path / "summary.json").write_text(json.dumps({"drops": [
+        {"unit": "layer1.1", "action": "drop", "step": 1},
+        {"unit": "layer1.2", "action": "drop", "step": 1}]}))
+    run = RunInfo(seed=0)
+    method = build_method("random-drop", resnet(), sgd(resnet()), X,
+                          {"reference": str(tmp_path)}, run)
+    assert method.summary()["max_dropped_fraction_per_stage"] == 1.0  # no config: no cap
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"method_options_resolved": {"max_dropped_fraction_per_stage": 0.75}}))
+    method = build_method("random-drop", resnet(), sgd(resnet()), X,
+                          {"reference": str(tmp_path)}, run)
+    assert method.summary()["max_dropped_fraction_per_stage"] == 0.75
+
+
 def test_random_drop_resumes_only_its_own_seed_and_schedule():
     """Random-drop's own part of resume (resume equals the uninterrupted run:
     test_method_contract)."""

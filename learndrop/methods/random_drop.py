@@ -29,6 +29,11 @@ Our reading:
   learning rate of every step is the reference's, so that here too only the units differ (given
   the same schedule options, as the bench runs them; the run builder refuses other ones:
   :func:`learndrop.train.builder.check_reference`).
+* When the reference capped what each stage may lose (``max_dropped_fraction_per_stage``, read
+  from its ``config.json``), the random units are drawn under the same cap: a unit whose stage
+  is at its cap is passed over for the next one drawn. The cap shapes the network left, so a
+  random-drop without it would compare the scores with another structure as well as with
+  chance.
 * The units of a step are drawn with a ``torch.Generator`` seeded from ``(seed, step)``: the
   choice depends only on the seed, the step and the units still live, so a resumed run, and
   every data-parallel process, makes the same choices (they also go through
@@ -50,11 +55,11 @@ from learndrop.methods.registry import register_method
 from learndrop.methods.stochastic_depth import step_generator
 from learndrop.policy import DropPolicy
 from learndrop.rewind import ScheduleRewind
-from learndrop.units import Unit
+from learndrop.units import Unit, unit_stages
 
 __all__ = ["RandomDrop", "ReferenceOptions", "drop_events", "reference_drops",
-           "reference_events", "reference_rewinds", "reference_summary", "replayed_rewinds",
-           "schedule_from"]
+           "reference_events", "reference_rewinds", "reference_stage_cap", "reference_summary",
+           "replayed_rewinds", "schedule_from"]
 
 EventsLike = Mapping | Iterable[Event | Mapping]
 ACTIONS = ("drop", "freeze")
@@ -156,6 +161,26 @@ def reference_drops(options: ReferenceOptions, method: str, run: RunInfo) -> lis
     return [d for d in summary.get("drops", []) if d["action"] in ACTIONS]
 
 
+def reference_stage_cap(options: ReferenceOptions, method: str, run: RunInfo) -> float:
+    """The ``max_dropped_fraction_per_stage`` that ``options.reference`` ran with: its
+    ``config.json``'s resolved method options (1.0, no cap, for a run recorded before the option
+    existed, or in a dry run whose reference has not run yet). Raises as
+    :func:`reference_summary`, and :class:`MethodOptionError` for an unreadable config.json."""
+    reference_summary(options, method, run)  # a finished run, or a dry run before it
+    path = reference_dir(Path(options.reference)) / "config.json"
+    if not path.is_file():
+        return 1.0
+    try:
+        config = json.loads(path.read_text())
+        cap = config.get("method_options_resolved", {}).get(
+            "max_dropped_fraction_per_stage", 1.0)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        raise MethodOptionError(
+            f"--reference {options.reference}: cannot read {path} ({err}); pass a run "
+            "directory that learndrop wrote, or train the reference again") from err
+    return cap
+
+
 def reference_rewinds(options: ReferenceOptions, method: str, run: RunInfo) -> list[dict]:
     """The learning-rate rewinds of ``options.reference`` (its ``schedule_rewinds``: ``[]``
     for a run that made none). Raises as :func:`reference_summary`."""
@@ -242,6 +267,9 @@ class RandomDrop(Method):
             ``schedule_rewinds``), replayed at the same steps; the driver attaches its
             schedule (:meth:`~learndrop.methods.base.Method.attach_schedule`).
         total_steps: the run's length in steps; needed with ``schedule_rewinds``.
+        max_dropped_fraction_per_stage: the reference's cap per stage (as
+            :class:`~learndrop.DropPolicy`'s; 1.0, the default, is none): the units are drawn
+            among those whose stage (:func:`learndrop.units.unit_stages`) is below its cap.
         Other arguments: see :class:`learndrop.methods.base.Method`.
 
     Attributes:
@@ -254,7 +282,8 @@ class RandomDrop(Method):
     def option_kwargs(cls, options: ReferenceOptions, run: RunInfo) -> dict:
         return {"schedule": reference_drops(options, cls.name, run), "seed": run.seed,
                 "schedule_rewinds": reference_rewinds(options, cls.name, run),
-                "total_steps": run.total_steps}
+                "total_steps": run.total_steps,
+                "max_dropped_fraction_per_stage": reference_stage_cap(options, cls.name, run)}
 
     def __init__(
         self,
@@ -267,6 +296,7 @@ class RandomDrop(Method):
         recalibration_batches: int = DropPolicy.recalibration_batches,
         schedule_rewinds: Sequence[dict] = (),
         total_steps: int | None = None,
+        max_dropped_fraction_per_stage: float = 1.0,
         units: list[Unit] | None = None,
         unit_names: Iterable[str] | None = None,
         steps_per_check: int | None = None,
@@ -289,6 +319,17 @@ class RandomDrop(Method):
                 f"random-drop: the schedule drops or freezes {total} units, the model has "
                 f"{len(self.units)}"
             )
+        cap = max_dropped_fraction_per_stage
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 <= cap <= 1:
+            raise ValueError(f"max_dropped_fraction_per_stage must be in [0, 1], got {cap!r}")
+        self.stage_policy = DropPolicy(max_dropped_fraction_per_stage=float(cap))
+        self._stages = (unit_stages(model, example_input, self.units) if cap < 1 else None)
+        if self._stages is not None:
+            room = sum(self.stage_policy.stage_room(self._stages, ()).values())
+            if total > room:
+                raise ValueError(
+                    f"random-drop: the schedule drops or freezes {total} units, and a cap of "
+                    f"{cap} per stage lets {room} go; the reference did not run with this cap")
         self.schedule = triples
         self.seed = seed
         self.schedule_rewind = replayed_rewinds(self.name, schedule_rewinds, total_steps)
@@ -298,11 +339,22 @@ class RandomDrop(Method):
 
     def choose(self, count: int) -> list[Unit]:
         """The ``count`` live units the seed picks at the current step, in the order drawn
-        (the first ones are dropped, the rest frozen)."""
+        (the first ones are dropped, the rest frozen); under a cap per stage, a unit whose
+        stage is full is passed over for the next one drawn."""
         live = self.live_units
         generator = step_generator(self.seed, self.steps, self.name)
-        picked = torch.randperm(len(live), generator=generator)[:count].tolist()
-        return [live[i] for i in picked]
+        order = [live[i] for i in torch.randperm(len(live), generator=generator).tolist()]
+        if self._stages is None:
+            return order[:count]
+        room = self.stage_policy.stage_room(self._stages, set(self.removed))
+        picked = []
+        for unit in order:
+            if len(picked) == count:
+                break
+            if room[self._stages[unit.name]] > 0:
+                room[self._stages[unit.name]] -= 1
+                picked.append(unit)
+        return picked
 
     def _act(self, drops: int, freezes: int) -> list[Event]:
         # The choice is already the same on every process with the same seed; sync_decision
@@ -340,4 +392,5 @@ class RandomDrop(Method):
 
     def summary(self) -> dict:
         return {**super().summary(), "seed": self.seed,
-                "schedule": [list(t) for t in self.schedule]}
+                "schedule": [list(t) for t in self.schedule],
+                "max_dropped_fraction_per_stage": self.stage_policy.max_dropped_fraction_per_stage}
