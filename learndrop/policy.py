@@ -70,13 +70,15 @@ class DropPolicy:
         max_dropped_fraction: cap on the fraction of all units ever dropped or frozen
             (0 <= x <= 1).
         max_dropped_fraction_per_stage: cap on the fraction of each stage's units ever dropped
-            or frozen, rounded down (0 <= x <= 1; 1, the default, is off). A stage is the units
-            that run at one activation shape (:func:`learndrop.units.unit_stages`: the blocks
-            between two downsamplings of a ResNet). With 0.75 on a CIFAR ResNet-56 (stages of
-            9, 8 and 8 droppable blocks) at most 6 of each go, so the deepest cut is ResNet-20's
-            three blocks per stage; without it the drops emptied the middle stage, and that
-            unbalanced network trained from scratch ended 0.2-0.6 point below ResNet-20 at the
-            same FLOPs (``docs/method-card.md``, "A cap per stage").
+            or frozen, rounded down (0 <= x <= 1; 1, the default, is off). A stage is a run of
+            consecutive units of one activation shape (:func:`learndrop.units.unit_stages`: the
+            blocks between two downsamplings of a ResNet). With 0.75 on a CIFAR ResNet-56
+            (stages of 9, 8 and 8 droppable blocks) at most 6 of each go, so the deepest cut is
+            ResNet-20's three blocks per stage; without it the drops emptied the middle stage,
+            and that unbalanced network trained from scratch ended 0.2-0.6 point below ResNet-20
+            at the same FLOPs (``docs/method-card.md``, "A cap per stage"). Off by default:
+            in fine-tuning ResNet-20 (stages of 3, 2 and 2 units) it moved a drop into the last
+            stage and cost 0.85 point.
         normalization: ``"median"`` divides each change score by the median of the live units
             at the same check (the schedule alone decides nothing); ``"per-unit"`` keeps each
             unit's own learning-rate normalised reading (:mod:`learndrop.scores`).
