@@ -182,6 +182,34 @@ def test_times_of_runs_on_different_machines_are_not_compared(fake_bench):
     assert freeze[0]["time_ratio"] == pytest.approx(0.75)
 
 
+def test_a_run_on_another_machine_is_timed_against_a_full_run_beside_it(fake_bench):
+    """The bench's full runs on one machine, a run and full training again (``--variant
+    here-full=full``) later on another: the run's time ratio and its accuracy right after the
+    first decision come from the full run of its own machine. The full variant itself, and a
+    run with no full run on its machine, get no time ratio; accuracies stay against ``full``."""
+    for run in fake_bench.values():
+        run["summary"]["machine"] = "Intel Xeon, 2 threads"
+    epyc = "AMD EPYC, 2 threads"
+    fake_bench[("here-full", 0)] = {
+        "summary": _summary("full", 0.87, 8, 200, 100, machine=epyc),
+        "metrics": _curve([0.45, 0.75, 0.84, 0.87], 10)}
+    ld = fake_bench[("learndrop", 0)]
+    ld["summary"].update(machine=epyc, train_time_s=120, train_cpu_s=50)
+    ld["metrics"] = _curve([0.45, 0.74, 0.85], 10)  # full training until epoch 2's decision
+    ld["metrics"][1]["dropped"] = ["layer1.0"]
+    fake_bench[("here-full", 0)]["metrics"][0]["train_loss"] = ld["metrics"][0]["train_loss"] = 2.0
+    fake_bench[("freezeout", 0)]["summary"]["machine"] = "Intel Xeon Gold, 2 threads"
+    rows = aggregate(fake_bench)["rows"]
+    first = {r["seed"]: r for r in rows["learndrop"]["per_seed"]}
+    assert first[0]["time_reference"] == "here-full"
+    assert first[0]["time_ratio"] == pytest.approx(0.6) and first[0]["cpu_ratio"] == 0.5
+    assert first[0]["after_first_decision"]["delta"] == pytest.approx(-0.01)
+    assert first[0]["acc_delta"] == pytest.approx(0.85 - 0.86)  # against the bench's full
+    assert first[1]["time_reference"] == "full" and first[1]["time_ratio"] == pytest.approx(0.6)
+    assert rows["here-full"]["per_seed"][0]["time_ratio"] is None
+    assert rows["freezeout"]["per_seed"][0]["time_ratio"] is None
+
+
 def test_accuracy_right_after_the_first_decision(fake_bench):
     full0 = [r["test_acc"] for r in fake_bench[("full", 0)]["metrics"]]
     for seed in (0, 1):  # the training loss of full training's first epoch

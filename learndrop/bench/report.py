@@ -87,13 +87,26 @@ def read_runs(out: Path) -> dict[tuple[str, int], dict]:
 
 
 def _time_reference(label: str, seed: int, runs: dict) -> str:
-    """The full run a run's times are compared with: the one it ran in lockstep with."""
+    """The full run a run's times are compared with: the one it ran in lockstep with; where
+    ``full`` of that seed trained on another machine, a full-training run of that seed on the
+    run's own machine (the A/A control, else a ``--variant LABEL=full``, the first by label), so
+    that a run made on another CPU than the bench's full runs gets its time ratio, and its
+    accuracy right after a drop, from a full run that trained beside it."""
     method = runs[(label, seed)]["summary"].get("method", label)
     if label == AA_LABEL:
         return "full"
     if method in NEEDS_REFERENCE and (AA_LABEL, seed) in runs:
         return AA_LABEL
-    return "full"
+    machine = runs[(label, seed)]["summary"].get("machine")
+    full = runs.get(("full", seed))
+    if machine is None or full is None or full["summary"].get("machine") in (None, machine):
+        return "full"
+    here = sorted((lab != AA_LABEL, lab) for lab, s in runs
+                  if s == seed and lab not in (label, "full")
+                  and parse_label(lab)[0] in ("aa", "method")
+                  and runs[(lab, s)]["summary"].get("method") == "full"
+                  and runs[(lab, s)]["summary"].get("machine") == machine)
+    return here[0][1] if here else "full"
 
 
 def _timed_against(label: str, seed: int, runs: dict) -> dict | None:
