@@ -182,8 +182,11 @@ class DropPolicy:
         ):
             fail("max_drops_per_check", "an integer >= 1 or a fraction in (0, 1]")
         for name in ("max_dropped_fraction", "max_dropped_fraction_per_stage"):
-            if not 0 <= getattr(self, name) <= 1:  # NaN fails too
-                fail(name, "in [0, 1]")
+            value = getattr(self, name)
+            # A string or a switch (e.g. from a corrupt config.json) is refused in one line too.
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not 0 <= value <= 1):  # NaN fails too
+                fail(name, "a number in [0, 1]")
         if self.normalization not in NORMALIZATIONS:
             fail("normalization", " or ".join(NORMALIZATIONS))
         if self.costly_units not in COSTLY_UNITS:

@@ -528,6 +528,9 @@ def test_random_drop_draws_under_the_reference_cap_per_stage(tmp_path):
     with pytest.raises(ValueError, match="a cap of 0.2 per stage lets 0 go"):
         RandomDrop(resnet(), sgd(resnet()), X, schedule=schedule,
                    max_dropped_fraction_per_stage=0.2)
+    with pytest.raises(ValueError, match="max_dropped_fraction_per_stage='0.5' is invalid"):
+        RandomDrop(resnet(), sgd(resnet()), X, schedule=schedule,
+                   max_dropped_fraction_per_stage="0.5")  # e.g. a corrupt config.json
 
     # Built from a reference run directory, the cap comes from its config.json.
     (tmp_path / "summary.json").write_text(json.dumps({"drops": [

@@ -92,20 +92,19 @@ def _time_reference(label: str, seed: int, runs: dict) -> str:
     run's own machine (the A/A control, else a ``--variant LABEL=full``, the first by label), so
     that a run made on another CPU than the bench's full runs gets its time ratio, and its
     accuracy right after a drop, from a full run that trained beside it."""
-    method = runs[(label, seed)]["summary"].get("method", label)
+    summary = runs[(label, seed)]["summary"]
     if label == AA_LABEL:
         return "full"
-    if method in NEEDS_REFERENCE and (AA_LABEL, seed) in runs:
+    if summary.get("method", label) in NEEDS_REFERENCE and (AA_LABEL, seed) in runs:
         return AA_LABEL
-    machine = runs[(label, seed)]["summary"].get("machine")
     full = runs.get(("full", seed))
-    if machine is None or full is None or full["summary"].get("machine") in (None, machine):
+    if full is None or _same_machine(summary, full["summary"]):
         return "full"
     here = sorted((lab != AA_LABEL, lab) for lab, s in runs
                   if s == seed and lab not in (label, "full")
                   and parse_label(lab)[0] in ("aa", "method")
                   and runs[(lab, s)]["summary"].get("method") == "full"
-                  and runs[(lab, s)]["summary"].get("machine") == machine)
+                  and runs[(lab, s)]["summary"].get("machine") == summary["machine"])
     return here[0][1] if here else "full"
 
 
@@ -117,8 +116,13 @@ def _timed_against(label: str, seed: int, runs: dict) -> dict | None:
     ref = runs.get((_time_reference(label, seed, runs), seed))
     if ref is None:
         return None
-    a, b = runs[(label, seed)]["summary"].get("machine"), ref["summary"].get("machine")
-    return ref if a is None or b is None or a == b else None
+    return ref if _same_machine(runs[(label, seed)]["summary"], ref["summary"]) else None
+
+
+def _same_machine(a: dict, b: dict) -> bool:
+    """Whether two runs' summaries name one machine (a run that named none, from before session
+    17, counts as any)."""
+    return a.get("machine") is None or b.get("machine") is None or a["machine"] == b["machine"]
 
 
 def _time_to_target(rows: list[dict], target: float) -> dict | None:

@@ -320,9 +320,7 @@ class RandomDrop(Method):
                 f"{len(self.units)}"
             )
         cap = max_dropped_fraction_per_stage
-        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 <= cap <= 1:
-            raise ValueError(f"max_dropped_fraction_per_stage must be in [0, 1], got {cap!r}")
-        self.stage_policy = DropPolicy(max_dropped_fraction_per_stage=float(cap))
+        self.stage_policy = DropPolicy(max_dropped_fraction_per_stage=cap)  # checks it
         self._stages = (unit_stages(model, example_input, self.units) if cap < 1 else None)
         if self._stages is not None:
             room = sum(self.stage_policy.stage_room(self._stages, ()).values())
