@@ -233,6 +233,9 @@ def base_config(profile: Profile, model: str, epochs: int, args: argparse.Namesp
         batch_size=profile.batch_size, lr=profile.lr, warmup_epochs=profile.warmup_epochs,
         lr_decay_fraction=decay_fraction_of(profile, args),
         device=args.device, precision=profile.precision, quiet=True, plots=profile.run_plots,
+        # What each drop does on its own (issue 15's "right after a drop"): the runs whose
+        # method drops while training test before and after it, outside their training time.
+        eval_around_drops=True,
         method_options={k: v for k, v in profile.pinned_options.items() if k in known},
     )
 

@@ -127,6 +127,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     arg(run, "--no-plots", dest="plots", action="store_false")
     arg(run, "--eval-batch-size", "images per test-set batch: memory only, the accuracy does "
                                   "not depend on it", type=int, metavar="N")
+    arg(run, "--eval-around-drops", "also test just before and right after every drop (a "
+                                    "fade: its start and its end), outside the training time; "
+                                    "the run trains the same", action="store_true")
     par = parser.add_argument_group("data parallel (docs/scaling.md)")
     par.add_argument("--nproc", type=int, default=1, metavar="N",
                      help="train in N processes with DistributedDataParallel (re-runs this "

@@ -260,3 +260,31 @@ def test_cli_class_incremental_stream(tmp_path, capsys):
     code = main(["train", "--stream", "--steps-per-check", "0", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err.strip()
     assert code != 0 and "--steps-per-check must be >= 1" in err and len(err.splitlines()) == 1
+
+
+def test_a_stream_tests_around_its_drops_and_trains_the_same(tmp_path):
+    """``eval_around_drops`` on a stream: one pair of tests per step with drops, each in the
+    row that follows it; a drop at an evaluation step is tested after it on the network that
+    row evaluates; the drops and accuracies are those of the same stream without the tests."""
+    test = list(synthetic_batches(2, seed=1))
+    plain = train_stream(stream_config(tmp_path / "plain"), synthetic_batches(37),
+                         test_batches=test, num_classes=4, log=lambda s: None)
+    lines = []
+    config = stream_config(tmp_path / "measured")
+    config.eval_around_drops = True
+    summary = train_stream(config, synthetic_batches(37), test_batches=test, num_classes=4,
+                           log=lines.append)
+    assert summary["drops"] == plain["drops"] and summary["units_dropped"] >= 1
+    assert summary["final_test_acc"] == plain["final_test_acc"]
+    records = summary["drop_evals"]
+    assert [r["step"] for r in records] == sorted({d["step"] for d in summary["drops"]})
+    assert all(r["step_before"] == r["step"] for r in records)
+    rows = [json.loads(line) for line in
+            (tmp_path / "measured" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r for row in rows for r in row["drop_evals"]] == records
+    for r in records:
+        row = next(row for row in rows if row["step"] >= r["step"])
+        assert r in row["drop_evals"]
+        if row["step"] == r["step"]:
+            assert r["test_acc_after"] == row["test_acc"]
+    assert sum("test acc around the drop of" in line for line in lines) == len(records)

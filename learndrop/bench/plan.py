@@ -59,7 +59,8 @@ RUN_DIR = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
 # precision is compared by what it resolved to (:func:`_precision_ran`), not by what was asked.
 # The starting weights likewise: by their digest where the run recorded one, else by path.
 _IGNORED_FIELDS = {"out", "resume", "overwrite", "quiet", "plots", "device", "tensorboard",
-                   "eval_batch_size", "reference", "precision", "weights", "weights_sha256"}
+                   "eval_batch_size", "eval_around_drops", "reference", "precision", "weights",
+                   "weights_sha256"}
 
 
 @dataclass(frozen=True)
@@ -406,6 +407,8 @@ def run_config(base: TrainConfig, spec: RunSpec, out: Path) -> TrainConfig:
         model=spec.model or base.model, epochs=spec.epochs or base.epochs,
         warmup_epochs=base.warmup_epochs * scale, resume=None, method_options=options,
         units=None if spec.model else (list(base.units) if base.units else None),
+        # Asked of the bench: the runs whose method drops while training measure it.
+        eval_around_drops=base.eval_around_drops and METHODS[spec.method].drops_in_training,
     )
 
 

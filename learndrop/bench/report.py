@@ -179,6 +179,21 @@ def _after_first_decision(rows: list[dict], full_rows: list[dict] | None) -> dic
     return None
 
 
+def _around_drops(summary: dict) -> dict | None:
+    """What the run's drops did to its test accuracy at the step they happened: from the
+    tests just before and right after each drop (``drop_evals``, recorded with
+    ``--eval-around-drops``; see :meth:`learndrop.methods.Method.before_change`), after minus
+    before in fractions: the first drop's, the worst and the mean over the run's drops.
+    ``None`` for a run that did not measure them, or measured none."""
+    records = summary.get("drop_evals") or []
+    changes = [r["test_acc_after"] - r["test_acc_before"] for r in records]
+    if not changes:
+        return None
+    return {"count": len(changes), "first": changes[0], "worst": min(changes),
+            "mean": statistics.fmean(changes),
+            "same_step": all(r["step"] == r["step_before"] for r in records)}
+
+
 def _epochs(decision: dict) -> str:
     """``2/2/2``, or with fades ``3 (from 2)/3 (from 2)``: per seed, the epoch measured."""
     decided = decision.get("decided", decision["epochs"])
@@ -271,6 +286,7 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
             beside = time_ref if time_ref is not None and label != AA_LABEL else ref
             row["after_first_decision"] = _after_first_decision(
                 run["metrics"], beside["metrics"] if beside else None)
+            row["around_drops"] = _around_drops(summary)
             row["train_loss_by_epoch"] = [r["train_loss"] for r in run["metrics"]
                                           if "train_loss" in r]
             row["final_train_acc"] = (run["metrics"][-1].get("train_acc")
@@ -326,6 +342,7 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
     losses = [r["train_loss_by_epoch"] for r in logged]
     train_acc = [r["final_train_acc"] for r in logged if r["final_train_acc"] is not None]
     delta, delta_std = mean_std([d["delta"] for d in decided])
+    around = [r["around_drops"] for r in per_seed if r.get("around_drops")]
     return {
         "role": role,
         "method": first.get("method"),
@@ -357,6 +374,13 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
             "decided": [d.get("decided", d["epoch"]) for d in decided],
             "units": [d["units"] for d in decided], "delta": delta, "delta_std": delta_std,
         } if decided else None,
+        "around_drops": {
+            "seeds": len(around), "drops": [a["count"] for a in around],
+            "same_step": all(a["same_step"] for a in around),
+            **{k: v for key in ("first", "worst", "mean")
+               for k, v in zip((key, f"{key}_std"), mean_std([a[key] for a in around]),
+                               strict=True)},
+        } if around else None,
         "train_loss_by_epoch": ([statistics.fmean(epoch) for epoch in zip(*losses)]
                                 if losses else None),
         "train_loss_seeds": len(losses),
@@ -746,6 +770,27 @@ def bench_markdown(report: dict) -> str:
                 f"| {label} | {d['seeds']} | {_epochs(d)} "
                 f"| {'/'.join(map(str, d['units']))} | {_pm(*acc)} | {_pm(*full_acc)} "
                 f"| {_pm(d['delta'], d['delta_std'], sign=True)} |")
+
+    around = {label: r["around_drops"] for label, r in rows.items() if r.get("around_drops")}
+    if around:
+        lines += [
+            "", "## Around each drop", "",
+            "Test accuracy right after a drop minus just before it, measured on the run itself "
+            "at the step of the drop (`--eval-around-drops`): after the drop and BatchNorm's "
+            "recalibration, against the network a moment before, so that no training comes "
+            "between them (a fade is read from its start to its end, the unit's drop). Points, "
+            "mean ± std over seeds of each seed's first drop, worst drop and mean over its "
+            "drops; issue 15's target is within 1 point.",
+            "",
+            "| run | seeds | drops | first (pts) | worst (pts) | mean (pts) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for label, a in around.items():
+            name = label if a["same_step"] else f"{label} (fades: start to end)"
+            lines.append(
+                f"| {name} | {a['seeds']} | {'/'.join(map(str, a['drops']))} "
+                + "".join(f"| {_pm(a[k], a[f'{k}_std'], sign=True)} "
+                          for k in ("first", "worst", "mean")) + "|")
 
     lines += _train_loss_table(rows)
 

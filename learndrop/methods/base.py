@@ -88,10 +88,12 @@ class Method:
     with hyperparameters registers their dataclass (``@register_method(name, options=...)``) and
     maps them to its constructor in :meth:`option_kwargs`. Drivers never test a method's type:
     they ask it (:attr:`units_idle_in_step`, :attr:`needs_reference`, :attr:`batches_needed`,
-    :meth:`metrics`). A method that needs the training batches (to measure drop costs, or to
-    recalibrate BatchNorm after a drop) says how many recent ones through
-    :attr:`batches_needed`; the driver passes each step's batch to :meth:`step` and the base
-    class keeps references to the last ones only.
+    :attr:`drops_in_training`, :meth:`metrics`). A driver that sets :attr:`evaluate_now`
+    gets the test accuracy just before and right after every drop (:meth:`before_change`). A
+    method that needs the training batches (to measure drop costs, or to recalibrate BatchNorm
+    after a drop) says how many recent ones through :attr:`batches_needed`; the driver passes
+    each step's batch to :meth:`step` and the base class keeps references to the last ones
+    only.
 
     Args:
         model: the network being trained; it is modified in place by drops.
@@ -116,6 +118,9 @@ class Method:
     units_idle_in_step: ClassVar[bool] = False
     #: The method copies the drops of a finished reference run (its ``reference`` option).
     needs_reference: ClassVar[bool] = False
+    #: The method can drop units while training runs (not only before its first step), so
+    #: :attr:`evaluate_now` has something to read.
+    drops_in_training: ClassVar[bool] = False
 
     @classmethod
     def option_kwargs(cls, options: Any, run: RunInfo) -> dict:
@@ -178,6 +183,13 @@ class Method:
         # pass their schedule to attach_schedule.
         self.schedule_rewind: ScheduleRewind | None = None
         self._scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        # The test accuracy around each drop (see evaluate_now): set by a driver that
+        # measures it, e.g. the trainer with --eval-around-drops.
+        self.evaluate_now: Callable[[], dict] | None = None
+        self.drop_evals: list[dict] = []
+        self.eval_time_s = 0.0  # wall-clock of those evaluations: neither training nor check
+        self.eval_cpu_s = 0.0
+        self._eval_before: dict | None = None  # the reading before a change still under way
 
     # ---- hooks for subclasses -------------------------------------------------------------
     def before_step(self) -> None:
@@ -212,6 +224,12 @@ class Method:
         """The units to act on at this check: ``chosen`` here, passed through :attr:`sync`
         when set, so that every data-parallel process drops the same units at the same step."""
         return list(self.sync(list(chosen))) if self.sync is not None else list(chosen)
+
+    @property
+    def changing(self) -> bool:
+        """A change of the network's function is under way and not yet complete (Learn&Drop:
+        a unit fading out); the base class makes every change at once."""
+        return False
 
     def flops_key(self) -> Hashable:
         """Identifies the network configuration that ran in the current step."""
@@ -347,24 +365,26 @@ class Method:
                     self.recent_batches.popleft()
         self.steps += 1
         self.ledger.record(self.flops_key(), int(batch_size))
-        started = time.perf_counter()
+        started, evals = time.perf_counter(), self.eval_time_s
         events = self.on_step()
         self.after_change(events)
         self._rewind_after(events)
+        self._eval_after_change()
         if events:
-            self.check_time_s += time.perf_counter() - started
+            self.check_time_s += time.perf_counter() - started - (self.eval_time_s - evals)
         if self.steps_per_check and self.steps % self.steps_per_check == 0:
             events = events + self.check()
         return events
 
     def check(self) -> list[Event]:
         """Score and decide now (normally called by :meth:`step` on schedule)."""
-        started = time.perf_counter()
+        started, evals = time.perf_counter(), self.eval_time_s
         self.checks += 1
         events = self.on_check()
         self.after_change(events)
         self._rewind_after(events)
-        self.check_time_s += time.perf_counter() - started
+        self._eval_after_change()
+        self.check_time_s += time.perf_counter() - started - (self.eval_time_s - evals)
         return events
 
     def finish(self) -> list[Event]:
@@ -379,10 +399,11 @@ class Method:
         Raises:
             MissingBatchesError: BatchNorm must be recalibrated and no batch was ever passed.
         """
-        started = time.perf_counter()
+        started, evals = time.perf_counter(), self.eval_time_s
         events = self.on_finish()
         self.after_change(events)
-        self.check_time_s += time.perf_counter() - started
+        self._eval_after_change()
+        self.check_time_s += time.perf_counter() - started - (self.eval_time_s - evals)
         return events
 
     def after_change(self, events: list[Event]) -> None:
@@ -391,6 +412,53 @@ class Method:
         follows them.)"""
         if any(e.action == "drop" for e in events):
             self.recalibrate()
+
+    # ---- the test accuracy around a drop ----------------------------------------------------
+    def before_change(self) -> None:
+        """Read :attr:`evaluate_now` just before the method starts to change the function the
+        network computes (:meth:`apply` calls it before a drop; Learn&Drop before a fade
+        begins); nothing without it, or while an earlier change's reading waits for its end.
+
+        The reading after comes once the change is complete (:meth:`changing` is False), after
+        the drops of that step and BatchNorm's recalibration: at the same step for an abrupt
+        drop, at the fade's end for a fade. Both go into :attr:`drop_evals`, so that what a
+        drop does is read apart from what training does between two epochs' evaluations (at a
+        high learning rate, full training's own test accuracy moves by several points from one
+        epoch to the next). A driver sets :attr:`evaluate_now` to a function that evaluates the
+        network now and returns ``{"acc": fraction correct, "loss": mean nats, ...}`` (e.g.
+        :func:`learndrop.train.steps.evaluate` on the test set); it must leave the network
+        in the mode it found it and draw no random numbers from the training's generators,
+        so that the run trains the same with it and without it. Its time is counted in
+        :attr:`eval_time_s`, apart from :attr:`check_time_s` (drivers keep it out of the
+        training time too).
+        """
+        if self.evaluate_now is None or self._eval_before is not None:
+            return
+        self._eval_before = {"step": self.steps, "events": len(self.events),
+                             **self._evaluate()}
+
+    def _eval_after_change(self) -> None:
+        """The reading after a complete change, recorded with the one before it."""
+        before = self._eval_before
+        if before is None or self.changing:
+            return
+        self._eval_before = None
+        if self.evaluate_now is None:
+            return  # a resumed run that no longer measures
+        after = self._evaluate()
+        self.drop_evals.append({
+            "step_before": before["step"], "step": self.steps, "epoch": self.epoch,
+            "units": [e.unit for e in self.events[before["events"]:] if e.action == "drop"],
+            "test_acc_before": before["acc"], "test_acc_after": after["acc"],
+            "test_loss_before": before["loss"], "test_loss_after": after["loss"],
+        })
+
+    def _evaluate(self) -> dict:
+        started, cpu = time.perf_counter(), time.process_time()
+        result = self.evaluate_now()
+        self.eval_time_s += time.perf_counter() - started
+        self.eval_cpu_s += time.process_time() - cpu
+        return {"acc": float(result["acc"]), "loss": float(result["loss"])}
 
     def recalibrate(self) -> None:
         """Recompute the running statistics of every trainable BatchNorm layer from the
@@ -459,6 +527,8 @@ class Method:
             raise LastTrainableUnitError(
                 f"{action} {unit.name}: it holds the last trainable parameters of "
                 f"{type(self.model).__name__}, and training needs at least one; drop fewer units")
+        if action == "drop":
+            self.before_change()
         _ACTIONS[action](self.model, unit, self.optimizer)
         self.removed[unit.name] = action
         self.structure_version += 1
@@ -481,6 +551,9 @@ class Method:
             "recent_batches": [(x.cpu(), y.cpu()) for x, y in self.recent_batches],
             **({"schedule_rewind": self.schedule_rewind.state_dict()}
                if self.schedule_rewind is not None else {}),
+            "drop_evals": [dict(r) for r in self.drop_evals],
+            "eval_before": dict(self._eval_before) if self._eval_before is not None else None,
+            "eval_time_s": self.eval_time_s, "eval_cpu_s": self.eval_cpu_s,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -499,6 +572,10 @@ class Method:
         self.checks = state["checks"]
         self.structure_version = state["structure_version"]
         self.check_time_s = state.get("check_time_s", 0.0)
+        self.drop_evals = [dict(r) for r in state.get("drop_evals", [])]
+        self._eval_before = state.get("eval_before")
+        self.eval_time_s = state.get("eval_time_s", 0.0)
+        self.eval_cpu_s = state.get("eval_cpu_s", 0.0)
         self.ledger.load_state_dict(state["ledger"])
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         self.recent_batches = deque(
@@ -526,6 +603,8 @@ class Method:
             "drops": [e.to_dict() for e in self.events],
             **({"schedule_rewinds": [dict(r) for r in self.schedule_rewind.rewinds]}
                if self.schedule_rewind is not None else {}),
+            **({"drop_evals": [dict(r) for r in self.drop_evals],
+                "eval_time_s": round(self.eval_time_s, 3)} if self.drop_evals else {}),
             **self.ledger.totals(),
         }
 

@@ -83,6 +83,8 @@ class LearnDrop(Method):
             ``total_steps``.
     """
 
+    drops_in_training = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -228,6 +230,10 @@ class LearnDrop(Method):
             self.recalibrate()  # the drops' events recalibrate through after_change
         return events
 
+    @property
+    def changing(self) -> bool:
+        return bool(self.fading)
+
     def _trainable_ids(self) -> set[int]:
         """Parameters that learn now and will go on learning: a fading unit's are leaving."""
         leaving = {id(p) for fade, _, _ in self.fading.values()
@@ -296,6 +302,7 @@ class LearnDrop(Method):
                         "drop_cost": self.last_costs.get(name)}
             self.tracker.forget(name)
             if action == "drop" and self.policy.fade_steps:
+                self.before_change()
                 self.fading[name] = (Fade(self.model, by_name[name]), 0, recorded)
                 continue
             events.append(self.apply(by_name[name], action, **recorded))
@@ -361,6 +368,8 @@ class Freeze(LearnDrop):
     Learn&Drop does and freezes the cheapest ready units first: freezing in the scores' order
     instead, without the measurements, cost 0.45-0.65 point more on the fine-tuning bench for
     3-4% fewer FLOPs (``benchmarks/results/finetune-bench/freeze-score-order/``)."""
+
+    drops_in_training = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, mode="freeze", **kwargs)

@@ -276,6 +276,8 @@ class RandomDrop(Method):
         schedule: the normalised schedule, sorted ``(step, drops, freezes)`` triples.
     """
 
+    drops_in_training = True
+
     needs_reference = True
 
     @classmethod

@@ -97,6 +97,8 @@ class TrainConfig:
     dist_timeout: float = 600.0  # seconds a collective waits for the other ranks (DDP)
     plots: bool = True
     eval_batch_size: int = 500
+    # Test just before and right after every drop (Method.evaluate_now): reporting only.
+    eval_around_drops: bool = False
 
     def __post_init__(self) -> None:
         # One convention for both subsets: 0 (the CLI's way to say it) means the whole set.
@@ -190,6 +192,13 @@ class TrainConfig:
             parse_options(self.method, self.method_options)
         except (TypeError, ValueError) as err:  # unknown method or option, impossible value
             raise ConfigError(str(err)) from err
+        if self.eval_around_drops:
+            from learndrop.methods import METHODS
+
+            need(METHODS[self.method].drops_in_training,
+                 f"--eval-around-drops tests the network around its drops, and --method "
+                 f"{self.method} drops no unit while training; leave it out, or choose a "
+                 f"method that drops (e.g. learndrop, random-drop)")
 
     def check_options_apply(self, given: set[str]) -> None:
         """Refuse (one line) an option of ``given`` (field names) that this run would ignore:

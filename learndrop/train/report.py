@@ -148,6 +148,19 @@ def announce(events: list[Event], method: Method, log: Log, *, per: str = "epoch
         f"{100 * method.ledger.totals()['fwd_flops_reduction']:.1f}% saved so far")
 
 
+def announce_drop_evals(records: list[dict], log: Log) -> None:
+    """Log the test accuracy just before and right after each drop of ``records``
+    (:attr:`Method.drop_evals`)."""
+    for r in records:
+        span = ("the same step" if r["step"] == r["step_before"]
+                else f"steps {r['step_before']}-{r['step']}")
+        units = ", ".join(r["units"]) or "no unit (the change was undone)"
+        change = 100 * (r["test_acc_after"] - r["test_acc_before"])
+        log(f"  test acc around the drop of {units} ({span}): "
+            f"{100 * r['test_acc_before']:.2f}% before, {100 * r['test_acc_after']:.2f}% after "
+            f"({change:+.2f} points)")
+
+
 def fading_note(row: dict) -> str:
     """`` (fading out: a, b)`` for a metrics row with units on their way out (``fade_steps``),
     else empty."""
@@ -159,7 +172,8 @@ _SUMMARY_KEYS = (
     "samples_seen", "fwd_flops", "fwd_flops_full", "fwd_flops_reduction", "extra_fwd_flops",
     "bwd_flops",
     "bwd_flops_full", "bwd_flops_reduction", "params_initial", "params_final", "units_total",
-    "units_dropped", "units_frozen", "check_time_s", "drops", "schedule_rewinds",
+    "units_dropped", "units_frozen", "check_time_s", "drops", "schedule_rewinds", "drop_evals",
+    "eval_time_s",
 )
 
 
@@ -181,7 +195,9 @@ def summary(config: TrainConfig, dataset: str, method: Method, train_time: float
         "final_test_acc": final_acc,
         "best_test_acc": best_acc,
     }
-    optional = {"schedule_rewinds"}  # only methods that move the schedule have it
+    # Only methods that move the schedule have the first; only runs that test around drops
+    # (and dropped) the others.
+    optional = {"schedule_rewinds", "drop_evals", "eval_time_s"}
     return {**head, **{k: info[k] for k in _SUMMARY_KEYS
                        if k not in head and (k in info or k not in optional)}}
 

@@ -208,6 +208,9 @@ def train_stream(
                         steps_per_check=config.steps_per_check, total_steps=total,
                         lr_factor=_lr_factor(config, total))
     method = parts.method
+    if config.eval_around_drops:
+        method.evaluate_now = lambda: evaluate(parts.model, test_batches, parts.autocast,
+                                               device=device)
     parts.use_memory_format(test_batches, getattr(batches, "loader", None))
     record_start(config, parts)  # the record says what ran, not what was asked
 
@@ -250,6 +253,9 @@ def train_stream(
         row["test_acc_seen"] = (int(test["correct"][seen].sum()) / seen_count
                                 if seen_count else None)
         row["classes_seen"] = int(seen.sum())
+        if config.eval_around_drops:
+            row["drop_evals"] = [r for r in method.drop_evals
+                                 if last_row_step < r["step"] <= method.steps]
         stats.reset()
         metrics.append(row)
         final = test["acc"]
@@ -260,7 +266,7 @@ def train_stream(
     with StopFlag() as stop:
         bar = tqdm(total=total, desc="stream", disable=config.quiet, leave=False,
                    dynamic_ncols=True)
-        started = time.perf_counter()
+        started, evals = time.perf_counter(), method.eval_time_s
         parts.model.train()
         for x, y in stream:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -270,6 +276,9 @@ def train_stream(
             stats.add(loss, out, y, events)
             if events:
                 report.announce(events, method, log if config.quiet else tqdm.write, per="step")
+            if method.drop_evals and method.drop_evals[-1]["step"] == method.steps:
+                report.announce_drop_evals(method.drop_evals[-1:],
+                                           log if config.quiet else tqdm.write)
             parts.forward.refresh()
             steps = method.steps
             if steps % 25 == 0:
@@ -278,25 +287,28 @@ def train_stream(
                                 units=f"{len(method.live_units)}/{len(method.units)}")
             bar.update(1)
             if steps % config.eval_every == 0 or stop.set:
-                train_time += _elapsed(started, device)  # evaluation is not stream time
+                # Evaluation is not stream time, nor are the tests around drops.
+                train_time += _elapsed(started, device) - (method.eval_time_s - evals)
                 row = row_now()
                 if config.quiet:
                     log(_row_line(row, method))
-                started = time.perf_counter()
+                started, evals = time.perf_counter(), method.eval_time_s
             if stop.set:
                 ended = "interrupted"
                 break
-        train_time += _elapsed(started, device)
+        train_time += _elapsed(started, device) - (method.eval_time_s - evals)
         bar.close()
     if method.steps == 0:
         raise ConfigError("the stream gave no batch")
     # A stream does not resume: what the method has in flight (a unit fading out of a
     # stream shorter than announced) is settled before the final evaluation.
     version = method.structure_version
+    measured = len(method.drop_evals)
     settled = method.finish()
     if settled:
         report.announce(settled, method, log, per="step")
         stats.events += settled
+    report.announce_drop_evals(method.drop_evals[measured:], log)
     # Evaluated again if the stream ended between two evaluations or the network changed (a
     # fade undone changes it without an event).
     if last_row_step != method.steps or method.structure_version != version:

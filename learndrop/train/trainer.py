@@ -52,7 +52,8 @@ CHECKPOINT = "last.ckpt"
 #: Fields that only change where a run executes and how it reports: a resumed run takes them
 #: from the new command; every other field is the experiment's and must not change.
 REPORTING_FIELDS = frozenset({"out", "resume", "quiet", "device", "precision", "plots",
-                              "compile", "tensorboard", "dist_timeout", "eval_batch_size"})
+                              "compile", "tensorboard", "dist_timeout", "eval_batch_size",
+                              "eval_around_drops"})
 
 
 class TrainingDivergedError(RuntimeError):
@@ -246,6 +247,8 @@ class Training:
         parts.use_memory_format(self.train_loader, self.test_loader)
         record_start(config, parts)  # the record says what ran, not what was asked
         self.method = method = parts.method
+        if config.eval_around_drops:
+            method.evaluate_now = lambda: _evaluate_all_ranks(parts, self.test_loader, ctx)
 
         self.rows: list[dict] = []
         self.epoch, self.batch, self.train_time = 0, 0, 0.0
@@ -348,6 +351,8 @@ class Training:
                    disable=self.quiet, leave=False, dynamic_ncols=True)
         bar.update(skip)
         started, started_cpu = time.perf_counter(), time.process_time()
+        # The tests around drops are neither training time nor CPU time.
+        evals = (method.eval_time_s, method.eval_cpu_s)
         for i, (x, y) in enumerate(self.train_loader):
             if i < skip:
                 continue  # resumed mid-epoch: same order, same augmentation
@@ -364,8 +369,7 @@ class Training:
                                 saved=f"{100 * method.ledger.totals()['fwd_flops_reduction']:.0f}%")
             bar.update(1)
             if distributed.any_rank(stop.set, ctx):  # every rank stops at the same step
-                self.train_time += self._elapsed(started)
-                self.train_cpu += time.process_time() - started_cpu
+                self._add_time(started, started_cpu, evals)
                 self.batch = i + 1
                 if ctx.distributed:
                     _all_ranks_stats(stats, ctx)  # rank 0 saves, and later resumes, the total
@@ -381,11 +385,14 @@ class Training:
             # no fade that could not end by the last step, so it has nothing left here; the
             # call keeps the driver contract (Method.finish) for every method.
             stats.events += method.finish()
-        self.train_time += self._elapsed(started)
-        self.train_cpu += time.process_time() - started_cpu
+        self._add_time(started, started_cpu, evals)
         bar.close()
+        log = self.log if self.quiet else tqdm.write
         if stats.events:
-            report.announce(stats.events, method, self.log if self.quiet else tqdm.write)
+            report.announce(stats.events, method, log)
+        first, last = epoch * self.steps_per_epoch, (epoch + 1) * self.steps_per_epoch
+        drop_evals = [r for r in method.drop_evals if first < r["step"] <= last]
+        report.announce_drop_evals(drop_evals, log)
         if ctx.distributed:
             # Evaluate and save rank 0's BatchNorm statistics.
             distributed.broadcast_buffers(parts.model, ctx)
@@ -393,6 +400,8 @@ class Training:
         test = _evaluate_all_ranks(parts, self.test_loader, ctx)
         row = report.metrics_row(method, stats, parts.optimizer, self.train_time, test,
                                  epoch=epoch + 1, cpu_s=round(self.train_cpu, 3))
+        if config.eval_around_drops:
+            row["drop_evals"] = drop_evals
         self.rows.append(row)
         if self.metrics is not None:
             self.metrics.append(row)
@@ -402,6 +411,13 @@ class Training:
         if self.ctx.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - started
+
+    def _add_time(self, started: float, started_cpu: float, evals: tuple[float, float]) -> None:
+        """Count the training time and CPU time since ``started`` / ``started_cpu``, less the
+        method's tests around drops since its totals were ``evals``."""
+        method = self.method
+        self.train_time += self._elapsed(started) - (method.eval_time_s - evals[0])
+        self.train_cpu += time.process_time() - started_cpu - (method.eval_cpu_s - evals[1])
 
     def _check_loss(self, mean_loss: float, where: str) -> None:
         if not math.isfinite(mean_loss):
