@@ -13,6 +13,7 @@ import torch
 from test_fade import EAGER_FIELDS, F16, fading_run, sgd_steps
 
 from learndrop import DropPolicy, LearnDrop
+from learndrop.recalibrate import batchnorms_after, recalibrate_batchnorm
 from learndrop.train import TrainConfig, train
 from learndrop.train.config import ConfigError
 from learndrop.train.steps import evaluate
@@ -72,20 +73,24 @@ def test_the_trainer_tests_around_each_drop_and_trains_the_same(tmp_path, one_th
         assert r["test_acc_after"] == row["test_acc"]
         assert r["test_loss_after"] == pytest.approx(row["test_loss"], rel=1e-6)
         assert 0 < r["test_acc_before"] <= 1
-        assert any(f"{100 * r['test_acc_before']:.2f}% before, "
-                   f"{100 * r['test_acc_after']:.2f}% after" in line for line in lines)
+        # Before it, also with BatchNorm recalibrated as the drop's recalibration does.
+        assert 0 < r["test_acc_before_recalibrated"] <= 1
+        assert any(f"{100 * r['test_acc_before']:.2f}% before ("
+                   f"{100 * r['test_acc_before_recalibrated']:.2f}% with BatchNorm "
+                   f"recalibrated), {100 * r['test_acc_after']:.2f}% after" in line
+                   for line in lines)
     assert all(row["drop_evals"] == [] for row in rows if not row["dropped"])
-    # Two tests per decision and one per epoch, each finding the network in training mode (a
-    # test restores the mode it found).
-    assert len(calls) == 2 * len(records) + len(rows) and all(calls)
-    assert measured["eval_time_s"] >= 8 * len(records)
+    # Three tests per decision (before, before recalibrated, after) and one per epoch, each
+    # finding the network in training mode (a test restores the mode it found).
+    assert len(calls) == 3 * len(records) + len(rows) and all(calls)
+    assert measured["eval_time_s"] >= 12 * len(records)
 
     def epoch_times(rows):
         return [b["time_s"] - a["time_s"] for a, b in zip([{"time_s": 0}, *rows], rows)]
 
     for row, took, plain_took in zip(rows, epoch_times(rows), epoch_times(plain_rows),
                                      strict=True):
-        if row["dropped"]:  # its 8 s of tests are not in the epoch's training time
+        if row["dropped"]:  # its 12 s of tests are not in the epoch's training time
             assert took < plain_took + 4
     assert "drop_evals" not in plain and "drop_evals" not in plain_rows[0]
 
@@ -97,10 +102,15 @@ def test_a_fade_is_tested_at_its_start_and_at_its_end(trained_resnet20, one_thre
     method's check time."""
     trained, batches, test_loader = trained_resnet20
     model, optimizer, ld = fading_run(trained, batches, fade_steps=3)
-    read = []
+    read, read_by_hand = [], []
 
     def evaluate_now():
         read.append((ld.steps, sorted(ld.fading), sorted(ld.removed)))
+        if len(read) == 1:  # the network before: recalibrated by hand on a copy
+            copied = copy.deepcopy(model)
+            recalibrate_batchnorm(copied, [x for x, _ in ld.recent_batches],
+                                  batchnorms_after(copied, F16))
+            read_by_hand.append(evaluate(copied, test_loader))
         time.sleep(0.5)
         return evaluate(model, test_loader)
 
@@ -110,8 +120,8 @@ def test_a_fade_is_tested_at_its_start_and_at_its_end(trained_resnet20, one_thre
     assert ld.check() == [] and len(ld.fading) == 2
     wall = time.perf_counter() - started
     fading = sorted(ld.fading)
-    assert read == [(check_step, [], [])]  # before the fades began
-    assert ld.eval_time_s >= 0.5 and ld.check_time_s - checked <= wall - ld.eval_time_s
+    assert read == [(check_step, [], [])] * 2  # before the fades began, as is and recalibrated
+    assert ld.eval_time_s >= 1.0 and ld.check_time_s - checked <= wall - ld.eval_time_s
     sgd_steps(model, optimizer, ld, batches[:1])
     saved = copy.deepcopy(ld.state_dict())
     checked, tested, started = ld.check_time_s, ld.eval_time_s, time.perf_counter()
@@ -119,9 +129,11 @@ def test_a_fade_is_tested_at_its_start_and_at_its_end(trained_resnet20, one_thre
     wall = time.perf_counter() - started
     assert ld.eval_time_s - tested >= 0.5
     assert ld.check_time_s - checked <= wall - (ld.eval_time_s - tested)
-    assert read[1] == (check_step + 3, [], fading)  # after they left
+    assert read[2] == (check_step + 3, [], fading)  # after they left
     [record] = ld.drop_evals
     assert (record["step_before"], record["step"]) == (check_step, check_step + 3)
+    assert record["test_acc_before_recalibrated"] == read_by_hand[0]["acc"]
+    assert record["test_loss_before_recalibrated"] == pytest.approx(read_by_hand[0]["loss"])
     assert sorted(record["units"]) == fading
     assert record["test_acc_after"] == evaluate(model, test_loader)["acc"]
     assert ld.summary()["drop_evals"] == [record]

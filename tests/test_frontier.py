@@ -377,19 +377,24 @@ def test_the_tests_around_each_drop_are_reported_per_run(fake_bench):
     """Runs that tested around their drops (``drop_evals`` in their summaries): each seed's
     first, worst and mean change, mean ± std over seeds, in a table of their own; a run that
     did not test has none, and fades are marked as read from start to end."""
-    def record(before, after, step=100, step_before=100):
+    def record(before, after, step=100, step_before=100, recalibrated=None):
         return {"step_before": step_before, "step": step, "units": ["layer1.0"],
-                "test_acc_before": before, "test_acc_after": after}
+                "test_acc_before": before, "test_acc_after": after,
+                "test_acc_before_recalibrated": recalibrated}
 
     fake_bench[("learndrop", 0)]["summary"]["drop_evals"] = [
-        record(0.60, 0.59), record(0.70, 0.66, 200, 200)]
-    fake_bench[("learndrop", 1)]["summary"]["drop_evals"] = [record(0.62, 0.64)]
+        record(0.60, 0.59, recalibrated=0.62), record(0.70, 0.66, 200, 200, recalibrated=0.66)]
+    fake_bench[("learndrop", 1)]["summary"]["drop_evals"] = [
+        record(0.62, 0.64, recalibrated=0.65)]
     fake_bench[("random-drop", 0)]["summary"]["drop_evals"] = [record(0.6, 0.5, 130, 100)]
     rows = aggregate(fake_bench)["rows"]
     seed0 = rows["learndrop"]["per_seed"][0]["around_drops"]
     assert seed0["count"] == 2 and seed0["same_step"]
     assert (seed0["first"], seed0["worst"], seed0["mean"]) == pytest.approx((-0.01, -0.04,
                                                                             -0.025))
+    # The drop alone: after minus before with BatchNorm recalibrated (-0.03 and 0.0).
+    assert (seed0["first_alone"], seed0["worst_alone"], seed0["mean_alone"]) == pytest.approx(
+        (-0.03, -0.03, -0.015))
     ld = rows["learndrop"]["around_drops"]
     assert ld["seeds"] == 2 and ld["drops"] == [2, 1]
     assert ld["first"] == pytest.approx(0.005) and ld["first_std"] == pytest.approx(0.0212132)
@@ -399,5 +404,7 @@ def test_the_tests_around_each_drop_are_reported_per_run(fake_bench):
     md = bench_markdown({"config": {}, "seeds": [0, 1], "finished": 18,
                          "machine": machine_info("cpu"), **aggregate(fake_bench)})
     assert "## Around each drop" in md
-    assert "| learndrop | 2 | 2/1 | +0.50 ± 2.12 | -1.00 ± 4.24 | -0.25 ± 3.18 |" in md
-    assert "| random-drop (fades: start to end) | 1 | 1 | -10.00 | -10.00 | -10.00 |" in md
+    assert ("| learndrop | 2 | 2/1 | +0.50 ± 2.12 | -1.00 ± 4.24 | -0.25 ± 3.18 "
+            "| -2.00 ± 1.41 / -2.00 ± 1.41 / -1.25 ± 0.35 |") in md
+    assert ("| random-drop (fades: start to end) | 1 | 1 | -10.00 | -10.00 | -10.00 "
+            "| – / – / – |") in md

@@ -419,23 +419,48 @@ class Method:
         network computes (:meth:`apply` calls it before a drop; Learn&Drop before a fade
         begins); nothing without it, or while an earlier change's reading waits for its end.
 
-        The reading after comes once the change is complete (:meth:`changing` is False), after
-        the drops of that step and BatchNorm's recalibration: at the same step for an abrupt
-        drop, at the fade's end for a fade. Both go into :attr:`drop_evals`, so that what a
-        drop does is read apart from what training does between two epochs' evaluations (at a
-        high learning rate, full training's own test accuracy moves by several points from one
-        epoch to the next). A driver sets :attr:`evaluate_now` to a function that evaluates the
-        network now and returns ``{"acc": fraction correct, "loss": mean nats, ...}`` (e.g.
-        :func:`learndrop.train.steps.evaluate` on the test set); it must leave the network
-        in the mode it found it and draw no random numbers from the training's generators,
-        so that the run trains the same with it and without it. Its time is counted in
-        :attr:`eval_time_s`, apart from :attr:`check_time_s` (drivers keep it out of the
-        training time too).
+        Where the method recalibrates BatchNorm after drops, the network is read a second time
+        with its statistics recomputed as the drop's recalibration will (the same layers, the
+        same recent batches) and then put back as they were: the drop's recalibration also
+        refreshes statistics that lag the weights at a high learning rate, so "after minus
+        before" holds the refresh's gain and "after minus before recalibrated" is the drop
+        alone. The reading after comes once the change is complete (:attr:`changing` is
+        False), after the drops of that step and BatchNorm's recalibration: at the same step
+        for an abrupt drop, at the fade's end for a fade. Each pair goes into
+        :attr:`drop_evals`, so that what a drop does is read apart from what training does
+        between two epochs' evaluations (at a high learning rate, full training's own test
+        accuracy moves by several points from one epoch to the next).
+
+        A driver sets :attr:`evaluate_now` to a function that evaluates the network now and
+        returns ``{"acc": fraction correct, "loss": mean nats, ...}`` (e.g.
+        :func:`learndrop.train.steps.evaluate` on the test set); it must leave the network in
+        the mode it found it and draw no random numbers from the training's generators, so
+        that the run trains the same with it and without it. The readings' time (and their
+        recalibration's) is counted in :attr:`eval_time_s` and :attr:`eval_cpu_s`, apart from
+        :attr:`check_time_s`, and their forward passes are not charged to the FLOPs ledger
+        (drivers keep them out of the training time too).
         """
         if self.evaluate_now is None or self._eval_before is not None:
             return
-        self._eval_before = {"step": self.steps, "events": len(self.events),
-                             **self._evaluate()}
+        reading = self._timed(self._read_before)
+        self._eval_before = {"step": self.steps, "events": len(self.events), **reading}
+
+    def _read_before(self) -> dict:
+        reading = self._read()
+        reading["recalibrated"] = None
+        if self.recalibration_batches and self.recent_batches:
+            names = batchnorms_after(self.model, self.example_input)
+            layers = [self.model.get_submodule(n) for n in names]
+            saved = [{k: b.clone() for k, b in layer.named_buffers()} for layer in layers]
+            try:
+                recalibrate_batchnorm(self.model, [x for x, _ in self.recent_batches], names)
+                reading["recalibrated"] = self._read()
+            finally:
+                with torch.no_grad():
+                    for layer, buffers in zip(layers, saved, strict=True):
+                        for k, b in layer.named_buffers():
+                            b.copy_(buffers[k])
+        return reading
 
     def _eval_after_change(self) -> None:
         """The reading after a complete change, recorded with the one before it."""
@@ -445,20 +470,28 @@ class Method:
         self._eval_before = None
         if self.evaluate_now is None:
             return  # a resumed run that no longer measures
-        after = self._evaluate()
+        after = self._timed(self._read)
+        refreshed = before["recalibrated"] or {}
         self.drop_evals.append({
             "step_before": before["step"], "step": self.steps, "epoch": self.epoch,
             "units": [e.unit for e in self.events[before["events"]:] if e.action == "drop"],
             "test_acc_before": before["acc"], "test_acc_after": after["acc"],
             "test_loss_before": before["loss"], "test_loss_after": after["loss"],
+            "test_acc_before_recalibrated": refreshed.get("acc"),
+            "test_loss_before_recalibrated": refreshed.get("loss"),
         })
 
-    def _evaluate(self) -> dict:
-        started, cpu = time.perf_counter(), time.process_time()
+    def _read(self) -> dict:
         result = self.evaluate_now()
-        self.eval_time_s += time.perf_counter() - started
-        self.eval_cpu_s += time.process_time() - cpu
         return {"acc": float(result["acc"]), "loss": float(result["loss"])}
+
+    def _timed(self, read: Callable[[], dict]) -> dict:
+        started, cpu = time.perf_counter(), time.process_time()
+        try:
+            return read()
+        finally:
+            self.eval_time_s += time.perf_counter() - started
+            self.eval_cpu_s += time.process_time() - cpu
 
     def recalibrate(self) -> None:
         """Recompute the running statistics of every trainable BatchNorm layer from the

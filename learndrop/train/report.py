@@ -156,9 +156,14 @@ def announce_drop_evals(records: list[dict], log: Log) -> None:
                 else f"steps {r['step_before']}-{r['step']}")
         units = ", ".join(r["units"]) or "no unit (the change was undone)"
         change = 100 * (r["test_acc_after"] - r["test_acc_before"])
+        refreshed = r.get("test_acc_before_recalibrated")
+        with_refresh = alone = ""
+        if refreshed is not None:
+            with_refresh = f" ({100 * refreshed:.2f}% with BatchNorm recalibrated)"
+            alone = f"; the drop alone {100 * (r['test_acc_after'] - refreshed):+.2f}"
         log(f"  test acc around the drop of {units} ({span}): "
-            f"{100 * r['test_acc_before']:.2f}% before, {100 * r['test_acc_after']:.2f}% after "
-            f"({change:+.2f} points)")
+            f"{100 * r['test_acc_before']:.2f}% before{with_refresh}, "
+            f"{100 * r['test_acc_after']:.2f}% after ({change:+.2f} points{alone})")
 
 
 def fading_note(row: dict) -> str:
