@@ -288,3 +288,22 @@ def test_a_stream_tests_around_its_drops_and_trains_the_same(tmp_path):
         if row["step"] == r["step"]:
             assert r["test_acc_after"] == row["test_acc"]
     assert sum("test acc around the drop of" in line for line in lines) == len(records)
+
+
+def test_a_fade_settled_at_the_end_of_a_stream_is_tested_in_the_last_row(tmp_path):
+    """A stream that ends (at an evaluation step) with a unit past the middle of its fade drops
+    it when it settles: that drop's tests, whose step is the last row's, go into the row of
+    the settled network, and every test around a drop is in exactly one row."""
+    config = stream_config(tmp_path, stream_length=1000, eval_around_drops=True,
+                           method_options={**stream_config(tmp_path).method_options,
+                                           "fade_steps": 50})
+    summary = train_stream(config, synthetic_batches(40),
+                           test_batches=list(synthetic_batches(2, seed=1)), num_classes=4,
+                           log=lambda s: None)
+    rows = [json.loads(line) for line in
+            (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows][-2:] == [40, 40]
+    settled = [r for r in summary["drop_evals"] if r["step"] == 40]
+    assert settled and settled[0]["step_before"] < 40  # read from the fade's start
+    assert rows[-1]["drop_evals"] == settled and rows[-1]["units_live"] < rows[-2]["units_live"]
+    assert [r for row in rows for r in row["drop_evals"]] == summary["drop_evals"]

@@ -226,6 +226,7 @@ def train_stream(
     stats = RunningStats(device, classes)
     best = final = None
     last_row_step = 0
+    shown_evals = 0  # the tests around drops (eval_around_drops) already in a row
     train_time = 0.0
     ended = "exhausted"
 
@@ -238,7 +239,7 @@ def train_stream(
         return mean_loss
 
     def row_now() -> dict:
-        nonlocal best, final, last_row_step
+        nonlocal best, final, last_row_step, shown_evals
         # Every step's loss is checked before the statistics are reset, so that no row, and
         # no summary, comes from a run that diverged between two of the periodic checks.
         check_loss(method.steps)
@@ -254,8 +255,10 @@ def train_stream(
                                 if seen_count else None)
         row["classes_seen"] = int(seen.sum())
         if config.eval_around_drops:
-            row["drop_evals"] = [r for r in method.drop_evals
-                                 if last_row_step < r["step"] <= method.steps]
+            # Those since the last row, by count: a fade settled after the last step has that
+            # row's step, and the row of the settled network holds it.
+            row["drop_evals"] = method.drop_evals[shown_evals:]
+            shown_evals = len(method.drop_evals)
         stats.reset()
         metrics.append(row)
         final = test["acc"]
