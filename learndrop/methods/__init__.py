@@ -12,7 +12,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from learndrop.methods.base import Event, Method, MethodOptionError, MissingBatchesError, RunInfo
+from learndrop.methods.base import (
+    Event,
+    Method,
+    MethodOptionError,
+    MissingBatchesError,
+    RunInfo,
+    Stopwatch,
+)
 from learndrop.methods.registry import (
     METHODS,
     UnknownMethodError,
@@ -41,7 +48,7 @@ from learndrop.methods.stochastic_depth import StochasticDepth  # noqa: E402
 __all__ = [
     "Event", "Freeze", "FreezeOut", "Full", "FullRewound", "LearnDrop", "METHODS", "Method",
     "MethodOptionError", "MissingBatchesError", "RandomDrop", "RunInfo", "SlimFromScratch",
-    "StochasticDepth",
+    "StochasticDepth", "Stopwatch",
     "UnknownMethodError", "build_method", "create_method", "field_help", "method_takes",
     "option_flag",
     "parse_options", "register_method",

@@ -79,6 +79,31 @@ class Event:
         return asdict(self)
 
 
+class Stopwatch:
+    """Wall-clock and CPU seconds since :meth:`restart`, less the tests around drops that
+    ``method`` took meanwhile (:attr:`Method.eval_time_s`, :attr:`Method.eval_cpu_s`): they
+    are neither training time nor the method's check time. ``sync`` runs before each wall
+    reading (e.g. ``torch.cuda.synchronize``)."""
+
+    def __init__(self, method: Method, sync: Callable[[], None] | None = None) -> None:
+        self.method, self.sync = method, sync
+        self.restart()
+
+    def restart(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self._evals = (self.method.eval_time_s, self.method.eval_cpu_s)
+
+    def wall(self) -> float:
+        """Seconds of wall-clock since the start, less the tests'."""
+        if self.sync is not None:
+            self.sync()
+        return time.perf_counter() - self._wall - (self.method.eval_time_s - self._evals[0])
+
+    def cpu(self) -> float:
+        """Seconds of this process's CPU time since the start, less the tests'."""
+        return time.process_time() - self._cpu - (self.method.eval_cpu_s - self._evals[1])
+
+
 class Method:
     """Base of all training methods: counts steps and samples, keeps the FLOPs ledger, applies
     drops/freezes to the model and optimizer, and holds the state needed to resume.
@@ -365,26 +390,26 @@ class Method:
                     self.recent_batches.popleft()
         self.steps += 1
         self.ledger.record(self.flops_key(), int(batch_size))
-        started, evals = time.perf_counter(), self.eval_time_s
+        watch = self.stopwatch()
         events = self.on_step()
         self.after_change(events)
         self._rewind_after(events)
         self._eval_after_change()
         if events:
-            self.check_time_s += time.perf_counter() - started - (self.eval_time_s - evals)
+            self.check_time_s += watch.wall()
         if self.steps_per_check and self.steps % self.steps_per_check == 0:
             events = events + self.check()
         return events
 
     def check(self) -> list[Event]:
         """Score and decide now (normally called by :meth:`step` on schedule)."""
-        started, evals = time.perf_counter(), self.eval_time_s
+        watch = self.stopwatch()
         self.checks += 1
         events = self.on_check()
         self.after_change(events)
         self._rewind_after(events)
         self._eval_after_change()
-        self.check_time_s += time.perf_counter() - started - (self.eval_time_s - evals)
+        self.check_time_s += watch.wall()
         return events
 
     def finish(self) -> list[Event]:
@@ -399,11 +424,11 @@ class Method:
         Raises:
             MissingBatchesError: BatchNorm must be recalibrated and no batch was ever passed.
         """
-        started, evals = time.perf_counter(), self.eval_time_s
+        watch = self.stopwatch()
         events = self.on_finish()
         self.after_change(events)
         self._eval_after_change()
-        self.check_time_s += time.perf_counter() - started - (self.eval_time_s - evals)
+        self.check_time_s += watch.wall()
         return events
 
     def after_change(self, events: list[Event]) -> None:
@@ -480,6 +505,12 @@ class Method:
             "test_acc_before_recalibrated": refreshed.get("acc"),
             "test_loss_before_recalibrated": refreshed.get("loss"),
         })
+
+    def stopwatch(self, sync: Callable[[], None] | None = None) -> Stopwatch:
+        """A :class:`Stopwatch` started now: the time since, less this method's tests around
+        drops taken meanwhile. The method times its own checks with it; drivers time training
+        with it (``sync``: e.g. ``torch.cuda.synchronize``, so that queued kernels count)."""
+        return Stopwatch(self, sync)
 
     def _read(self) -> dict:
         result = self.evaluate_now()

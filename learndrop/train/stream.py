@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -269,7 +268,8 @@ def train_stream(
     with StopFlag() as stop:
         bar = tqdm(total=total, desc="stream", disable=config.quiet, leave=False,
                    dynamic_ncols=True)
-        started, evals = time.perf_counter(), method.eval_time_s
+        # Evaluation is not stream time, nor are the tests around drops.
+        watch = method.stopwatch(torch.cuda.synchronize if device.type == "cuda" else None)
         parts.model.train()
         for x, y in stream:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -290,16 +290,15 @@ def train_stream(
                                 units=f"{len(method.live_units)}/{len(method.units)}")
             bar.update(1)
             if steps % config.eval_every == 0 or stop.set:
-                # Evaluation is not stream time, nor are the tests around drops.
-                train_time += _elapsed(started, device) - (method.eval_time_s - evals)
+                train_time += watch.wall()
                 row = row_now()
                 if config.quiet:
                     log(_row_line(row, method))
-                started, evals = time.perf_counter(), method.eval_time_s
+                watch.restart()
             if stop.set:
                 ended = "interrupted"
                 break
-        train_time += _elapsed(started, device) - (method.eval_time_s - evals)
+        train_time += watch.wall()
         bar.close()
     if method.steps == 0:
         raise ConfigError("the stream gave no batch")
@@ -337,12 +336,6 @@ def train_stream(
         report.plot(run, summary)
     metrics.close()
     return summary
-
-
-def _elapsed(started: float, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
 
 
 def _known_length(batches: Iterable[Batch], cap: int | None) -> int | None:

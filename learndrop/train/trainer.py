@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from learndrop.checkpoint import safe_load, save_slim
 from learndrop.data import load_dataset, make_loaders
 from learndrop.distributed import DistContext
 from learndrop.machine import machine_name
+from learndrop.methods.base import Stopwatch
 from learndrop.train import report
 from learndrop.train.builder import (
     build_parts,
@@ -350,9 +350,8 @@ class Training:
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=self.quiet, leave=False, dynamic_ncols=True)
         bar.update(skip)
-        started, started_cpu = time.perf_counter(), time.process_time()
         # The tests around drops are neither training time nor CPU time.
-        evals = (method.eval_time_s, method.eval_cpu_s)
+        watch = method.stopwatch(torch.cuda.synchronize if ctx.device.type == "cuda" else None)
         for i, (x, y) in enumerate(self.train_loader):
             if i < skip:
                 continue  # resumed mid-epoch: same order, same augmentation
@@ -369,7 +368,7 @@ class Training:
                                 saved=f"{100 * method.ledger.totals()['fwd_flops_reduction']:.0f}%")
             bar.update(1)
             if distributed.any_rank(stop.set, ctx):  # every rank stops at the same step
-                self._add_time(started, started_cpu, evals)
+                self._add_time(watch)
                 self.batch = i + 1
                 if ctx.distributed:
                     _all_ranks_stats(stats, ctx)  # rank 0 saves, and later resumes, the total
@@ -385,7 +384,7 @@ class Training:
             # no fade that could not end by the last step, so it has nothing left here; the
             # call keeps the driver contract (Method.finish) for every method.
             stats.events += method.finish()
-        self._add_time(started, started_cpu, evals)
+        self._add_time(watch)
         bar.close()
         log = self.log if self.quiet else tqdm.write
         if stats.events:
@@ -407,17 +406,10 @@ class Training:
             self.metrics.append(row)
         return row
 
-    def _elapsed(self, started: float) -> float:
-        if self.ctx.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - started
-
-    def _add_time(self, started: float, started_cpu: float, evals: tuple[float, float]) -> None:
-        """Count the training time and CPU time since ``started`` / ``started_cpu``, less the
-        method's tests around drops since its totals were ``evals``."""
-        method = self.method
-        self.train_time += self._elapsed(started) - (method.eval_time_s - evals[0])
-        self.train_cpu += time.process_time() - started_cpu - (method.eval_cpu_s - evals[1])
+    def _add_time(self, watch: Stopwatch) -> None:
+        """Count the training time and CPU time on ``watch`` (the tests around drops left out)."""
+        self.train_time += watch.wall()
+        self.train_cpu += watch.cpu()
 
     def _check_loss(self, mean_loss: float, where: str) -> None:
         if not math.isfinite(mean_loss):
