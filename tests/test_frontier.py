@@ -208,6 +208,19 @@ def test_a_run_on_another_machine_is_timed_against_a_full_run_beside_it(fake_ben
     assert first[1]["time_reference"] == "full" and first[1]["time_ratio"] == pytest.approx(0.6)
     assert rows["here-full"]["per_seed"][0]["time_ratio"] is None
     assert rows["freezeout"]["per_seed"][0]["time_ratio"] is None
+    # The paired accuracy against full training of its own machine, beside the bench's.
+    assert first[0]["acc_delta_own_machine"] == pytest.approx(0.85 - 0.87)
+    assert first[1]["acc_delta_own_machine"] is None  # its full run trained beside it
+    own = rows["learndrop"]["own_machine"]
+    assert own["seeds"] == [0] and own["references"] == ["here-full"]
+    assert own["acc_delta"] == pytest.approx(-0.02) and own["acc_delta_std"] is None
+    assert own["time_ratios"] == [pytest.approx(0.6)]
+    assert all(rows[label]["own_machine"] is None for label in ("full", "here-full", "freezeout"))
+    md = bench_markdown({"config": {}, "seeds": [0, 1], "finished": 19,
+                         "machine": machine_info("cpu"), **aggregate(fake_bench)})
+    section = md.split("## Against full training on the run's own machine")[1].split("## ")[0]
+    assert [line for line in section.splitlines() if line.startswith("| ") and "---" not in line
+            ][1:] == ["| learndrop | 0 | here-full | -2.00 | -2.00 | 0.600 |"]
 
 
 def test_accuracy_right_after_the_first_decision(fake_bench):
@@ -337,6 +350,7 @@ def test_markdown_says_above_below_and_outside(fake_bench):
     assert "above" in line["| learndrop"] and "below" in line["| freezeout"]
     assert "outside the frontier's range" in line["| stochastic-depth"]
     assert "time ratio (A/A 1.100)" in md and "Noise floor" in md
+    assert "own machine" not in md  # every run beside its full run: no second comparison
     machine = machine_info()  # every results file names the machine it was written on
     assert machine["torch"] in md and all(flag in md for flag in machine["cpu_flags"])
     assert f"Report written on: {machine['cpu']} (" in md

@@ -272,6 +272,13 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
                 "units_dropped": summary["units_dropped"],
                 "params_final": summary["params_final"],
             }
+            # Where full training of the seed trained on another machine, the accuracy is
+            # also compared with the full run of the run's own machine (its time reference):
+            # the same seed on two CPUs can end as far apart as two seeds.
+            row["acc_delta_own_machine"] = (
+                summary["final_test_acc"] - time_ref["summary"]["final_test_acc"]
+                if time_ref is not None and row["time_reference"] not in ("full", AA_LABEL)
+                else None)
             for axis in ("time", "cpu"):
                 row[f"{axis}_ratio"] = (_ratio(run_cost(summary, axis),
                                                run_cost(time_ref["summary"], axis))
@@ -351,6 +358,8 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
     train_acc = [r["final_train_acc"] for r in logged if r["final_train_acc"] is not None]
     delta, delta_std = mean_std([d["delta"] for d in decided])
     around = [r["around_drops"] for r in per_seed if r.get("around_drops")]
+    own = [r for r in per_seed if r["acc_delta_own_machine"] is not None]
+    own_delta, own_std = mean_std([r["acc_delta_own_machine"] for r in own])
     return {
         "role": role,
         "method": first.get("method"),
@@ -382,6 +391,11 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
             "decided": [d.get("decided", d["epoch"]) for d in decided],
             "units": [d["units"] for d in decided], "delta": delta, "delta_std": delta_std,
         } if decided else None,
+        "own_machine": {
+            "seeds": [r["seed"] for r in own], "references": [r["time_reference"] for r in own],
+            "acc_delta": own_delta, "acc_delta_std": own_std,
+            "time_ratios": [r["time_ratio"] for r in own],
+        } if own else None,
         "around_drops": {
             "seeds": len(around), "drops": [a["count"] for a in around],
             "same_step": all(a["same_step"] for a in around),
@@ -700,6 +714,30 @@ def bench_markdown(report: dict) -> str:
         lines += ["", f"{label}: not trained for seed(s) {', '.join(map(str, copy['seeds']))}: "
                   f"{copy['reference']} dropped and froze nothing there, so it would have been "
                   "full training of the same seed, step for step; read full's row."]
+
+    own = {label: r["own_machine"] for label, r in rows.items() if r.get("own_machine")}
+    if own:
+        lines += [
+            "", "## Against full training on the run's own machine", "",
+            "Where full training of a seed trained on another machine than the run, the run's "
+            "final test accuracy minus that of full training of the same seed on its own "
+            "machine (the run its time ratio is read against: the A/A control or a "
+            "`--variant LABEL=full`): the same seed on two CPUs can end as far apart as two "
+            "seeds, so this is the paired comparison. Points, mean ± std over the seeds that "
+            "have one; per seed in order.",
+            "",
+            "| run | seeds | against | Δ per seed (pts) | Δ (pts) | time ratio per seed |",
+            "|---|---:|---|---|---:|---|",
+        ]
+        for label, o in own.items():
+            deltas = [s["acc_delta_own_machine"] for s in rows[label]["per_seed"]
+                      if s["acc_delta_own_machine"] is not None]
+            lines.append(
+                f"| {label} | {'/'.join(map(str, o['seeds']))} "
+                f"| {', '.join(dict.fromkeys(o['references']))} "
+                f"| {', '.join(_f(d, '.2f', 100, sign=True) for d in deltas)} "
+                f"| {_pm(o['acc_delta'], o['acc_delta_std'], sign=True)} "
+                f"| {', '.join(_f(t, '.3f') for t in o['time_ratios'])} |")
 
     lines += ["", "## Against the budget frontier", ""]
     points = report["frontier"]["flops"]
