@@ -199,6 +199,9 @@ def test_a_run_on_another_machine_is_timed_against_a_full_run_beside_it(fake_ben
     ld["metrics"][1]["dropped"] = ["layer1.0"]
     fake_bench[("here-full", 0)]["metrics"][0]["train_loss"] = ld["metrics"][0]["train_loss"] = 2.0
     fake_bench[("freezeout", 0)]["summary"]["machine"] = "Intel Xeon Gold, 2 threads"
+    # Seed 1's copy of Learn&Drop's run and its A/A control trained on the other machine.
+    for label in ("random-drop", "full-aa"):
+        fake_bench[(label, 1)]["summary"]["machine"] = epyc
     rows = aggregate(fake_bench)["rows"]
     first = {r["seed"]: r for r in rows["learndrop"]["per_seed"]}
     assert first[0]["time_reference"] == "here-full"
@@ -216,11 +219,15 @@ def test_a_run_on_another_machine_is_timed_against_a_full_run_beside_it(fake_ben
     assert own["acc_delta"] == pytest.approx(-0.02) and own["acc_delta_std"] is None
     assert own["time_ratios"] == [pytest.approx(0.6)]
     assert all(rows[label]["own_machine"] is None for label in ("full", "here-full", "freezeout"))
+    copy_ = rows["random-drop"]["own_machine"]  # against the A/A control of its machine
+    assert copy_["seeds"] == [1] and copy_["references"] == ["full-aa"]
+    assert copy_["acc_deltas"] == [pytest.approx(0.84 - 0.87)]
     md = bench_markdown({"config": {}, "seeds": [0, 1], "finished": 19,
                          "machine": machine_info("cpu"), **aggregate(fake_bench)})
     section = md.split("## Against full training on the run's own machine")[1].split("## ")[0]
     assert [line for line in section.splitlines() if line.startswith("| ") and "---" not in line
-            ][1:] == ["| learndrop | 0 | here-full | -2.00 | -2.00 | 0.600 |"]
+            ][1:] == ["| learndrop | 0 | here-full | -2.00 | -2.00 | 0.600 |",
+                      "| random-drop | 1 | full-aa | -3.00 | -3.00 | 0.600 |"]
 
 
 def test_accuracy_right_after_the_first_decision(fake_bench):

@@ -277,8 +277,8 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
             # the same seed on two CPUs can end as far apart as two seeds.
             row["acc_delta_own_machine"] = (
                 summary["final_test_acc"] - time_ref["summary"]["final_test_acc"]
-                if time_ref is not None and row["time_reference"] not in ("full", AA_LABEL)
-                else None)
+                if time_ref is not None and ref is not None
+                and not _same_machine(summary, ref["summary"]) else None)
             for axis in ("time", "cpu"):
                 row[f"{axis}_ratio"] = (_ratio(run_cost(summary, axis),
                                                run_cost(time_ref["summary"], axis))
@@ -393,7 +393,8 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
         } if decided else None,
         "own_machine": {
             "seeds": [r["seed"] for r in own], "references": [r["time_reference"] for r in own],
-            "acc_delta": own_delta, "acc_delta_std": own_std,
+            "acc_deltas": [r["acc_delta_own_machine"] for r in own],
+            "acc_delta": own_delta, "acc_delta_std": own_std,  # mean ± std, not a median
             "time_ratios": [r["time_ratio"] for r in own],
         } if own else None,
         "around_drops": {
@@ -730,12 +731,10 @@ def bench_markdown(report: dict) -> str:
             "|---|---:|---|---|---:|---|",
         ]
         for label, o in own.items():
-            deltas = [s["acc_delta_own_machine"] for s in rows[label]["per_seed"]
-                      if s["acc_delta_own_machine"] is not None]
             lines.append(
                 f"| {label} | {'/'.join(map(str, o['seeds']))} "
                 f"| {', '.join(dict.fromkeys(o['references']))} "
-                f"| {', '.join(_f(d, '.2f', 100, sign=True) for d in deltas)} "
+                f"| {', '.join(_f(d, '.2f', 100, sign=True) for d in o['acc_deltas'])} "
                 f"| {_pm(o['acc_delta'], o['acc_delta_std'], sign=True)} "
                 f"| {', '.join(_f(t, '.3f') for t in o['time_ratios'])} |")
 

@@ -29,7 +29,7 @@ from learndrop.checkpoint import safe_load, save_slim
 from learndrop.data import load_dataset, make_loaders
 from learndrop.distributed import DistContext
 from learndrop.machine import machine_name
-from learndrop.methods.base import Stopwatch
+from learndrop.methods import Stopwatch
 from learndrop.train import report
 from learndrop.train.builder import (
     build_parts,
