@@ -16,6 +16,7 @@ from learndrop import DropPolicy, LearnDrop
 from learndrop.recalibrate import batchnorms_after, recalibrate_batchnorm
 from learndrop.train import TrainConfig, train
 from learndrop.train.config import ConfigError
+from learndrop.train.report import announce_drop_evals
 from learndrop.train.steps import evaluate
 
 needs_fashion = pytest.mark.skipif(
@@ -168,3 +169,29 @@ def test_a_method_that_drops_nothing_while_training_refuses_the_option(method):
                     method_options={"reference": "x"} if method == "slim-from-scratch"
                     else {}).validate()
     TrainConfig(method="learndrop", eval_around_drops=True).validate()
+
+
+@pytest.mark.parametrize("units", [1, 2])
+def test_the_whole_decisions_cost_is_read_on_the_cost_batches(trained_resnet20, one_thread,
+                                                              units):
+    """Beside the tests, the loss on the batches the drop costs are measured on, before and
+    after the decision: before, it is the check's own loss; for one unit its rise is that
+    unit's measured drop cost (a drop bypasses what the cost's probe bypassed); for several it
+    is the whole decision's, set beside the sum of their costs measured one at a time."""
+    trained, batches, _ = trained_resnet20
+    model, _, ld = fading_run(trained, batches, fade_steps=0, max_drops_per_check=units)
+    ld.evaluate_now = lambda: {"acc": 0.5, "loss": 1.0}
+    events = ld.check()
+    assert len(events) == units and all(e.action == "drop" for e in events)
+    [record] = ld.drop_evals
+    assert record["batch_loss_before"] == ld.check_losses[-1]
+    assert record["drop_cost_sum"] == pytest.approx(sum(e.drop_cost for e in events))
+    rise = record["batch_loss_after"] - record["batch_loss_before"]
+    if units == 1:
+        assert rise == pytest.approx(events[0].drop_cost, abs=1e-5)
+    else:
+        assert math.isfinite(rise) and rise != pytest.approx(record["drop_cost_sum"], abs=1e-6)
+    lines = []
+    announce_drop_evals([record], lines.append)
+    assert f"on the recent training batches {rise:+.3f} nats (the units' drop costs summed " \
+           f"{record['drop_cost_sum']:+.3f})" in lines[0]

@@ -449,7 +449,10 @@ class Method:
         same recent batches) and then put back as they were: the drop's recalibration also
         refreshes statistics that lag the weights at a high learning rate, so "after minus
         before" holds the refresh's gain and "after minus before recalibrated" is the drop
-        alone. The reading after comes once the change is complete (:attr:`changing` is
+        alone. Where the method measures drop costs, the loss on the batches they are
+        measured on (:meth:`recent_batch_loss`) is read too: its rise over the decision is the
+        whole decision's cost, to set beside the sum of its units' ``drop_cost`` (measured one
+        unit at a time). The reading after comes once the change is complete (:attr:`changing` is
         False), after the drops of that step and BatchNorm's recalibration: at the same step
         for an abrupt drop, at the fade's end for a fade. Each pair goes into
         :attr:`drop_evals`, so that what a drop does is read apart from what training does
@@ -470,8 +473,15 @@ class Method:
         reading = self._timed(self._read_before)
         self._eval_before = {"step": self.steps, "events": len(self.events), **reading}
 
+    def recent_batch_loss(self) -> float | None:
+        """The loss on the batches a drop's cost is measured on, read with the tests around a
+        drop (:meth:`before_change`): its change over a decision is the whole decision's cost
+        as the method measures one unit's. The base class measures no cost: ``None``."""
+        return None
+
     def _read_before(self) -> dict:
         reading = self._read()
+        reading["batch_loss"] = self.recent_batch_loss()
         reading["recalibrated"] = None
         if self.recalibration_batches and self.recent_batches:
             names = batchnorms_after(self.model, self.example_input)
@@ -495,15 +505,20 @@ class Method:
         self._eval_before = None
         if self.evaluate_now is None:
             return  # a resumed run that no longer measures
-        after = self._timed(self._read)
+        after = self._timed(lambda: {**self._read(), "batch_loss": self.recent_batch_loss()})
         refreshed = before["recalibrated"] or {}
+        drops = [e for e in self.events[before["events"]:] if e.action == "drop"]
+        costs = [e.drop_cost for e in drops]
         self.drop_evals.append({
             "step_before": before["step"], "step": self.steps, "epoch": self.epoch,
-            "units": [e.unit for e in self.events[before["events"]:] if e.action == "drop"],
+            "units": [e.unit for e in drops],
             "test_acc_before": before["acc"], "test_acc_after": after["acc"],
             "test_loss_before": before["loss"], "test_loss_after": after["loss"],
             "test_acc_before_recalibrated": refreshed.get("acc"),
             "test_loss_before_recalibrated": refreshed.get("loss"),
+            # A reading pending in a checkpoint from before session 38 has no batch loss.
+            "batch_loss_before": before.get("batch_loss"), "batch_loss_after": after["batch_loss"],
+            "drop_cost_sum": sum(costs) if costs and None not in costs else None,
         })
 
     def stopwatch(self, sync: Callable[[], None] | None = None) -> Stopwatch:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learndrop.drop_cost import LossFn, drop_costs
+from learndrop.drop_cost import LossFn, batch_loss, drop_costs
 from learndrop.flops import unit_costs
 from learndrop.methods.base import Event, Method, MethodOptionError, RunInfo
 from learndrop.methods.registry import register_method
@@ -313,6 +313,16 @@ class LearnDrop(Method):
 
     def _action(self, name: str) -> str:
         return "freeze" if self.mode == "freeze" else self.policy.action(self.last_costs.get(name))
+
+    def recent_batch_loss(self) -> float | None:
+        """The mean loss on the last ``cost_batches`` recent batches, BatchNorm in training
+        mode, as the drop costs are measured (:func:`learndrop.drop_cost.batch_loss`; nats per
+        sample); ``None`` without cost batches. Not charged to the ledger: it is read only with
+        the tests around drops."""
+        batches = list(self.recent_batches)[-self.policy.cost_batches:]
+        if not self.policy.cost_batches or not batches:
+            return None
+        return batch_loss(self.model, batches, self.loss_fn)
 
     def _measure(self, names: list[str]) -> None:
         """Measure the check loss (appended to ``check_losses``) and the drop costs of the

@@ -161,9 +161,15 @@ def announce_drop_evals(records: list[dict], log: Log) -> None:
         if refreshed is not None:
             with_refresh = f" ({100 * refreshed:.2f}% with BatchNorm recalibrated)"
             alone = f"; the drop alone {100 * (r['test_acc_after'] - refreshed):+.2f}"
+        measured = ""
+        if r.get("batch_loss_before") is not None and r.get("batch_loss_after") is not None:
+            rise = r["batch_loss_after"] - r["batch_loss_before"]
+            summed = r.get("drop_cost_sum")
+            measured = (f"; on the recent training batches {rise:+.3f} nats" + (
+                f" (the units' drop costs summed {summed:+.3f})" if summed is not None else ""))
         log(f"  test acc around the drop of {units} ({span}): "
             f"{100 * r['test_acc_before']:.2f}% before{with_refresh}, "
-            f"{100 * r['test_acc_after']:.2f}% after ({change:+.2f} points{alone})")
+            f"{100 * r['test_acc_after']:.2f}% after ({change:+.2f} points{alone}){measured}")
 
 
 def fading_note(row: dict) -> str:
