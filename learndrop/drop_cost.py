@@ -29,7 +29,7 @@ from torch import nn
 from learndrop.surgery import replace_module
 from learndrop.units import Unit
 
-__all__ = ["LossFn", "batch_loss", "drop_costs"]
+__all__ = ["LossFn", "batch_loss", "drop_costs", "joint_drop_cost"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -76,6 +76,49 @@ def batch_loss(model: nn.Module, batches: Sequence[Batch],
         return _mean_loss(model, batches, loss_fn)
 
 
+@contextmanager
+def _bypassed(model: nn.Module, units: Sequence[Unit]) -> Iterator[None]:
+    """Every module of ``units`` replaced by the identity, put back afterwards."""
+    replaced = []
+    try:
+        for unit in units:
+            for name in unit.modules:
+                replaced.append((name, replace_module(model, name, nn.Identity())))
+        yield
+    finally:
+        for name, module in reversed(replaced):  # those replaced, should one fail
+            replace_module(model, name, module)
+
+
+def joint_drop_cost(
+    model: nn.Module,
+    units: Sequence[Unit],
+    batches: Sequence[Batch],
+    loss_fn: LossFn = F.cross_entropy,
+    base: float | None = None,
+) -> float:
+    """The cost of dropping ``units`` together: the module docstring's formula with all of them
+    bypassed at once (nats per sample). Several units' costs do not add up to this in general.
+
+    Args:
+        base: the loss of ``model`` on ``batches`` measured the same way (e.g.
+            :func:`drop_costs`' first value); measured here when omitted.
+
+    Returns:
+        The cost; one forward pass per sample (two without ``base``).
+
+    Raises:
+        ValueError: no batch.
+    """
+    if not batches:
+        raise ValueError("measuring a drop cost needs at least one batch")
+    with _probe(model):
+        if base is None:
+            base = _mean_loss(model, batches, loss_fn)
+        with _bypassed(model, units):
+            return _mean_loss(model, batches, loss_fn) - base
+
+
 def drop_costs(
     model: nn.Module,
     units: Sequence[Unit],
@@ -103,10 +146,6 @@ def drop_costs(
     with _probe(model):
         base = _mean_loss(model, batches, loss_fn)
         for unit in units:
-            kept = [replace_module(model, m, nn.Identity()) for m in unit.modules]
-            try:
+            with _bypassed(model, [unit]):
                 costs[unit.name] = _mean_loss(model, batches, loss_fn) - base
-            finally:
-                for m, module in zip(unit.modules, kept, strict=True):
-                    replace_module(model, m, module)
     return base, costs

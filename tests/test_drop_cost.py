@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from learndrop.drop_cost import batch_loss, drop_costs
+from learndrop.drop_cost import batch_loss, drop_costs, joint_drop_cost
 from learndrop.surgery import freeze_unit
 from learndrop.units import find_units
 
@@ -43,3 +43,26 @@ def test_measuring_changes_nothing_and_a_zero_branch_costs_nothing(trained_resne
     assert costs[units[0].name] == pytest.approx(batch_loss(without, batches) - loss, abs=1e-5)
     with pytest.raises(ValueError, match="at least one batch"):
         drop_costs(model, live, [])
+
+
+def test_the_joint_cost_bypasses_every_unit_at_once(trained_resnet20, one_thread):
+    """One unit's joint cost is its cost; several units' is the loss of the network without all
+    of them minus the loss with them, which their costs do not add up to; nothing changes."""
+    trained, batches, _ = trained_resnet20
+    model = copy.deepcopy(trained).train()
+    units = find_units(model, X)
+    state = copy.deepcopy(model.state_dict())
+    loss, costs = drop_costs(model, units[:3], batches)
+    assert joint_drop_cost(model, units[:1], batches) == pytest.approx(costs[units[0].name],
+                                                                        abs=1e-6)
+    together = joint_drop_cost(model, units[:3], batches, base=loss)
+    without = copy.deepcopy(model)
+    for unit in units[:3]:
+        parent, _, child = unit.name.rpartition(".")
+        setattr(without.get_submodule(parent), child, nn.Identity())
+    assert together == pytest.approx(batch_loss(without, batches) - loss, abs=1e-5)
+    assert together != pytest.approx(sum(costs[u.name] for u in units[:3]), abs=1e-4)
+    after = model.state_dict()
+    assert list(after) == list(state) and all(torch.equal(after[k], v) for k, v in state.items())
+    with pytest.raises(ValueError, match="at least one batch"):
+        joint_drop_cost(model, units[:2], [])

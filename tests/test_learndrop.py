@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from learndrop import DropPolicy, LearnDrop, PolicyError
-from learndrop.drop_cost import drop_costs
+from learndrop.drop_cost import drop_costs, joint_drop_cost
 from learndrop.methods import MissingBatchesError, create_method, parse_options
 from learndrop.models import create_model
 from learndrop.policy import FreezePolicy
@@ -676,3 +676,79 @@ def test_a_cap_per_stage_keeps_every_stage_some_blocks(trained_resnet20, one_thr
     assert sorted(sizes.values()) == [2, 2, 3]
     assert max(Counter(dropped[1.0]).values()) > 1
     assert Counter(dropped[0.5]) == {stage: 1 for stage in sizes}
+
+
+def test_a_joint_decision_cost_trims_the_costliest_drops(trained_resnet20, one_thread,
+                                                         monkeypatch):
+    """``decision_cost="joint"``: a check's drops, chosen by their summed costs, are measured
+    together, and the costliest leave the decision until that cost fits ``max_drop_cost``; the
+    measurements are charged to the ledger. The option is refused where it cannot act."""
+    trained, batches, _ = trained_resnet20
+    fields = {**EAGER_FIELDS, "max_drops_per_check": 4}
+
+    def check(**extra):
+        model = copy.deepcopy(trained)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        ld = LearnDrop(model, optimizer, F16, policy=DropPolicy(**{**fields, **extra}),
+                       total_steps=100)
+        sgd_steps(model, optimizer, ld, batches)
+        before = copy.deepcopy(model)
+        return ld, before, ld.check()
+
+    ld, before, summed = check(max_drop_cost=10.0)
+    names, costs = [e.unit for e in summed], [e.drop_cost for e in summed]
+    assert len(names) == 4 and costs == sorted(costs)
+    by_name = {u.name: u for u in ld.units}
+    recent = list(ld.recent_batches)[-ld.policy.cost_batches:]
+    joint = [joint_drop_cost(copy.deepcopy(before), [by_name[n] for n in names[:k]], recent)
+             for k in range(1, 5)]
+    # Several units cost more together than their costs add up to (here 0.30 against 0.23 for
+    # two, 0.73 against 0.37 for three): a budget the summed rule fills with three units or
+    # more, and that only the first two fit together.
+    summed_up = [sum(costs[:k]) for k in range(1, 5)]
+    assert joint[0] == pytest.approx(costs[0], abs=1e-6)
+    assert max(summed_up[2], joint[1]) < joint[2]
+    budget = (max(summed_up[2], joint[1]) + joint[2]) / 2
+    _, _, by_sum = check(max_drop_cost=budget)
+    taken = [e.unit for e in by_sum]
+    assert len(taken) >= 3 and taken == names[:len(taken)]
+    real, tried = LearnDrop._joint_cost, []
+
+    def measured(self, units):  # each try: one forward pass of the network without them
+        extra = self.ledger.totals()["extra_fwd_flops"]
+        cost = real(self, units)
+        tried.append((list(units), self.ledger.totals()["extra_fwd_flops"] - extra))
+        return cost
+
+    monkeypatch.setattr(LearnDrop, "_joint_cost", measured)
+    _, _, by_joint = check(max_drop_cost=budget, decision_cost="joint")
+    assert [e.unit for e in by_joint] == names[:2]
+    # Tried: all it took by the sum, then one fewer at a time down to two.
+    assert [t for t, _ in tried] == [names[:k] for k in range(len(taken), 1, -1)]
+    samples = sum(len(y) for _, y in recent)
+    for units, charged in tried:
+        assert charged == pytest.approx(samples * (ld.ledger.full.fwd - sum(
+            ld._unit_fwd[n] for n in units)))
+    with pytest.raises(PolicyError, match="decision_cost='joint' measures"):
+        DropPolicy(decision_cost="joint", max_drop_cost=math.inf)
+    with pytest.raises(PolicyError, match="decision_cost='joint' measures"):
+        DropPolicy(decision_cost="joint", **NO_BATCHES)
+    with pytest.raises(PolicyError, match="decision_cost='all' is invalid"):
+        DropPolicy(decision_cost="all")
+    with pytest.raises(PolicyError, match="--decision-cost joint: --method freeze"):
+        parse_options("freeze", {"decision_cost": "joint"})
+
+
+def test_trim_keeps_the_longest_head_that_fits():
+    policy = DropPolicy(decision_cost="joint", max_drop_cost=0.1)
+    tried = []
+
+    def cost_of(names):
+        tried.append(list(names))
+        return 0.04 * len(names) ** 2  # several units cost more than their sum
+    assert policy.trim(["a", "b", "c"], cost_of) == (["a"], None)  # 0.36, 0.16: one is left
+    assert tried == [["a", "b", "c"], ["a", "b"]]
+    assert DropPolicy(decision_cost="joint", max_drop_cost=0.2).trim(["a", "b", "c"], cost_of
+                                                                     ) == (["a", "b"], 0.16)
+    assert DropPolicy(max_drop_cost=0.1).trim(["a", "b", "c"], cost_of) == (["a", "b", "c"],
+                                                                            None)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learndrop.drop_cost import LossFn, batch_loss, drop_costs
+from learndrop.drop_cost import LossFn, batch_loss, drop_costs, joint_drop_cost
 from learndrop.flops import unit_costs
 from learndrop.methods.base import Event, Method, MethodOptionError, RunInfo
 from learndrop.methods.registry import register_method
@@ -285,6 +285,10 @@ class LearnDrop(Method):
             units_dropped=gone, costs=self.last_costs, losses=self.check_losses,
             fwd_flops=self._unit_fwd, **stage_kwargs,
         ))
+        if self.policy.decision_cost == "joint":
+            drops = [n for n in decided if self._action(n) == "drop"]
+            kept, _ = self.policy.trim(drops, self._joint_cost)
+            decided = [n for n in decided if n in kept or n not in drops]
         actions = [self._action(name) for name in decided]
         # Every data-parallel process applies rank 0's decision, actions included (each
         # process measured the costs on its own batches): "action:unit" entries.
@@ -313,6 +317,19 @@ class LearnDrop(Method):
 
     def _action(self, name: str) -> str:
         return "freeze" if self.mode == "freeze" else self.policy.action(self.last_costs.get(name))
+
+    def _joint_cost(self, names: list[str]) -> float:
+        """The cost of dropping the units ``names`` together, on the cost batches against this
+        check's loss (:func:`learndrop.drop_cost.joint_drop_cost`); the pass is charged to the
+        ledger."""
+        batches = self.require_batches("measure a decision's cost")[-self.policy.cost_batches:]
+        by_name = {u.name: u for u in self.units}
+        cost = joint_drop_cost(self.model, [by_name[n] for n in names], batches, self.loss_fn,
+                               base=self.check_losses[-1])
+        fwd = self.ledger.cost(self.flops_key()).fwd
+        self.ledger.record_extra(sum(len(y) for _, y in batches)
+                                 * (fwd - sum(self._unit_fwd[n] for n in names)))
+        return cost
 
     def recent_batch_loss(self) -> float | None:
         """The mean loss on the last ``cost_batches`` recent batches, BatchNorm in training
