@@ -21,8 +21,8 @@ that much together (each unit's cost was measured with the others in place, so t
 the check's drops are expected to cost), and a cheap unit that no longer fits waits for the next
 check, measured again there. Several units' costs under-add (ResNet-56: removing 2-6 units
 together raised the test loss 1.0-3.2x their summed costs), so with ``decision_cost="joint"``
-the chosen drops are also measured together, all bypassed at once, and the costliest leave the
-decision until that cost fits (:meth:`DropPolicy.trim`).
+the chosen drops are also measured together, all bypassed at once, and the last in the ranking
+leave the decision until that cost fits (:meth:`DropPolicy.trim`).
 
 Stability (:meth:`DropPolicy.is_stable`): the check loss (the mean training loss on the recent
 batches, measured at every check) must not exceed the lowest of the previous ``trend_window``
@@ -97,7 +97,8 @@ class DropPolicy:
         decision_cost: how a check's drops are priced against ``max_drop_cost``: ``"sum"``
             (the default: their costs, each measured with the others in place, add up to at
             most the budget) or ``"joint"`` (also measured together, all bypassed at once on
-            the same batches, and the costliest leave the decision until that cost fits: one
+            the same batches, and the last in the ranking (the costliest with
+            ``rank_by="cost"``) leave the decision until that cost fits: one
             more forward pass per sample of the cost batches for each try; a single unit is its
             own cost). Several units' costs under-add: on ResNet-56 (CIFAR-10, 21 decisions)
             the test loss rose 1.0-3.2x the summed costs of 2-6 units dropped together, where
@@ -225,6 +226,12 @@ class DropPolicy:
             raise PolicyError(f"rank_by={self.rank_by!r} ranks measured drop costs and needs "
                               "cost_batches >= 1; set cost_batches to e.g. 2, or leave rank_by "
                               "out")
+        if (self.decision_cost == "joint" and type(self.max_drops_per_check) is int
+                and self.max_drops_per_check == 1):  # 1.0 is a fraction: every unit
+            raise PolicyError(
+                "decision_cost='joint' prices several drops together, and with "
+                "max_drops_per_check=1 a check drops one unit, whose own cost already fits "
+                "max_drop_cost; leave decision_cost out, or allow more drops per check")
         if self.decision_cost == "joint" and not (self.cost_batches
                                                   and math.isfinite(self.max_drop_cost)):
             raise PolicyError(
@@ -370,9 +377,10 @@ class DropPolicy:
     def trim(self, drops: Sequence[str], cost_of: Callable[[list[str]], float]
              ) -> tuple[list[str], float | None]:
         """With ``decision_cost="joint"``: the longest head of ``drops`` (a check's drops in
-        :meth:`decide`'s order, cheapest first) whose cost measured together,
-        ``cost_of(names)`` in nats per sample, is at most ``max_drop_cost``, and that cost
-        (``None`` where nothing was measured). A single unit stays: its own cost passed
+        :meth:`decide`'s order: cheapest first, or best cost per FLOP first with
+        ``rank_by="cost-per-flop"``, so the last in that order leave first) whose cost measured
+        together, ``cost_of(names)`` in nats per sample, is at most ``max_drop_cost``, and that
+        cost (``None`` where nothing was measured). A single unit stays: its own cost passed
         :meth:`decide`. With ``"sum"``, ``drops`` unchanged and nothing measured.
         """
         kept = list(drops)

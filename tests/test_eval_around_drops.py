@@ -13,6 +13,7 @@ import torch
 from test_fade import EAGER_FIELDS, F16, fading_run, sgd_steps
 
 from learndrop import DropPolicy, LearnDrop
+from learndrop.drop_cost import joint_drop_cost
 from learndrop.recalibrate import batchnorms_after, recalibrate_batchnorm
 from learndrop.train import TrainConfig, train
 from learndrop.train.config import ConfigError
@@ -137,6 +138,8 @@ def test_a_fade_is_tested_at_its_start_and_at_its_end(trained_resnet20, one_thre
     assert record["test_loss_before_recalibrated"] == pytest.approx(read_by_hand[0]["loss"])
     assert sorted(record["units"]) == fading
     assert record["test_acc_after"] == evaluate(model, test_loader)["acc"]
+    # A fade ends steps later, on other batches: no decision cost is read across it.
+    assert record["batch_loss_before"] is None and record["batch_loss_after"] is None
     assert ld.summary()["drop_evals"] == [record]
 
     # Resumed mid-fade: the reading before the fades is the saved one.
@@ -181,16 +184,19 @@ def test_the_whole_decisions_cost_is_read_on_the_cost_batches(trained_resnet20, 
     trained, batches, _ = trained_resnet20
     model, _, ld = fading_run(trained, batches, fade_steps=0, max_drops_per_check=units)
     ld.evaluate_now = lambda: {"acc": 0.5, "loss": 1.0}
+    before = copy.deepcopy(model)
     events = ld.check()
     assert len(events) == units and all(e.action == "drop" for e in events)
     [record] = ld.drop_evals
     assert record["batch_loss_before"] == ld.check_losses[-1]
     assert record["drop_cost_sum"] == pytest.approx(sum(e.drop_cost for e in events))
     rise = record["batch_loss_after"] - record["batch_loss_before"]
+    by_name = {u.name: u for u in ld.units}
+    together = joint_drop_cost(before, [by_name[e.unit] for e in events],
+                               list(ld.recent_batches)[-ld.policy.cost_batches:])
+    assert rise == pytest.approx(together, abs=1e-5)
     if units == 1:
         assert rise == pytest.approx(events[0].drop_cost, abs=1e-5)
-    else:
-        assert math.isfinite(rise) and rise != pytest.approx(record["drop_cost_sum"], abs=1e-6)
     lines = []
     announce_drop_evals([record], lines.append)
     assert f"on the recent training batches {rise:+.3f} nats (the units' drop costs summed " \

@@ -721,8 +721,10 @@ def test_a_joint_decision_cost_trims_the_costliest_drops(trained_resnet20, one_t
         return cost
 
     monkeypatch.setattr(LearnDrop, "_joint_cost", measured)
-    _, _, by_joint = check(max_drop_cost=budget, decision_cost="joint")
+    ld_joint, _, by_joint = check(max_drop_cost=budget, decision_cost="joint")
     assert [e.unit for e in by_joint] == names[:2]
+    assert ld_joint.metrics()["joint_cost"] == pytest.approx(joint[1], abs=1e-5)
+    assert "joint_cost" not in ld.metrics()
     # Tried: all it took by the sum, then one fewer at a time down to two.
     assert [t for t, _ in tried] == [names[:k] for k in range(len(taken), 1, -1)]
     samples = sum(len(y) for _, y in recent)
@@ -735,6 +737,9 @@ def test_a_joint_decision_cost_trims_the_costliest_drops(trained_resnet20, one_t
         DropPolicy(decision_cost="joint", **NO_BATCHES)
     with pytest.raises(PolicyError, match="decision_cost='all' is invalid"):
         DropPolicy(decision_cost="all")
+    with pytest.raises(PolicyError, match="with max_drops_per_check=1 a check drops one unit"):
+        DropPolicy(decision_cost="joint", max_drops_per_check=1)
+    assert DropPolicy(decision_cost="joint", max_drops_per_check=1.0).max_drops_per_check == 1.0
     with pytest.raises(PolicyError, match="--decision-cost joint: --method freeze"):
         parse_options("freeze", {"decision_cost": "joint"})
 

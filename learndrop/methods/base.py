@@ -449,12 +449,13 @@ class Method:
         same recent batches) and then put back as they were: the drop's recalibration also
         refreshes statistics that lag the weights at a high learning rate, so "after minus
         before" holds the refresh's gain and "after minus before recalibrated" is the drop
-        alone. Where the method measures drop costs, the loss on the batches they are
-        measured on (:meth:`recent_batch_loss`) is read too: its rise over the decision is the
-        whole decision's cost, to set beside the sum of its units' ``drop_cost`` (measured one
-        unit at a time). The reading after comes once the change is complete (:attr:`changing` is
-        False), after the drops of that step and BatchNorm's recalibration: at the same step
-        for an abrupt drop, at the fade's end for a fade. Each pair goes into
+        alone. Where the method measures drop costs and the change is made at one step (not a
+        fade), the loss on the batches they are measured on (:meth:`recent_batch_loss`) is
+        read too: its rise over the decision is the whole decision's cost, to set beside the
+        sum of its units' ``drop_cost`` (measured one unit at a time). The reading after
+        comes once the change is complete (:attr:`changing` is False), after the drops of that
+        step and BatchNorm's recalibration: at the same step for an abrupt drop, at the fade's
+        end for a fade. Each pair goes into
         :attr:`drop_evals`, so that what a drop does is read apart from what training does
         between two epochs' evaluations (at a high learning rate, full training's own test
         accuracy moves by several points from one epoch to the next).
@@ -505,7 +506,11 @@ class Method:
         self._eval_before = None
         if self.evaluate_now is None:
             return  # a resumed run that no longer measures
-        after = self._timed(lambda: {**self._read(), "batch_loss": self.recent_batch_loss()})
+        # The loss on the cost batches compares like with like only for a change made at one
+        # step; a fade's end comes steps later, on other batches and trained weights.
+        at_once = before["step"] == self.steps
+        after = self._timed(lambda: {**self._read(), "batch_loss": (
+            self.recent_batch_loss() if at_once else None)})
         refreshed = before["recalibrated"] or {}
         drops = [e for e in self.events[before["events"]:] if e.action == "drop"]
         costs = [e.drop_cost for e in drops]
@@ -517,7 +522,8 @@ class Method:
             "test_acc_before_recalibrated": refreshed.get("acc"),
             "test_loss_before_recalibrated": refreshed.get("loss"),
             # A reading pending in a checkpoint from before session 38 has no batch loss.
-            "batch_loss_before": before.get("batch_loss"), "batch_loss_after": after["batch_loss"],
+            "batch_loss_before": before.get("batch_loss") if at_once else None,
+            "batch_loss_after": after["batch_loss"],
             "drop_cost_sum": sum(costs) if costs and None not in costs else None,
         })
 

@@ -137,6 +137,7 @@ class LearnDrop(Method):
         self.streaks: dict[str, int] = {}
         self.last_scores: dict[str, UnitScore] = {}
         self.last_costs: dict[str, float] = {}  # drop costs measured at the last check
+        self.last_joint_cost: float | None = None  # its drops measured together ("joint")
         self.check_losses: list[float] = []  # the check loss of every check so far
         # Units fading out before their drop: name -> (fade, steps faded so far, the scores
         # their drop event will carry).
@@ -162,13 +163,19 @@ class LearnDrop(Method):
     def metrics(self) -> dict:
         """The base row plus each unit scored at the last check: its scores (change, ratio,
         slope, continuation), its measured drop cost (None where not measured) and the action
-        taken on it (None while it is live)."""
-        return {**super().metrics(), "scores": {
+        taken on it (None while it is live); with ``decision_cost="joint"`` also the last check's
+        drops' cost measured together (``joint_cost``, nats; None where fewer than two were
+        tried)."""
+        row = {**super().metrics(), "scores": {
             u: {"change": s.change, "ratio": s.ratio, "slope": s.slope,
                 "continuation": s.continuation, "drop_cost": self.last_costs.get(u),
                 "action": self.removed.get(u, "fade" if u in self.fading else None)}
             for u, s in self.last_scores.items()},
             "fading": sorted(self.fading)}
+        if self.policy.decision_cost == "joint":
+            # The last check's drops measured together (None: fewer than two were tried).
+            row["joint_cost"] = self.last_joint_cost
+        return row
 
     def on_step(self) -> list[Event]:
         self.tracker.accumulate_lr()
@@ -251,7 +258,7 @@ class LearnDrop(Method):
                                  "BatchNorm")
         scores = self.tracker.check()
         self.last_scores = scores
-        self.last_costs = {}
+        self.last_costs, self.last_joint_cost = {}, None
         for name, score in scores.items():
             candidate = self.policy.is_candidate(score)
             self.streaks[name] = self.streaks.get(name, 0) + 1 if candidate else 0
@@ -286,8 +293,10 @@ class LearnDrop(Method):
             fwd_flops=self._unit_fwd, **stage_kwargs,
         ))
         if self.policy.decision_cost == "joint":
+            # Each data-parallel process trims on its own batches; rank 0's result is the one
+            # applied (below), so the others' tries are spent for nothing, but cheap.
             drops = [n for n in decided if self._action(n) == "drop"]
-            kept, _ = self.policy.trim(drops, self._joint_cost)
+            kept, self.last_joint_cost = self.policy.trim(drops, self._joint_cost)
             decided = [n for n in decided if n in kept or n not in drops]
         actions = [self._action(name) for name in decided]
         # Every data-parallel process applies rank 0's decision, actions included (each
