@@ -668,8 +668,30 @@ def decay_text(fraction: float) -> str:
             f"zero")
 
 
+def _table_head(columns: Sequence[str], aligns: str) -> list[str]:
+    """A Markdown table's head: ``columns`` and one alignment per column in ``aligns``
+    (``l``: left, ``r``: right)."""
+    return ["| " + " | ".join(columns) + " |",
+            "|" + "|".join("---:" if a == "r" else "---" for a in aligns) + "|"]
+
+
+def _section(title: str, text: str, columns: Sequence[str] = (), aligns: str = "") -> list[str]:
+    """A report section's opening lines: its title, the paragraph that says how to read it and,
+    with ``columns``, its table's head (:func:`_table_head`)."""
+    return ["", f"## {title}", "", text, *(["", *_table_head(columns, aligns)] if columns else [])]
+
+
 def bench_markdown(report: dict) -> str:
-    """The bench report as Markdown tables."""
+    """The bench report as Markdown: the runs' summary, then one section per comparison and the
+    checks, then every run."""
+    rows = report["rows"]
+    lines = [*_summary_lines(report), *_own_machine_lines(rows), *_frontier_lines(report),
+             *_first_decision_lines(rows), *_around_drops_lines(rows), *_train_loss_table(rows),
+             *_checks_lines(report), *_every_run_lines(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _summary_lines(report: dict) -> list[str]:
     c, m = report["config"], report["machine"]
     rows, noise = report["rows"], report["noise_floor"]
     aa_time = f" (A/A {_f(noise['time_ratio'], '.3f')})" if noise else ""
@@ -695,10 +717,9 @@ def bench_markdown(report: dict) -> str:
         f"Time to target: training time until the test accuracy first reaches full training's "
         f"final accuracy minus {100 * TARGET_GAP:g} point.",
         "",
-        "| run | seeds | test acc (%) | Δ vs full (pts) | TFLOP | FLOPs ratio | time (s) "
-        f"| time ratio{aa_time} | CPU (s) | CPU ratio{aa_cpu} | time to target (s) "
-        "| units dropped |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *_table_head(["run", "seeds", "test acc (%)", "Δ vs full (pts)", "TFLOP", "FLOPs ratio",
+                      "time (s)", f"time ratio{aa_time}", "CPU (s)", f"CPU ratio{aa_cpu}",
+                      "time to target (s)", "units dropped"], "l" + "r" * 11),
     ]
     for label, r in rows.items():
         t2t = r["time_to_target"]
@@ -710,143 +731,148 @@ def bench_markdown(report: dict) -> str:
             f"| {_f(r['cpu_ratio'], '.3f')} "
             f"| {_f(t2t['time_s'], '.1f')} ({t2t['reached']}/{t2t['of']}) "
             f"| {_f(r['units_dropped'], 'g')}/{r['units_total']} |")
-
     for label, copy in report.get("not_trained", {}).items():
         lines += ["", f"{label}: not trained for seed(s) {', '.join(map(str, copy['seeds']))}: "
                   f"{copy['reference']} dropped and froze nothing there, so it would have been "
                   "full training of the same seed, step for step; read full's row."]
+    return lines
 
+
+def _own_machine_lines(rows: dict) -> list[str]:
     own = {label: r["own_machine"] for label, r in rows.items() if r.get("own_machine")}
-    if own:
-        lines += [
-            "", "## Against full training on the run's own machine", "",
-            "Where full training of a seed trained on another machine than the run, the run's "
-            "final test accuracy minus that of full training of the same seed on its own "
-            "machine (the run its time ratio is read against: the A/A control or a "
-            "`--variant LABEL=full`): the same seed on two CPUs can end as far apart as two "
-            "seeds, so this is the paired comparison. Points, mean ± std over the seeds that "
-            "have one; per seed in order.",
-            "",
-            "| run | seeds | against | Δ per seed (pts) | Δ (pts) | time ratio per seed |",
-            "|---|---:|---|---|---:|---|",
-        ]
-        for label, o in own.items():
-            lines.append(
-                f"| {label} | {'/'.join(map(str, o['seeds']))} "
-                f"| {', '.join(dict.fromkeys(o['references']))} "
-                f"| {', '.join(_f(d, '.2f', 100, sign=True) for d in o['acc_deltas'])} "
-                f"| {_pm(o['acc_delta'], o['acc_delta_std'], sign=True)} "
-                f"| {', '.join(_f(t, '.3f') for t in o['time_ratios'])} |")
+    if not own:
+        return []
+    lines = _section(
+        "Against full training on the run's own machine",
+        "Where full training of a seed trained on another machine than the run, the run's "
+        "final test accuracy minus that of full training of the same seed on its own "
+        "machine (the run its time ratio is read against: the A/A control or a "
+        "`--variant LABEL=full`): the same seed on two CPUs can end as far apart as two "
+        "seeds, so this is the paired comparison. Points, mean ± std over the seeds that "
+        "have one; per seed in order.",
+        ["run", "seeds", "against", "Δ per seed (pts)", "Δ (pts)", "time ratio per seed"],
+        "lrllrl")
+    for label, o in own.items():
+        lines.append(
+            f"| {label} | {'/'.join(map(str, o['seeds']))} "
+            f"| {', '.join(dict.fromkeys(o['references']))} "
+            f"| {', '.join(_f(d, '.2f', 100, sign=True) for d in o['acc_deltas'])} "
+            f"| {_pm(o['acc_delta'], o['acc_delta_std'], sign=True)} "
+            f"| {', '.join(_f(t, '.3f') for t in o['time_ratios'])} |")
+    return lines
 
-    lines += ["", "## Against the budget frontier", ""]
-    points = report["frontier"]["flops"]
+
+def _frontier_lines(report: dict) -> list[str]:
+    rows, points = report["rows"], report["frontier"]["flops"]
     if not points:
-        lines.append("No frontier: it needs full training and at least one finished budget run "
-                     "(`--budgets`).")
-    else:
-        lines += [
-            "Full training for fractions of the epochs, schedule compressed (warm-up scaled, "
-            "the decay's share of the run kept, to zero): mean over seeds.",
-            "",
-            "| budget | epochs | TFLOP | time ratio | CPU ratio | test acc (%) |",
-            "|---:|---:|---:|---:|---:|---:|",
-        ]
-        by_budget = {axis: {p["budget"]: p for p in report["frontier"][axis]}
-                     for axis in ("time", "cpu")}
-        for p in sorted(points, key=lambda p: p["budget"]):
-            label = "full" if p["budget"] == 1.0 else f"full-b{p['budget']:g}"
-            t, cpu = by_budget["time"].get(p["budget"]), by_budget["cpu"].get(p["budget"])
-            lines.append(
-                f"| {p['budget']:g} | {rows[label]['epochs'] if label in rows else '?'} "
-                f"| {_f(p['cost'], '.2f', 1e-12)} | {_f(t and t['cost'], '.3f')} "
-                f"| {_f(cpu and cpu['cost'], '.3f')} | {_pm(p['acc'], p['acc_std'])} |")
-        lines += [
-            "",
-            "Each run against the frontier at its own cost (piecewise-linear between the "
-            "budgets; none outside their range): the frontier's accuracy there, the run's "
-            "margin (points, mean ± std over seeds) and the verdict.",
-            "",
-            "| run | at its FLOPs: frontier (%) | margin | verdict | at its time: frontier "
-            "| margin | verdict | at its CPU time: frontier | margin | verdict |",
-            "|---|---:|---:|---|---:|---:|---|---:|---:|---|",
-        ]
-        for label, r in rows.items():
-            if r["role"] != "method" or label == "full":
-                continue
-            cells = []
-            for axis in AXES:
-                a = r["frontier"][axis]
-                where = "; ".join(p for p in a["positions"] if p != "inside")
-                cells += [_f(a["frontier_acc"], ".2f", 100),
-                          _pm(a["margin"], a["margin_std"], sign=True),
-                          a["verdict"] + (f" ({where})" if where and a["margin"] is not None
-                                          else "")]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        off = [run for run in (report.get("pace") or {}).get("off", [])
-               if parse_label(run.rsplit("-s", 1)[0])[0] == "budget"]
-        if off:
-            lines += ["", f"**The time and CPU-time columns are not to be read:** {', '.join(off)} "
-                      "did full training's work at another pace than full training (see Pace "
-                      "under Checks), so the frontier's time axes carry the machine's drift."]
+        return _section("Against the budget frontier",
+                        "No frontier: it needs full training and at least one finished budget "
+                        "run (`--budgets`).")
+    lines = _section(
+        "Against the budget frontier",
+        "Full training for fractions of the epochs, schedule compressed (warm-up scaled, "
+        "the decay's share of the run kept, to zero): mean over seeds.",
+        ["budget", "epochs", "TFLOP", "time ratio", "CPU ratio", "test acc (%)"], "rrrrrr")
+    by_budget = {axis: {p["budget"]: p for p in report["frontier"][axis]}
+                 for axis in ("time", "cpu")}
+    for p in sorted(points, key=lambda p: p["budget"]):
+        label = "full" if p["budget"] == 1.0 else f"full-b{p['budget']:g}"
+        t, cpu = by_budget["time"].get(p["budget"]), by_budget["cpu"].get(p["budget"])
+        lines.append(
+            f"| {p['budget']:g} | {rows[label]['epochs'] if label in rows else '?'} "
+            f"| {_f(p['cost'], '.2f', 1e-12)} | {_f(t and t['cost'], '.3f')} "
+            f"| {_f(cpu and cpu['cost'], '.3f')} | {_pm(p['acc'], p['acc_std'])} |")
+    lines += [
+        "",
+        "Each run against the frontier at its own cost (piecewise-linear between the "
+        "budgets; none outside their range): the frontier's accuracy there, the run's "
+        "margin (points, mean ± std over seeds) and the verdict.",
+        "",
+        *_table_head(["run", "at its FLOPs: frontier (%)", "margin", "verdict",
+                      "at its time: frontier", "margin", "verdict",
+                      "at its CPU time: frontier", "margin", "verdict"], "l" + "rrl" * 3),
+    ]
+    for label, r in rows.items():
+        if r["role"] != "method" or label == "full":
+            continue
+        cells = []
+        for axis in AXES:
+            a = r["frontier"][axis]
+            where = "; ".join(p for p in a["positions"] if p != "inside")
+            cells += [_f(a["frontier_acc"], ".2f", 100),
+                      _pm(a["margin"], a["margin_std"], sign=True),
+                      a["verdict"] + (f" ({where})" if where and a["margin"] is not None
+                                      else "")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    off = [run for run in (report.get("pace") or {}).get("off", [])
+           if parse_label(run.rsplit("-s", 1)[0])[0] == "budget"]
+    if off:
+        lines += ["", f"**The time and CPU-time columns are not to be read:** {', '.join(off)} "
+                  "did full training's work at another pace than full training (see Pace "
+                  "under Checks), so the frontier's time axes carry the machine's drift."]
+    return lines
 
+
+def _first_decision_lines(rows: dict) -> list[str]:
     decided = {label: r["after_first_decision"] for label, r in rows.items()
                if r["after_first_decision"]}
-    if decided:
-        lines += [
-            "", "## Right after the first decision", "",
-            "Test accuracy at the end of the first epoch in which a run dropped or froze units "
-            "(after the decision and, where the method does it, its BatchNorm recalibration) "
-            "minus full training's at the same epoch (the full run trained beside it: the A/A "
-            "control for a run that copies another), for the runs that were full training "
-            "until then (the same test accuracy at every earlier epoch, the same training loss "
-            "in that one). Points, mean ± std over seeds; the seeds column counts the seeds "
-            "compared, the epochs and units are per seed in order. Units that fade out before "
-            "their drop (`fade_steps`) are measured at the end of the epoch in which they left "
-            "(`3 (from 2)`: the fade began at the end of epoch 2).",
-            "",
-            "| run | seeds | epoch | units | test acc (%) | full at that epoch (%) "
-            "| Δ (pts) |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for label, d in decided.items():
-            cells = [s["after_first_decision"] for s in rows[label]["per_seed"]
-                     if s["after_first_decision"]]
-            acc = mean_std([c["test_acc"] for c in cells])
-            full_acc = mean_std([c["full_acc"] for c in cells])
-            lines.append(
-                f"| {label} | {d['seeds']} | {_epochs(d)} "
-                f"| {'/'.join(map(str, d['units']))} | {_pm(*acc)} | {_pm(*full_acc)} "
-                f"| {_pm(d['delta'], d['delta_std'], sign=True)} |")
+    if not decided:
+        return []
+    lines = _section(
+        "Right after the first decision",
+        "Test accuracy at the end of the first epoch in which a run dropped or froze units "
+        "(after the decision and, where the method does it, its BatchNorm recalibration) "
+        "minus full training's at the same epoch (the full run trained beside it: the A/A "
+        "control for a run that copies another), for the runs that were full training "
+        "until then (the same test accuracy at every earlier epoch, the same training loss "
+        "in that one). Points, mean ± std over seeds; the seeds column counts the seeds "
+        "compared, the epochs and units are per seed in order. Units that fade out before "
+        "their drop (`fade_steps`) are measured at the end of the epoch in which they left "
+        "(`3 (from 2)`: the fade began at the end of epoch 2).",
+        ["run", "seeds", "epoch", "units", "test acc (%)", "full at that epoch (%)", "Δ (pts)"],
+        "l" + "r" * 6)
+    for label, d in decided.items():
+        cells = [s["after_first_decision"] for s in rows[label]["per_seed"]
+                 if s["after_first_decision"]]
+        acc = mean_std([c["test_acc"] for c in cells])
+        full_acc = mean_std([c["full_acc"] for c in cells])
+        lines.append(
+            f"| {label} | {d['seeds']} | {_epochs(d)} "
+            f"| {'/'.join(map(str, d['units']))} | {_pm(*acc)} | {_pm(*full_acc)} "
+            f"| {_pm(d['delta'], d['delta_std'], sign=True)} |")
+    return lines
 
+
+def _around_drops_lines(rows: dict) -> list[str]:
     around = {label: r["around_drops"] for label, r in rows.items() if r.get("around_drops")}
-    if around:
-        lines += [
-            "", "## Around each drop", "",
-            "Test accuracy right after a drop minus just before it, measured on the run itself "
-            "at the step of the drop (`--eval-around-drops`): after the drop and BatchNorm's "
-            "recalibration, against the network a moment before, so that no training comes "
-            "between them (a fade is read from its start to its end, the unit's drop). The "
-            "drop's recalibration also refreshes statistics that lag the weights at a high "
-            "learning rate: *the drop alone* is read against the network before it with its "
-            "statistics recalibrated the same way (then put back). Points, mean ± std over "
-            "seeds of each seed's first drop, worst drop and mean over its drops; issue 15's "
-            "target is within 1 point.",
-            "",
-            "| run | seeds | drops | first (pts) | worst (pts) | mean (pts) | the drop alone: "
-            "first / worst / mean (pts) |",
-            "|---|---:|---:|---:|---:|---:|---|",
-        ]
-        for label, a in around.items():
-            name = label if a["same_step"] else f"{label} (fades: start to end)"
-            alone = " / ".join(_pm(a[k], a[f"{k}_std"], sign=True)
-                               for k in ("first_alone", "worst_alone", "mean_alone"))
-            lines.append(
-                f"| {name} | {a['seeds']} | {'/'.join(map(str, a['drops']))} "
-                + "".join(f"| {_pm(a[k], a[f'{k}_std'], sign=True)} "
-                          for k in ("first", "worst", "mean")) + f"| {alone} |")
+    if not around:
+        return []
+    lines = _section(
+        "Around each drop",
+        "Test accuracy right after a drop minus just before it, measured on the run itself "
+        "at the step of the drop (`--eval-around-drops`): after the drop and BatchNorm's "
+        "recalibration, against the network a moment before, so that no training comes "
+        "between them (a fade is read from its start to its end, the unit's drop). The "
+        "drop's recalibration also refreshes statistics that lag the weights at a high "
+        "learning rate: *the drop alone* is read against the network before it with its "
+        "statistics recalibrated the same way (then put back). Points, mean ± std over "
+        "seeds of each seed's first drop, worst drop and mean over its drops; issue 15's "
+        "target is within 1 point.",
+        ["run", "seeds", "drops", "first (pts)", "worst (pts)", "mean (pts)",
+         "the drop alone: first / worst / mean (pts)"], "l" + "r" * 5 + "l")
+    for label, a in around.items():
+        name = label if a["same_step"] else f"{label} (fades: start to end)"
+        alone = " / ".join(_pm(a[k], a[f"{k}_std"], sign=True)
+                           for k in ("first_alone", "worst_alone", "mean_alone"))
+        lines.append(
+            f"| {name} | {a['seeds']} | {'/'.join(map(str, a['drops']))} "
+            + "".join(f"| {_pm(a[k], a[f'{k}_std'], sign=True)} "
+                      for k in ("first", "worst", "mean")) + f"| {alone} |")
+    return lines
 
-    lines += _train_loss_table(rows)
 
+def _checks_lines(report: dict) -> list[str]:
+    noise = report["noise_floor"]
     checks = []
     if noise:
         per_seed = ", ".join(f"s{r['seed']}: {_f(r['time_ratio'], '.3f')} / "
@@ -878,13 +904,14 @@ def bench_markdown(report: dict) -> str:
         checks.append(f"- **Convergence**: full training's test accuracy rose "
                       f"{_pm(g['last_fifth_gain'], g['last_fifth_gain_std'], sign=True)} points "
                       f"over its last fifth of epochs ({g['seeds']} seed(s)).")
-    if checks:
-        lines += ["", "## Checks", "", *checks]
+    return ["", "## Checks", "", *checks] if checks else []
 
-    lines += ["", "## Every run", "",
-              "| run | test acc (%) | TFLOP | time (s) | CPU (s) | time ratio | CPU ratio "
-              "| margin at FLOPs / time / CPU (pts) | time to target (s) | units dropped |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+def _every_run_lines(rows: dict) -> list[str]:
+    lines = ["", "## Every run", "",
+             *_table_head(["run", "test acc (%)", "TFLOP", "time (s)", "CPU (s)", "time ratio",
+                           "CPU ratio", "margin at FLOPs / time / CPU (pts)",
+                           "time to target (s)", "units dropped"], "l" + "r" * 9)]
     for label, r in rows.items():
         for s in r["per_seed"]:
             margins = " / ".join(
@@ -898,7 +925,7 @@ def bench_markdown(report: dict) -> str:
                 f"| {_f(s['cpu_ratio'], '.3f')} | {margins} "
                 f"| {_f(t2t and t2t['time_s'], '.1f') if t2t else 'not reached'} "
                 f"| {s['units_dropped']} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def shown_epochs(epochs: int) -> list[int]:
@@ -918,18 +945,16 @@ def _train_loss_table(rows: dict) -> list[str]:
         return []
     epochs = max(len(r["train_loss_by_epoch"]) for r in shown.values())
     columns = shown_epochs(epochs)
-    lines = [
-        "", "## Training loss by epoch", "",
+    lines = _section(
+        "Training loss by epoch",
         "Each epoch's training loss (the mean over its batches, augmented, in training mode), "
         "mean over the seeds; the last column is the last epoch's training accuracy. A run "
         "that ends above full training fits the training set less well; the first epochs show "
         "how fast each network starts (a shallow network starts faster; a network cut during "
         "training keeps the lag of the epochs it trained deep). An epoch resumed mid-way by "
         "learndrop before 2026-12-01 logged its remaining steps only.",
-        "",
-        "| run | seeds | " + " | ".join(f"epoch {e}" for e in columns) + " | train acc (%) |",
-        "|---|---:|" + "---:|" * (len(columns) + 1),
-    ]
+        ["run", "seeds", *(f"epoch {e}" for e in columns), "train acc (%)"],
+        "l" + "r" * (len(columns) + 2))
     for label, r in shown.items():
         loss = r["train_loss_by_epoch"]
         cells = [_f(loss[e - 1], ".3f") if e <= len(loss) else "–" for e in columns]
