@@ -335,9 +335,7 @@ class LearnDrop(Method):
         by_name = {u.name: u for u in self.units}
         cost = joint_drop_cost(self.model, [by_name[n] for n in names], batches, self.loss_fn,
                                base=self.check_losses[-1])
-        fwd = self.ledger.cost(self.flops_key()).fwd
-        self.ledger.record_extra(sum(len(y) for _, y in batches)
-                                 * (fwd - sum(self._unit_fwd[n] for n in names)))
+        self._charge_passes(batches, [names])
         return cost
 
     def recent_batch_loss(self) -> float | None:
@@ -359,10 +357,15 @@ class LearnDrop(Method):
         loss, self.last_costs = drop_costs(self.model, [by_name[n] for n in names], batches,
                                            self.loss_fn)
         self.check_losses.append(loss)
+        self._charge_passes(batches, [[], *([n] for n in names)])
+
+    def _charge_passes(self, batches: list, bypassed: list[list[str]]) -> None:
+        """Charge the ledger one forward pass over ``batches`` for each list of units in
+        ``bypassed``, those units skipped (an empty list: the whole live network)."""
         fwd = self.ledger.cost(self.flops_key()).fwd
         samples = sum(len(y) for _, y in batches)
-        self.ledger.record_extra(samples * sum(
-            (fwd, *(fwd - self._unit_fwd[n] for n in names))))
+        self.ledger.record_extra(samples * sum(fwd - sum(self._unit_fwd[n] for n in skipped)
+                                               for skipped in bypassed))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "tracker": self.tracker.state_dict(),
