@@ -17,6 +17,7 @@ from learndrop.methods import (
     METHODS,
     Event,
     FreezeOut,
+    MethodOptionError,
     RandomDrop,
     SlimFromScratch,
     StochasticDepth,
@@ -545,6 +546,12 @@ def test_random_drop_draws_under_the_reference_cap_per_stage(tmp_path):
     method = build_method("random-drop", resnet(), sgd(resnet()), X,
                           {"reference": str(tmp_path)}, run)
     assert method.summary()["max_dropped_fraction_per_stage"] == 0.75
+    for text, error in (("{", "cannot read .*config.json"), ("[0.75]", "not a record of a run"),
+                        ('{"method_options_resolved": [0.75]}', "holds no method options")):
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(MethodOptionError, match=error):
+            build_method("random-drop", resnet(), sgd(resnet()), X,
+                         {"reference": str(tmp_path)}, run)
 
 
 def test_random_drop_resumes_only_its_own_seed_and_schedule():

@@ -143,15 +143,24 @@ def reference_summary(options: ReferenceOptions, method: str, run: RunInfo) -> d
             return {}
         raise MethodOptionError(
             f"--reference {options.reference}: no summary.json of a finished run there")
+    return _read_record(options, path)
+
+
+def _read_record(options: ReferenceOptions, path: Path) -> dict:
+    """A JSON object that the reference run wrote (its summary or config).
+
+    Raises:
+        MethodOptionError: unreadable, not JSON, or not an object.
+    """
     try:
-        summary = json.loads(path.read_text())
-        if not isinstance(summary, dict):
-            raise ValueError("not a run's summary")
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a record of a run")
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise MethodOptionError(
             f"--reference {options.reference}: cannot read {path} ({err}); pass a run "
             "directory that learndrop wrote, or train the reference again") from err
-    return summary
+    return record
 
 
 def reference_drops(options: ReferenceOptions, method: str, run: RunInfo) -> list[dict]:
@@ -170,15 +179,12 @@ def reference_stage_cap(options: ReferenceOptions, method: str, run: RunInfo) ->
     path = reference_dir(Path(options.reference)) / "config.json"
     if not path.is_file():
         return 1.0
-    try:
-        config = json.loads(path.read_text())
-        cap = config.get("method_options_resolved", {}).get(
-            "max_dropped_fraction_per_stage", 1.0)
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+    resolved = _read_record(options, path).get("method_options_resolved", {})
+    if not isinstance(resolved, dict):
         raise MethodOptionError(
-            f"--reference {options.reference}: cannot read {path} ({err}); pass a run "
-            "directory that learndrop wrote, or train the reference again") from err
-    return cap
+            f"--reference {options.reference}: {path} holds no method options; pass a run "
+            "directory that learndrop wrote, or train the reference again")
+    return resolved.get("max_dropped_fraction_per_stage", 1.0)
 
 
 def reference_rewinds(options: ReferenceOptions, method: str, run: RunInfo) -> list[dict]:
