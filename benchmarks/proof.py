@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None,
                    help="comma-separated, from " + ",".join(METHODS) + f", {BUDGETS!r} (full "
                         "training at 0.25, 0.5 and 0.75 of the epochs: the frontier) and "
-                        f"{DEPTH_CHECK!r} (full training of the profile's shallow model): a first "
+                        f"{DEPTH_CHECK!r} (full training of the shallow models): a first "
                         "look at those runs alone (no A/A control, learndrop-paper or "
                         "costly-freeze, and no budget runs or depth check unless named); the "
                         "whole bench, run later without --methods, keeps them. Default: the "
@@ -464,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
                         "--methods full it trains alone and the finished runs are kept; "
                         "rd-x=random-drop:reference=x copies variant x's schedule (chance "
                         "against its scores)")
+    p.add_argument("--shallow", default=None, metavar="MODEL[,MODEL...]",
+                   help="the shallower networks trained in full beside the bench's model: the "
+                        "depth frontier (what training a smaller network costs and reaches), "
+                        f"the shallowest also the depth check; default: the profile's. With "
+                        f"--methods they train without naming {DEPTH_CHECK!r}, e.g. --methods "
+                        "full --shallow resnet32 (the finished full runs are kept)")
     p.add_argument("--no-aa-control", action="store_true",
                    help="with --methods: train random-drop or slim-from-scratch without the A/A "
                         "control (full training again) beside them, to save a full run; their "
@@ -522,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--methods names {twice!r} twice")
         budgets, depth_check = BUDGETS in names, DEPTH_CHECK in names
         lacking = next((m for m in models if m not in profile.shallow), None)
-        if depth_check and lacking:
+        if depth_check and lacking and not args.shallow:
             raise ConfigError(f"--methods {DEPTH_CHECK}: profile {args.profile!r} names no "
                               f"shallow model for {lacking}; leave {DEPTH_CHECK} out")
         methods = parse_methods([m for m in names if m not in (BUDGETS, DEPTH_CHECK)])
@@ -558,11 +564,12 @@ def main(argv: list[str] | None = None) -> int:
               f"epochs, seeds {','.join(map(str, seeds))}", flush=True)
         if whole:
             extras = dict(budgets=DEFAULT_BUDGETS, aa_control=True,
-                          shallow=profile.shallow.get(model), variants=variants)
+                          shallow=args.shallow or profile.shallow.get(model), variants=variants)
         else:  # a first look: the chosen runs alone, named and configured as in the whole bench
             # (the copies of Learn&Drop's run are timed against the A/A control beside them)
             extras = dict(budgets=DEFAULT_BUDGETS if budgets else "none",
-                          shallow=profile.shallow.get(model) if depth_check else None,
+                          shallow=args.shallow or (profile.shallow.get(model) if depth_check
+                                                   else None),
                           variants=variants,
                           aa_control=copies and not args.no_aa_control)
         run_bench(base, methods, seeds, out / model, dry_run=args.dry_run, prune=True,

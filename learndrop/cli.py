@@ -231,9 +231,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     bench.add_argument("--no-aa-control", dest="aa_control", action="store_false",
                        help="leave out the A/A control (full training timed twice: the noise "
                             "floor of every time ratio)")
-    bench.add_argument("--shallow", default=None, metavar="MODEL",
-                       help="also train this shallower model in full: the check that depth "
-                            "matters in this regime")
+    bench.add_argument("--shallow", default=None, metavar="MODEL[,MODEL...]",
+                       help="also train these shallower models in full: the check that depth "
+                            "matters in this regime (the shallowest) and the depth frontier, "
+                            "what training a smaller network costs and reaches")
     bench.add_argument("--variant", action="append", default=[], metavar="LABEL=METHOD[:K=V,...]",
                        help="also run METHOD under the label LABEL with these options of its own "
                             "(repeatable), e.g. learndrop-paper=learndrop:normalization=per-unit,"

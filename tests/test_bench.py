@@ -81,6 +81,13 @@ def test_plan_groups_budgets_and_the_aa_control():
     names = [[s.name for s in g] for g in groups]
     assert names[0] == ["full-s0", "learndrop-s0", "freezeout-s0", "full-b0.25-s0",
                         "full-b0.5-s0", "full-resnet20-s0"]
+    # Several shallower networks (the depth frontier): each trained in full, once.
+    several = plan_bench(["full"], [0], 8, shallow=" resnet20,resnet32,resnet20")
+    assert [(s.name, s.model, s.role) for s in several[0]] == [
+        ("full-s0", None, "method"), ("full-resnet20-s0", "resnet20", "shallow"),
+        ("full-resnet32-s0", "resnet32", "shallow"), ("full-aa-s0", None, "aa")]
+    assert plan_bench(["full"], [0], 8, shallow=["resnet20"]) == plan_bench(
+        ["full"], [0], 8, shallow="resnet20")
     # random-drop needs that seed's finished learndrop run: the second group, with the A/A
     # control that its times are compared with.
     assert names[1] == ["random-drop-s0", "full-aa-s0"]

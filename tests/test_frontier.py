@@ -376,7 +376,7 @@ def test_a_bench_asked_for_seed_by_seed_records_every_invocation():
     merged = merge_plans(seed0, seed1)
     assert merged["methods"] == ["full", "learndrop", "random-drop"]
     assert merged["seeds"] == [0, 1] and merged["budgets"] == [0.25, 0.5, 0.75]
-    assert merged["aa_control"] and merged["shallow"] == "resnet20"
+    assert merged["aa_control"] and merged["shallow"] == ["resnet20"]
     assert list(merged["variants"]) == ["learndrop-paper"]
     assert merged["groups"] == [["full-s0", "learndrop-s0"], *seed1["groups"]]
     # The same invocation again (a resumed bench) changes nothing; a later first look without
@@ -384,7 +384,10 @@ def test_a_bench_asked_for_seed_by_seed_records_every_invocation():
     assert merge_plans(merged, seed1) == merged
     again = merge_plans(merged, {**seed0, "seeds": [2]})
     assert again["seeds"] == [0, 1, 2] and again["aa_control"]
-    assert again["shallow"] == "resnet20"
+    assert again["shallow"] == ["resnet20"]
+    # Every shallower network asked for is kept (a plan before the depth frontier named one).
+    assert merge_plans(again, {**seed0, "shallow": ["resnet32", "resnet20"]})["shallow"] == [
+        "resnet20", "resnet32"]
     # A group asked for again in another order (groups rotate with the seed's place in
     # --seeds) is recorded once.
     rotated = {**seed1, "seeds": [0, 1], "groups": [["learndrop-s1", "full-s1"]]}
@@ -429,3 +432,38 @@ def test_the_tests_around_each_drop_are_reported_per_run(fake_bench):
             "| -2.00 ± 1.41 / -2.00 ± 1.41 / -1.25 ± 0.35 |") in md
     assert ("| random-drop (fades: start to end) | 1 | 1 | -10.00 | -10.00 | -10.00 "
             "| – / – / – |") in md
+
+
+def test_the_depth_frontier_is_full_training_of_shallower_networks(fake_bench):
+    """Full training of smaller networks of the family (``full-<model>`` runs) trace what
+    training a smaller network costs and reaches; each method's run is read against the line
+    through them and full training at its own FLOPs. The depth check is the shallowest's."""
+    for seed, jitter in ((0, 0.0), (1, 0.01)):
+        for model, acc, tflop in (("resnet8", 0.78, 2), ("resnet14", 0.82, 4)):
+            fake_bench[(f"full-{model}", seed)] = {
+                "summary": _summary("full", acc + jitter, tflop, 25 * tflop / 2, 6 * tflop,
+                                    model=model),
+                "metrics": _curve((0.5, acc + jitter), 10)}
+    report = aggregate(fake_bench)
+    points = report["depth_frontier"]
+    assert [p["budget"] for p in points] == [0.25, 0.5, 1.0]
+    assert [p["acc"] for p in points] == pytest.approx([0.785, 0.825, 0.865])
+    assert report["depth"]["model"] == "resnet8"
+    rows = report["rows"]
+    # At 6 TFLOP the line from 0.825 (4) to 0.865 (8) gives 0.845.
+    assert rows["learndrop"]["depth_frontier"]["frontier_acc"] == pytest.approx(0.845)
+    assert rows["learndrop"]["depth_frontier"]["margin"] == pytest.approx(0.01)
+    assert rows["learndrop"]["depth_frontier"]["verdict"] == "above"
+    assert rows["freezeout"]["depth_frontier"]["verdict"] == "below"
+    assert rows["stochastic-depth"]["depth_frontier"]["verdict"] == (
+        "outside the frontier's range")
+    assert all(rows[label]["depth_frontier"] is None
+               for label in ("full", "full-b0.5", "full-aa", "full-resnet8"))
+    head = {"config": {}, "seeds": [0, 1], "finished": 22, "machine": machine_info("cpu")}
+    md = bench_markdown({**head, **report})
+    section = md.split("## Against shallower networks trained in full")[1].split("\n## ")[0]
+    assert "| resnet8 | 2 | 2.00 | 0.250 | 78.50 ± 0.71 |" in section
+    assert "| learndrop | 2 | 0.750 | 84.50 | +1.00 ± 0.71 | above |" in section
+    # Without shallower networks there is no such section.
+    assert "shallower networks" not in bench_markdown({**head, **aggregate(
+        {k: v for k, v in fake_bench.items() if "resnet" not in k[0]})})

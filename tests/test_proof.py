@@ -127,6 +127,18 @@ def test_a_decay_fraction_is_the_whole_regime_and_refuses_to_mix(tmp_path, one_t
     assert report["depth"]["model"] == "resnet20"
     with pytest.raises(proof.ConfigError, match="names no shallow model for resnet20"):
         proof.main([*args[:-1], "depth-check", "--models", "resnet20"])
+    # More networks trained in full, named with --shallow (here one costlier than the bench's
+    # own, the cheapest that is not resnet20): the depth frontier; the depth check stays the
+    # shallowest's.
+    capsys.readouterr()
+    assert proof.main([*args, "--shallow", "resnet20,resnet44", "--lr-decay-fraction",
+                       "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "full-resnet20-s0: done, kept" in printed and printed.count(": training (") == 1
+    report = json.loads((out / "resnet32" / "bench.json").read_text())
+    assert report["depth"]["model"] == "resnet20" and report["plan"]["shallow"] == [
+        "resnet20", "resnet44"]
+    assert [round(p["budget"], 1) for p in report["depth_frontier"]] == [0.6, 1.0, 1.4]
     with pytest.raises(proof.ConfigError, match="names 'depth-check' twice"):
         proof.main([*args[:-1], "depth-check,depth-check", "--lr-decay-fraction", "0.5"])
     # A copy of Learn&Drop without the A/A control beside it: timed against full training.

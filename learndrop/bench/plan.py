@@ -7,7 +7,8 @@ A bench of methods M, seeds S and budgets B has, per seed:
   epochs, warm-up scaled by the same factor, the cosine decay (the last ``lr_decay_fraction``
   of the run) to zero at its own end;
 - the A/A control (``full-aa-s<seed>``): full training a second time, same everything;
-- optionally a full-training run of a shallower model (``full-<model>-s<seed>``), the depth check;
+- optionally full-training runs of shallower models (``full-<model>-s<seed>``): the depth check
+  (the shallowest) and the depth frontier;
 - one run per *variant* (``<label>-s<seed>``): a method under a label of its own with options of
   its own, e.g. Learn&Drop with the paper's rule beside Learn&Drop with its defaults
   (:class:`Variant`, ``learndrop bench --variant``).
@@ -45,7 +46,7 @@ from learndrop.train.config import (
 __all__ = ["NEEDS_REFERENCE", "REFERENCE_METHOD", "RunSpec", "Variant", "budget_epochs",
            "check_same_experiment", "copy_is_full_training", "default_budgets", "parse_budgets",
            "parse_label", "parse_methods", "parse_seeds", "parse_variant", "plan_bench",
-           "run_config", "run_state"]
+           "run_config", "run_state", "shallow_models"]
 
 REFERENCE_METHOD = "learndrop"
 # Methods that copy the drops of the Learn&Drop run of the same seed (their ``reference``).
@@ -312,18 +313,30 @@ def _check_budgets(budgets: Sequence[float], epochs: int) -> None:
         seen[e] = f
 
 
+def shallow_models(shallow: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The shallower networks of a bench: ``None`` or ``""`` none, a name, a comma-separated
+    list (``"resnet20,resnet32"``) or a sequence of names; in order, each once."""
+    if shallow is None:
+        return ()
+    names = shallow.split(",") if isinstance(shallow, str) else list(shallow)
+    return tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+
+
 def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
                budgets: Sequence[float] = (), aa_control: bool = True,
-               shallow: str | None = None, variants: Sequence[Variant] = ()
+               shallow: str | Sequence[str] | None = None, variants: Sequence[Variant] = ()
                ) -> list[list[RunSpec]]:
     """The lockstep groups of the bench, in the order they run: seed by seed (so that a stopped
     bench has complete seeds), group 1 then group 2 (see the module docstring).
 
     Within a group the runs' order is rotated by one per seed, so that with several seeds no run
     always takes the first turn of a lockstep round. Raises :class:`ConfigError` for budgets that
-    round to no epoch, to full training, or to the same number of epochs.
+    round to no epoch, to full training, or to the same number of epochs. ``shallow``: the
+    shallower networks (one name or several) whose full training joins group 1 (the depth
+    check and the depth frontier).
     """
     _check_budgets(budgets, epochs)
+    shallow = shallow_models(shallow)
     labels = [v.label for v in variants]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
@@ -357,9 +370,8 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
         first += [variant_spec(v, seed, 1) for v in variants if v.method not in NEEDS_REFERENCE]
         first += [RunSpec(f"full-b{f:g}", seed, "full", "budget", f, budget_epochs(f, epochs))
                   for f in budgets]
-        if shallow:
-            first.append(RunSpec(f"full-{shallow}", seed, "full", "shallow", epochs=epochs,
-                                 model=shallow))
+        first += [RunSpec(f"full-{model}", seed, "full", "shallow", epochs=epochs, model=model)
+                  for model in shallow]
         second = [RunSpec(m, seed, m, "method", epochs=epochs, group=2)
                   for m in methods if m in NEEDS_REFERENCE]
         second += [variant_spec(v, seed, 2) for v in variants if v.method in NEEDS_REFERENCE]

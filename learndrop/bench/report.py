@@ -40,6 +40,7 @@ from learndrop.bench.plan import (
     RUN_DIR,
     copy_is_full_training,
     parse_label,
+    shallow_models,
 )
 from learndrop.machine import cpu_flags, cpu_model, usable_cpus
 from learndrop.train.config import TrainConfig
@@ -246,6 +247,17 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
                     points.append((budget or 1.0, cost, run["summary"]["final_test_acc"]))
         frontier[axis] = build_frontier(points) if len({p[0] for p in points}) > 1 else []
 
+    # The depth frontier: full training of the shallower networks and of the bench's own, on
+    # FLOPs (each point's "budget" its cost as a fraction of full training's).
+    depth_points = [
+        (round(_ratio(run_cost(run["summary"], "flops"), run_cost(full[seed]["summary"], "flops")),
+               6),
+         run_cost(run["summary"], "flops"), run["summary"]["final_test_acc"])
+        for (label, seed), run in runs.items()
+        if (label == "full" or parse_label(label)[0] == "shallow") and seed in full]
+    depth = (build_frontier(depth_points)
+             if any(parse_label(label)[0] == "shallow" for label, _ in runs) and full else [])
+
     rows = {}
     labels = sorted({label for label, _ in runs}, key=_label_order)
     for label in labels:
@@ -291,6 +303,10 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
                 row["frontier"][axis] = None if c is None else {
                     "cost": c.cost, "frontier_acc": c.frontier_acc, "margin": c.margin,
                     "position": c.position}
+            c = (compare(depth, row["flops"], summary["final_test_acc"])
+                 if depth and role == "method" and label != "full" else None)
+            row["depth_frontier"] = None if c is None else {
+                "frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position}
             target = ref["summary"]["final_test_acc"] - TARGET_GAP if ref else None
             row["target_acc"] = target
             row["time_to_target"] = (_time_to_target(run["metrics"], target)
@@ -311,6 +327,7 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
 
     return {
         "frontier": {axis: [p.__dict__ for p in points] for axis, points in frontier.items()},
+        "depth_frontier": [p.__dict__ for p in depth],
         "noise_floor": _noise_floor(rows),
         "depth": _depth(rows),
         "convergence": _convergence(runs),
@@ -348,6 +365,9 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
             "margin": mean, "margin_std": std, "verdict": text,
             "positions": sorted({c["position"] for c in cells}),
         }
+    depth_cells = [r["depth_frontier"] for r in per_seed if r.get("depth_frontier")]
+    depth_margin, depth_std = mean_std([c["margin"] for c in depth_cells
+                                        if c["margin"] is not None])
     reached = [r["time_to_target"] for r in per_seed if r["time_to_target"]]
     decided = [r["after_first_decision"] for r in per_seed if r["after_first_decision"]]
     # Epoch by epoch over the seeds that logged every epoch of the run (all, unless one lost
@@ -380,6 +400,13 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
         "cpu_ratio": med("cpu_ratio"),
         "time_reference": per_seed[0]["time_reference"],
         "frontier": frontier,
+        "depth_frontier": {
+            "frontier_acc": mean_std([c["frontier_acc"] for c in depth_cells
+                                      if c["frontier_acc"] is not None])[0],
+            "margin": depth_margin, "margin_std": depth_std,
+            "verdict": verdict([c["margin"] for c in depth_cells]),
+            "seeds": len(depth_cells),
+        } if depth_cells else None,
         "time_to_target": {
             "reached": len(reached), "of": len(per_seed),
             "time_s": _median([t["time_s"] for t in reached]),
@@ -466,11 +493,11 @@ def _pace(runs: dict) -> dict | None:
 
 
 def _depth(rows: dict) -> dict | None:
-    """Full training of the bench's model against the shallow model's (the depth check)."""
+    """Full training of the bench's model against the shallowest model's (the depth check)."""
     shallow = [label for label, r in rows.items() if r["role"] == "shallow"]
     if not shallow or "full" not in rows:
         return None
-    s, f = rows[shallow[0]], rows["full"]
+    s, f = rows[min(shallow, key=lambda label: rows[label]["flops"])], rows["full"]
     return {"model": s["model"], "shallow_acc": s["final_test_acc"],
             "shallow_acc_std": s["final_test_acc_std"], "deep_model": f["model"],
             "deep_acc": f["final_test_acc"], "deep_acc_std": f["final_test_acc_std"],
@@ -606,7 +633,7 @@ def _copies_not_trained(out: Path, runs: dict, plan: dict) -> dict[str, dict]:
 def merge_plans(recorded: dict | None, new: dict) -> dict:
     """The plan of a bench asked for in several invocations into one directory: the union of
     their methods, seeds, budgets, variants and lockstep groups (in the order first asked);
-    ``aa_control`` if any asked for it; the latest ``shallow`` network named. ``recorded``:
+    ``aa_control`` if any asked for it; every ``shallow`` network named. ``recorded``:
     the plan in ``bench.json`` (``None`` or not a dict: none yet). A lockstep group asked
     for again in another order (each seed's groups rotate with its place in ``--seeds``) is
     recorded once."""
@@ -628,7 +655,9 @@ def merge_plans(recorded: dict | None, new: dict) -> dict:
     merged["budgets"] = sorted(union("budgets"))
     merged["variants"] = {**recorded.get("variants", {}), **new.get("variants", {})}
     merged["aa_control"] = bool(recorded.get("aa_control") or new.get("aa_control"))
-    merged["shallow"] = new.get("shallow") or recorded.get("shallow")
+    # Plans before the depth frontier named one network (or None).
+    merged["shallow"] = list(shallow_models([*shallow_models(recorded.get("shallow")),
+                                             *shallow_models(new.get("shallow"))]))
     return merged
 
 
@@ -686,8 +715,9 @@ def bench_markdown(report: dict) -> str:
     checks, then every run."""
     rows = report["rows"]
     lines = [*_summary_lines(report), *_own_machine_lines(rows), *_frontier_lines(report),
-             *_first_decision_lines(rows), *_around_drops_lines(rows), *_train_loss_table(rows),
-             *_checks_lines(report), *_every_run_lines(rows)]
+             *_depth_frontier_lines(report), *_first_decision_lines(rows),
+             *_around_drops_lines(rows), *_train_loss_table(rows), *_checks_lines(report),
+             *_every_run_lines(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -810,6 +840,36 @@ def _frontier_lines(report: dict) -> list[str]:
         lines += ["", f"**The time and CPU-time columns are not to be read:** {', '.join(off)} "
                   "did full training's work at another pace than full training (see Pace "
                   "under Checks), so the frontier's time axes carry the machine's drift."]
+    return lines
+
+
+def _depth_frontier_lines(report: dict) -> list[str]:
+    rows, points = report["rows"], report.get("depth_frontier")  # absent before session 39
+    if not points:
+        return []
+    by_ratio = {round(r["flops_ratio"], 6): (label, r) for label, r in rows.items()
+                if (r["role"] == "shallow" or label == "full") and r["flops_ratio"]}
+    lines = _section(
+        "Against shallower networks trained in full (the depth frontier)",
+        "What a user gets by training a smaller network of the same family for the whole "
+        "schedule instead: full training of each shallower network (`--shallow`) and of the "
+        "bench's own, mean over seeds, on the FLOPs axis (exact on any machine; the "
+        "accuracies of runs of other CPUs differ like seeds). Each method's run against the "
+        "line through them at its own FLOPs (piecewise-linear; none outside their range).",
+        ["network", "seeds", "TFLOP", "FLOPs ratio", "test acc (%)"], "lrrrr")
+    for p in points:
+        label, r = by_ratio.get(round(p["budget"], 6), ("?", None))
+        lines.append(f"| {r['model'] if r else label} | {p['seeds']} "
+                     f"| {_f(p['cost'], '.2f', 1e-12)} | {_f(p['budget'], '.3f')} "
+                     f"| {_pm(p['acc'], p['acc_std'])} |")
+    lines += ["", *_table_head(["run", "seeds", "FLOPs ratio", "depth frontier there (%)",
+                                "margin (pts)", "verdict"], "lrrrrl")]
+    for label, r in rows.items():
+        d = r.get("depth_frontier")
+        if d:
+            lines.append(f"| {label} | {d['seeds']} | {_f(r['flops_ratio'], '.3f')} "
+                         f"| {_f(d['frontier_acc'], '.2f', 100)} "
+                         f"| {_pm(d['margin'], d['margin_std'], sign=True)} | {d['verdict']} |")
     return lines
 
 

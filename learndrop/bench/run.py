@@ -28,6 +28,7 @@ from learndrop.bench.plan import (
     plan_bench,
     run_config,
     run_state,
+    shallow_models,
 )
 from learndrop.bench.plots import plot_bench
 from learndrop.bench.report import BENCH_JSON, BENCH_MD, write_report
@@ -50,23 +51,25 @@ def run_bench(
     *,
     budgets: str | Sequence[float] | None = None,
     aa_control: bool = True,
-    shallow: str | None = None,
+    shallow: str | Sequence[str] | None = None,
     variants: Sequence[Variant] = (),
     dry_run: bool = False,
     prune: bool = False,
     log: Log = print,
 ) -> dict:
-    """Train every method, budget run, the A/A control and the optional shallow model's full run
+    """Train every method, budget run, the A/A control and the optional shallower models' full runs
     into ``out``, seed by seed, each seed's runs in lockstep (:mod:`learndrop.bench.plan`).
 
     ``seeds``: a count K (seeds ``base.seed`` … ``base.seed + K - 1``) or the seeds themselves.
     ``budgets``: fractions of ``base.epochs`` for full training with the schedule compressed
     (``()`` or ``"none"``: none; ``None``: :data:`DEFAULT_BUDGETS`, less those that make no
     distinct run at so few epochs, each left out with a logged note). ``aa_control``: time full
-    training a second time (the noise floor). ``shallow``: a model name whose full training is
-    the depth check. ``variants``: methods under labels of their own with options of their own
-    (:class:`~learndrop.bench.plan.Variant`). ``prune``: delete each finished run's checkpoint
-    and model (:func:`prune_checkpoints`), so that the directory stays small enough to commit.
+    training a second time (the noise floor). ``shallow``: the shallower networks (a name, a
+    comma-separated list or a sequence) whose full training is the depth check (the shallowest)
+    and the depth frontier. ``variants``: methods under labels of their own with options of
+    their own (:class:`~learndrop.bench.plan.Variant`). ``prune``: delete each finished run's
+    checkpoint and model (:func:`prune_checkpoints`), so that the directory stays small enough
+    to commit.
 
     Returns the bench report (what ``bench.json`` holds); with ``dry_run`` it checks everything
     and returns the plan instead, writing nothing. ``base.overwrite`` redoes every run. Raises
@@ -87,14 +90,16 @@ def run_bench(
     if base.stream:  # a stream run has no epochs to compare or resume
         raise ConfigError("--stream is not available in bench; compare streams with "
                           "`learndrop train --stream --method M`, one run per method")
-    if shallow is not None:
+    shallow = shallow_models(shallow)
+    if shallow:
         from learndrop.models import list_models
 
-        if shallow not in list_models():
-            raise ConfigError(f"--shallow: unknown model {shallow!r}; see `learndrop models`")
-        if shallow == base.model:
-            raise ConfigError(f"--shallow {shallow} is the bench's own --model; name a "
-                              "shallower network (e.g. resnet20)")
+        for model in shallow:
+            if model not in list_models():
+                raise ConfigError(f"--shallow: unknown model {model!r}; see `learndrop models`")
+            if model == base.model:
+                raise ConfigError(f"--shallow {model} is the bench's own --model; name a "
+                                  "shallower network (e.g. resnet20)")
     groups = plan_bench(methods, seed_list, base.epochs, budgets, aa_control, shallow, variants)
     configs = {spec.name: run_config(base, spec, out) for group in groups for spec in group}
     used = {k for c in configs.values() for k in c.method_options}
@@ -109,7 +114,7 @@ def run_bench(
             check_same_experiment(config, out / name)
     plan = {"methods": methods, "seeds": seed_list, "budgets": budgets,
             "variants": {v.label: {"method": v.method, "options": v.options} for v in variants},
-            "aa_control": aa_control, "shallow": shallow,
+            "aa_control": aa_control, "shallow": list(shallow),
             "groups": [[spec.name for spec in group] for group in groups]}
     if dry_run:
         return dry_run_check(base, groups, configs, out, log)
