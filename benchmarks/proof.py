@@ -82,7 +82,7 @@ from learndrop.bench import (  # noqa: E402
     run_bench,
     write_report,
 )
-from learndrop.bench.plan import NEEDS_REFERENCE  # noqa: E402
+from learndrop.bench.plan import NEEDS_REFERENCE, shallow_models  # noqa: E402
 from learndrop.bench.report import decay_text  # noqa: E402
 from learndrop.train import ConfigError, TrainConfig  # noqa: E402
 
@@ -498,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                                 ("--lr-decay-fraction", args.lr_decay_fraction is not None),
                                 ("--threads", args.threads), ("--dry-run", args.dry_run),
                                 ("--no-aa-control", args.no_aa_control),
+                                ("--shallow", args.shallow),
                                 ("--device", args.device != "auto")) if v]
         if given:
             raise ConfigError(f"--report-only rewrites the reports of every finished run: "
@@ -517,6 +518,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise ConfigError(f"--models: unknown model {unknown[0]!r}; see `learndrop models`")
     seeds = parse_seeds(args.seeds) if args.seeds else list(profile.seeds)
+    own = next((m for m in models if m in shallow_models(args.shallow)), None)
+    if own:  # refused before any bench trains, not when its model's turn comes
+        raise ConfigError(f"--shallow {own} is one of --models; name shallower networks "
+                          "than each of them")
     methods, budgets, depth_check = METHODS, True, True
     if args.no_aa_control and not args.methods:
         raise ConfigError("--no-aa-control: the whole bench always trains the A/A control (its "

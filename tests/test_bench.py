@@ -19,7 +19,12 @@ from learndrop.bench import (
     plan_bench,
     run_bench,
 )
-from learndrop.bench.plan import copy_is_full_training, default_budgets, run_config
+from learndrop.bench.plan import (
+    copy_is_full_training,
+    default_budgets,
+    parse_label,
+    run_config,
+)
 from learndrop.bench.report import write_report
 from learndrop.cli import main
 from learndrop.methods import METHODS
@@ -88,6 +93,9 @@ def test_plan_groups_budgets_and_the_aa_control():
         ("full-resnet32-s0", "resnet32", "shallow"), ("full-aa-s0", None, "aa")]
     assert plan_bench(["full"], [0], 8, shallow=["resnet20"]) == plan_bench(
         ["full"], [0], 8, shallow="resnet20")
+    # A method whose name starts like a shallow run's label is a method.
+    assert parse_label("full-rewound") == ("method", None)
+    assert parse_label("full-resnet20") == ("shallow", None)
     # random-drop needs that seed's finished learndrop run: the second group, with the A/A
     # control that its times are compared with.
     assert names[1] == ["random-drop-s0", "full-aa-s0"]

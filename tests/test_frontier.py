@@ -459,6 +459,12 @@ def test_the_depth_frontier_is_full_training_of_shallower_networks(fake_bench):
         "outside the frontier's range")
     assert all(rows[label]["depth_frontier"] is None
                for label in ("full", "full-b0.5", "full-aa", "full-resnet8"))
+    assert [p["model"] for p in points] == ["resnet8", "resnet14", "resnet20"]
+    # Shallow runs of seeds without a full run make no point; a line needs two.
+    alone = {k: v for k, v in fake_bench.items()
+             if (k[1] == 0 and "resnet" not in k[0]) or k == ("full-resnet8", 1)}
+    assert aggregate(alone)["depth_frontier"] == []
+    assert aggregate(alone)["rows"]["learndrop"]["depth_frontier"] is None
     head = {"config": {}, "seeds": [0, 1], "finished": 22, "machine": machine_info("cpu")}
     md = bench_markdown({**head, **report})
     section = md.split("## Against shallower networks trained in full")[1].split("\n## ")[0]

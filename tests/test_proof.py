@@ -139,6 +139,11 @@ def test_a_decay_fraction_is_the_whole_regime_and_refuses_to_mix(tmp_path, one_t
     assert report["depth"]["model"] == "resnet20" and report["plan"]["shallow"] == [
         "resnet20", "resnet44"]
     assert [round(p["budget"], 1) for p in report["depth_frontier"]] == [0.6, 1.0, 1.4]
+    with pytest.raises(proof.ConfigError, match="--shallow resnet32 is one of --models"):
+        proof.main([*args, "--models", "resnet20,resnet32", "--shallow", "resnet32"])
+    with pytest.raises(proof.ConfigError, match="leave out --shallow"):
+        proof.main(["--profile", "smoke", "--out", str(out), "--report-only",
+                    "--shallow", "resnet20"])
     with pytest.raises(proof.ConfigError, match="names 'depth-check' twice"):
         proof.main([*args[:-1], "depth-check,depth-check", "--lr-decay-fraction", "0.5"])
     # A copy of Learn&Drop without the A/A control beside it: timed against full training.

@@ -197,7 +197,7 @@ def parse_label(label: str) -> tuple[str, float | None]:
         return "aa", None
     if match := _BUDGET_LABEL.match(label):
         return "budget", float(match["budget"])
-    if label.startswith("full-"):  # no method's name starts so
+    if label.startswith("full-") and label not in METHODS:  # full-rewound is a method
         return "shallow", None
     return "method", None
 

@@ -248,15 +248,17 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
         frontier[axis] = build_frontier(points) if len({p[0] for p in points}) > 1 else []
 
     # The depth frontier: full training of the shallower networks and of the bench's own, on
-    # FLOPs (each point's "budget" its cost as a fraction of full training's).
-    depth_points = [
-        (round(_ratio(run_cost(run["summary"], "flops"), run_cost(full[seed]["summary"], "flops")),
-               6),
-         run_cost(run["summary"], "flops"), run["summary"]["final_test_acc"])
-        for (label, seed), run in runs.items()
-        if (label == "full" or parse_label(label)[0] == "shallow") and seed in full]
-    depth = (build_frontier(depth_points)
-             if any(parse_label(label)[0] == "shallow" for label, _ in runs) and full else [])
+    # FLOPs (each point's "budget" its cost as a fraction of full training's; a network's FLOPs
+    # are the same for every seed). Only the seeds with a full run count.
+    depth_runs = {(label, seed): run for (label, seed), run in runs.items()
+                  if (label == "full" or parse_label(label)[0] == "shallow") and seed in full}
+    depth_points = [(round(_ratio(run_cost(run["summary"], "flops"),
+                                  run_cost(full[seed]["summary"], "flops")), 6),
+                     run_cost(run["summary"], "flops"), run["summary"]["final_test_acc"])
+                    for (_, seed), run in depth_runs.items()]
+    depth = build_frontier(depth_points) if len({p[0] for p in depth_points}) > 1 else []
+    network = {point[0]: depth_runs[key]["summary"].get("model")
+               for key, point in zip(depth_runs, depth_points, strict=True)}
 
     rows = {}
     labels = sorted({label for label, _ in runs}, key=_label_order)
@@ -303,8 +305,10 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
                 row["frontier"][axis] = None if c is None else {
                     "cost": c.cost, "frontier_acc": c.frontier_acc, "margin": c.margin,
                     "position": c.position}
+            # Full training under another label (a run of another machine) is a point of the
+            # frontier's own kind, not a method against it.
             c = (compare(depth, row["flops"], summary["final_test_acc"])
-                 if depth and role == "method" and label != "full" else None)
+                 if depth and role == "method" and summary.get("method") != "full" else None)
             row["depth_frontier"] = None if c is None else {
                 "frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position}
             target = ref["summary"]["final_test_acc"] - TARGET_GAP if ref else None
@@ -327,7 +331,7 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
 
     return {
         "frontier": {axis: [p.__dict__ for p in points] for axis, points in frontier.items()},
-        "depth_frontier": [p.__dict__ for p in depth],
+        "depth_frontier": [{"model": network[p.budget], **p.__dict__} for p in depth],
         "noise_floor": _noise_floor(rows),
         "depth": _depth(rows),
         "convergence": _convergence(runs),
@@ -847,8 +851,6 @@ def _depth_frontier_lines(report: dict) -> list[str]:
     rows, points = report["rows"], report.get("depth_frontier")  # absent before session 39
     if not points:
         return []
-    by_ratio = {round(r["flops_ratio"], 6): (label, r) for label, r in rows.items()
-                if (r["role"] == "shallow" or label == "full") and r["flops_ratio"]}
     lines = _section(
         "Against shallower networks trained in full (the depth frontier)",
         "What a user gets by training a smaller network of the same family for the whole "
@@ -858,8 +860,7 @@ def _depth_frontier_lines(report: dict) -> list[str]:
         "line through them at its own FLOPs (piecewise-linear; none outside their range).",
         ["network", "seeds", "TFLOP", "FLOPs ratio", "test acc (%)"], "lrrrr")
     for p in points:
-        label, r = by_ratio.get(round(p["budget"], 6), ("?", None))
-        lines.append(f"| {r['model'] if r else label} | {p['seeds']} "
+        lines.append(f"| {p.get('model') or '?'} | {p['seeds']} "
                      f"| {_f(p['cost'], '.2f', 1e-12)} | {_f(p['budget'], '.3f')} "
                      f"| {_pm(p['acc'], p['acc_std'])} |")
     lines += ["", *_table_head(["run", "seeds", "FLOPs ratio", "depth frontier there (%)",
