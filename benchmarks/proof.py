@@ -300,9 +300,8 @@ def fit_epochs(profile: Profile, args: argparse.Namespace, log=print) -> dict:
     runs_per_epoch = len(METHODS) + 1 + sum(DEFAULT_BUDGETS)  # + A/A; budgets in epochs
     epoch_s, steps = 0.0, {}
     for model in profile.models:
-        for m, weight in ((model, runs_per_epoch), (profile.shallow.get(model), 1.0)):
-            if m is None:
-                continue
+        shallow = shallow_models(args.shallow or profile.shallow.get(model))
+        for m, weight in ((model, runs_per_epoch), *((name, 1.0) for name in shallow)):
             s = steps.setdefault(m, step_seconds(m, shape, config.device))
             per_image = s / config.batch_size
             images = min(profile.subset_of(model) or train_images, train_images)
