@@ -354,7 +354,6 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
         # on another machine than its full run's): it is left out, and the verdict says so.
         cells = [r["frontier"][axis] for r in per_seed if r["frontier"][axis]]
         margins = [c["margin"] for c in cells]
-        mean, std = mean_std([m for m in margins if m is not None])
         if role == "budget" or label == "full":
             text = "frontier"
         elif not cells:
@@ -363,15 +362,9 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
             text = verdict(margins)
             if len(cells) < len(per_seed):
                 text += f" ({len(per_seed) - len(cells)} seed(s) without a cost on this axis)"
-        frontier[axis] = {
-            "frontier_acc": mean_std([c["frontier_acc"] for c in cells
-                                      if c["frontier_acc"] is not None])[0],
-            "margin": mean, "margin_std": std, "verdict": text,
-            "positions": sorted({c["position"] for c in cells}),
-        }
+        frontier[axis] = {**_margins(cells), "verdict": text,
+                          "positions": sorted({c["position"] for c in cells})}
     depth_cells = [r["depth_frontier"] for r in per_seed if r.get("depth_frontier")]
-    depth_margin, depth_std = mean_std([c["margin"] for c in depth_cells
-                                        if c["margin"] is not None])
     reached = [r["time_to_target"] for r in per_seed if r["time_to_target"]]
     decided = [r["after_first_decision"] for r in per_seed if r["after_first_decision"]]
     # Epoch by epoch over the seeds that logged every epoch of the run (all, unless one lost
@@ -405,10 +398,7 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
         "time_reference": per_seed[0]["time_reference"],
         "frontier": frontier,
         "depth_frontier": {
-            "frontier_acc": mean_std([c["frontier_acc"] for c in depth_cells
-                                      if c["frontier_acc"] is not None])[0],
-            "margin": depth_margin, "margin_std": depth_std,
-            "verdict": verdict([c["margin"] for c in depth_cells]),
+            **_margins(depth_cells), "verdict": verdict([c["margin"] for c in depth_cells]),
             "seeds": len(depth_cells),
         } if depth_cells else None,
         "time_to_target": {
@@ -447,6 +437,15 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
         "params_final": med("params_final"),
         "per_seed": per_seed,
     }
+
+
+def _margins(cells: list[dict]) -> dict:
+    """The seeds' comparisons with a frontier (``frontier_acc``, ``margin``; ``None`` outside its
+    range) summed up: the mean frontier accuracy and the margin's mean and std."""
+    mean, std = mean_std([c["margin"] for c in cells if c["margin"] is not None])
+    return {"frontier_acc": mean_std([c["frontier_acc"] for c in cells
+                                      if c["frontier_acc"] is not None])[0],
+            "margin": mean, "margin_std": std}
 
 
 def _noise_floor(rows: dict) -> dict | None:
