@@ -473,3 +473,55 @@ def test_the_depth_frontier_is_full_training_of_shallower_networks(fake_bench):
     # Without shallower networks there is no such section.
     assert "shallower networks" not in bench_markdown({**head, **aggregate(
         {k: v for k, v in fake_bench.items() if "resnet" not in k[0]})})
+
+
+def test_the_depth_frontier_is_also_read_seed_by_seed_on_the_runs_own_machine(fake_bench):
+    """Where the runs trained on several machines, each method's run is also read against the
+    line through full training of its own seed on its own machine (the run it is timed
+    against) and the shallower networks of that seed trained there: runs of another machine
+    make no point of that line, and a run whose FLOPs lie outside it gets no margin."""
+    for run in fake_bench.values():
+        run["summary"]["machine"] = "a"
+    for seed, model, acc, tflop, machine in ((0, "resnet8", 0.78, 2, "a"),
+                                             (0, "resnet14", 0.82, 4, "a"),
+                                             (1, "resnet8", 0.79, 2, "a"),
+                                             (1, "resnet14", 0.83, 4, "b")):
+        fake_bench[(f"full-{model}", seed)] = {
+            "summary": _summary("full", acc, tflop, 25 * tflop / 2, 6 * tflop, model=model,
+                                machine=machine), "metrics": _curve((0.5, acc), 10)}
+    # Seed 1 of Learn&Drop and of stochastic depth trained on machine b, beside a full run.
+    for label in ("learndrop", "stochastic-depth"):
+        fake_bench[(label, 1)]["summary"]["machine"] = "b"
+    fake_bench[("learndrop", 1)]["summary"]["final_test_acc"] = 0.855
+    fake_bench[("b-full", 1)] = {"summary": _summary("full", 0.89, 8, 100, 50, machine="b"),
+                                 "metrics": _curve((0.5, 0.89), 10)}
+    report = aggregate(fake_bench)
+    ld = report["rows"]["learndrop"]
+    seed0, seed1 = (r["depth_frontier"]["own_machine"] for r in ld["per_seed"])
+    # Seed 0, all on machine a: at 6 TFLOP between resnet14 (0.82) and full (0.86).
+    assert seed0["frontier_acc"] == pytest.approx(0.84) and seed0["margin"] == pytest.approx(0.01)
+    assert seed0["networks"] == ["resnet8", "resnet14", "resnet20"]
+    # Seed 1 on machine b: b's full run (0.89) and resnet14 (0.83); a's resnet8 is left out.
+    assert seed1["frontier_acc"] == pytest.approx(0.86)
+    assert seed1["margin"] == pytest.approx(-0.005)
+    assert seed1["networks"] == ["resnet14", "resnet20"]
+    paired = ld["depth_frontier"]["own_machine"]
+    assert paired["seeds"] == [0, 1] and paired["margins"] == pytest.approx([0.01, -0.005])
+    assert paired["margin"] == pytest.approx(0.0025)
+    assert paired["verdict"] == "above (within the seed spread)"
+    # The pooled line mixes the machines: at 6 TFLOP between the mean points 0.825 and 0.865.
+    assert ld["depth_frontier"]["frontier_acc"] == pytest.approx(0.845)
+    # Stochastic depth (1 TFLOP) is cheaper than every network of its lines.
+    sd = report["rows"]["stochastic-depth"]["depth_frontier"]["own_machine"]
+    assert sd["margins"] == [None, None] and sd["verdict"] == "outside the frontier's range"
+    # A full run under another label is a point of a line, not a run against one.
+    assert report["rows"]["b-full"]["depth_frontier"] is None
+    head = {"config": {}, "seeds": [0, 1], "finished": 26, "machine": machine_info("cpu")}
+    section = bench_markdown({**head, **report, "trained_on": {"a": [], "b": []}}).split(
+        "## Against shallower networks trained in full")[1].split("\n## ")[0]
+    assert ("| learndrop | 0/1 | resnet8, resnet14, resnet20 | +1.00, -0.50 | +0.25 ± 1.06 "
+            "| above (within the seed spread) |") in section
+    assert "| stochastic-depth | 0/1 | resnet8, resnet14, resnet20 | –, – | – |" in section
+    # On one machine the paired line says what the pooled one does: not shown.
+    one = bench_markdown({**head, **report, "trained_on": {"a": []}})
+    assert "Seed by seed on the run's own machine" not in one

@@ -310,7 +310,8 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
             c = (compare(depth, row["flops"], summary["final_test_acc"])
                  if depth and role == "method" and summary.get("method") != "full" else None)
             row["depth_frontier"] = None if c is None else {
-                "frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position}
+                "frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position,
+                "own_machine": _depth_on_own_machine(label, seed, runs)}
             target = ref["summary"]["final_test_acc"] - TARGET_GAP if ref else None
             row["target_acc"] = target
             row["time_to_target"] = (_time_to_target(run["metrics"], target)
@@ -340,6 +341,34 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
     }
 
 
+def _depth_on_own_machine(label: str, seed: int, runs: dict) -> dict | None:
+    """The run against the depth frontier of its own seed and machine: the line through the
+    full run it is timed against (:func:`_time_reference`, on its machine) and the shallower
+    networks of that seed trained on that machine, on FLOPs. The pooled depth frontier mixes
+    the machines its runs trained on, and one seed on two CPUs can end as far apart as two
+    seeds; this is the paired reading. ``{"frontier_acc", "margin", "position", "networks"}``
+    (``margin`` ``None`` outside the line's range), or ``None`` without such a full run or
+    without a shallower network of the seed on the machine."""
+    summary = runs[(label, seed)]["summary"]
+    ref = _timed_against(label, seed, runs)
+    if ref is None:
+        return None
+    full_flops = run_cost(ref["summary"], "flops")
+    points = {ref["summary"].get("model"): (1.0, 1.0, ref["summary"]["final_test_acc"])}
+    for (lab, s), run in sorted(runs.items()):
+        if (s == seed and parse_label(lab)[0] == "shallow"
+                and _same_machine(summary, run["summary"])):
+            ratio = _ratio(run_cost(run["summary"], "flops"), full_flops)
+            points[run["summary"].get("model")] = (ratio, ratio,
+                                                   run["summary"]["final_test_acc"])
+    if len(points) < 2:
+        return None
+    c = compare(build_frontier(points.values()), _ratio(run_cost(summary, "flops"), full_flops),
+                summary["final_test_acc"])
+    return {"frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position,
+            "networks": sorted(points, key=lambda model: points[model][0])}
+
+
 def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict],
                runs: dict) -> dict:
     first = runs[(label, per_seed[0]["seed"])]["summary"]
@@ -365,6 +394,8 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
         frontier[axis] = {**_margins(cells), "verdict": text,
                           "positions": sorted({c["position"] for c in cells})}
     depth_cells = [r["depth_frontier"] for r in per_seed if r.get("depth_frontier")]
+    paired = [(r["seed"], r["depth_frontier"]["own_machine"]) for r in per_seed
+              if r.get("depth_frontier") and r["depth_frontier"]["own_machine"]]
     reached = [r["time_to_target"] for r in per_seed if r["time_to_target"]]
     decided = [r["after_first_decision"] for r in per_seed if r["after_first_decision"]]
     # Epoch by epoch over the seeds that logged every epoch of the run (all, unless one lost
@@ -400,6 +431,12 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
         "depth_frontier": {
             **_margins(depth_cells), "verdict": verdict([c["margin"] for c in depth_cells]),
             "seeds": len(depth_cells),
+            "own_machine": {
+                **_margins([c for _, c in paired]),
+                "verdict": verdict([c["margin"] for _, c in paired]),
+                "seeds": [seed for seed, _ in paired],
+                "margins": [c["margin"] for _, c in paired],
+            } if paired else None,
         } if depth_cells else None,
         "time_to_target": {
             "reached": len(reached), "of": len(per_seed),
@@ -870,6 +907,29 @@ def _depth_frontier_lines(report: dict) -> list[str]:
             lines.append(f"| {label} | {d['seeds']} | {_f(r['flops_ratio'], '.3f')} "
                          f"| {_f(d['frontier_acc'], '.2f', 100)} "
                          f"| {_pm(d['margin'], d['margin_std'], sign=True)} | {d['verdict']} |")
+    paired = {label: r["depth_frontier"]["own_machine"] for label, r in rows.items()
+              if r.get("depth_frontier") and r["depth_frontier"].get("own_machine")}
+    if not paired or len(report.get("trained_on", {})) < 2:
+        return lines  # on one machine the paired line says what the pooled one does
+    lines += [
+        "",
+        "The runs trained on several machines, so the line above mixes them. Seed by seed on "
+        "the run's own machine: the line through full training of the run's seed on that "
+        "machine (the run its time ratio is read against) and the shallower networks of that "
+        "seed trained there; per seed in order (– where the run's FLOPs lie outside that "
+        "line), mean ± std.",
+        "",
+        *_table_head(["run", "seeds", "networks", "margin per seed (pts)", "margin (pts)",
+                      "verdict"], "lrllrl"),
+    ]
+    for label, o in paired.items():
+        used = {net for c in rows[label]["per_seed"]
+                if c.get("depth_frontier") and c["depth_frontier"]["own_machine"]
+                for net in c["depth_frontier"]["own_machine"]["networks"]}
+        networks = [p.get("model") for p in points if p.get("model") in used]
+        lines.append(f"| {label} | {'/'.join(map(str, o['seeds']))} | {', '.join(networks)} "
+                     f"| {', '.join(_f(m, '.2f', 100, sign=True) for m in o['margins'])} "
+                     f"| {_pm(o['margin'], o['margin_std'], sign=True)} | {o['verdict']} |")
     return lines
 
 
