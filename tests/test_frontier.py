@@ -479,7 +479,8 @@ def test_the_depth_frontier_is_also_read_seed_by_seed_on_the_runs_own_machine(fa
     """Where the runs trained on several machines, each method's run is also read against the
     line through full training of its own seed on its own machine (the run it is timed
     against) and the shallower networks of that seed trained there: runs of another machine
-    make no point of that line, and a run whose FLOPs lie outside it gets no margin."""
+    make no point of that line, a run whose FLOPs lie outside it gets no margin, nor does one
+    whose line lacks a network of the pooled line around its FLOPs."""
     for run in fake_bench.values():
         run["summary"]["machine"] = "a"
     for seed, model, acc, tflop, machine in ((0, "resnet8", 0.78, 2, "a"),
@@ -489,9 +490,10 @@ def test_the_depth_frontier_is_also_read_seed_by_seed_on_the_runs_own_machine(fa
         fake_bench[(f"full-{model}", seed)] = {
             "summary": _summary("full", acc, tflop, 25 * tflop / 2, 6 * tflop, model=model,
                                 machine=machine), "metrics": _curve((0.5, acc), 10)}
-    # Seed 1 of Learn&Drop and of stochastic depth trained on machine b, beside a full run.
-    for label in ("learndrop", "stochastic-depth"):
-        fake_bench[(label, 1)]["summary"]["machine"] = "b"
+    # Seed 1 of Learn&Drop and of stochastic depth trained on machine b, beside a full run;
+    # seed 1 of FreezeOut on machine c, where no full run trained.
+    for label, machine in (("learndrop", "b"), ("stochastic-depth", "b"), ("freezeout", "c")):
+        fake_bench[(label, 1)]["summary"]["machine"] = machine
     fake_bench[("learndrop", 1)]["summary"]["final_test_acc"] = 0.855
     fake_bench[("b-full", 1)] = {"summary": _summary("full", 0.89, 8, 100, 50, machine="b"),
                                  "metrics": _curve((0.5, 0.89), 10)}
@@ -514,14 +516,37 @@ def test_the_depth_frontier_is_also_read_seed_by_seed_on_the_runs_own_machine(fa
     # Stochastic depth (1 TFLOP) is cheaper than every network of its lines.
     sd = report["rows"]["stochastic-depth"]["depth_frontier"]["own_machine"]
     assert sd["margins"] == [None, None] and sd["verdict"] == "outside the frontier's range"
+    # No full run on machine c: FreezeOut's seed 1 has no line of its own.
+    fz = report["rows"]["freezeout"]
+    assert fz["per_seed"][1]["depth_frontier"]["own_machine"] is None
+    assert fz["depth_frontier"]["own_machine"]["seeds"] == [0]
     # A full run under another label is a point of a line, not a run against one.
     assert report["rows"]["b-full"]["depth_frontier"] is None
     head = {"config": {}, "seeds": [0, 1], "finished": 26, "machine": machine_info("cpu")}
     section = bench_markdown({**head, **report, "trained_on": {"a": [], "b": []}}).split(
         "## Against shallower networks trained in full")[1].split("\n## ")[0]
-    assert ("| learndrop | 0/1 | resnet8, resnet14, resnet20 | +1.00, -0.50 | +0.25 ± 1.06 "
-            "| above (within the seed spread) |") in section
-    assert "| stochastic-depth | 0/1 | resnet8, resnet14, resnet20 | –, – | – |" in section
-    # On one machine the paired line says what the pooled one does: not shown.
-    one = bench_markdown({**head, **report, "trained_on": {"a": []}})
-    assert "Seed by seed on the run's own machine" not in one
+    assert ("| learndrop | 0/1 | resnet8+resnet14+resnet20 / resnet14+resnet20 "
+            "| +1.00, -0.50 | +0.25 ± 1.06 | above (within the seed spread) |") in section
+    # On one machine (runs that recorded none aside) the paired line says what the pooled one
+    # does: not shown.
+    for machines in ({"a": []}, {"a": [], "not recorded": []}):
+        one = bench_markdown({**head, **report, "trained_on": machines})
+        assert "Seed by seed on the run's own machine" not in one
+    # A network of the pooled line between the two around Learn&Drop's FLOPs (resnet17, 7
+    # TFLOP, seed 0 on machine a) that machine b lacks: seed 1 gets no margin, and says why.
+    fake_bench[("full-resnet17", 0)] = {
+        "summary": _summary("full", 0.85, 7, 90, 42, model="resnet17", machine="a"),
+        "metrics": _curve((0.5, 0.85), 10)}
+    ld = aggregate(fake_bench)["rows"]["learndrop"]
+    seed0, seed1 = (r["depth_frontier"]["own_machine"] for r in ld["per_seed"])
+    assert seed0["margin"] == pytest.approx(0.01)  # 0.82 + 2/3 * 0.03 at 6 TFLOP
+    assert seed1["margin"] is None and seed1["position"] == "lacks resnet17 on this machine"
+    assert ld["depth_frontier"]["own_machine"]["verdict"] == (
+        "above (1 seed(s) whose line lacks a network on their machine)")
+    # A run whose every seed lacks one has no verdict, and says why.
+    fake_bench[("learndrop", 0)]["summary"]["machine"] = "b"
+    fake_bench[("b-full", 0)] = {"summary": _summary("full", 0.88, 8, 100, 50, machine="b"),
+                                 "metrics": _curve((0.5, 0.88), 10)}
+    fake_bench[("full-resnet14", 0)]["summary"]["machine"] = "b"
+    assert aggregate(fake_bench)["rows"]["learndrop"]["depth_frontier"]["own_machine"][
+        "verdict"] == "no verdict: 2 seed(s) whose line lacks a network on their machine"

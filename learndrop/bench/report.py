@@ -311,7 +311,8 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
                  if depth and role == "method" and summary.get("method") != "full" else None)
             row["depth_frontier"] = None if c is None else {
                 "frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position,
-                "own_machine": _depth_on_own_machine(label, seed, runs)}
+                "own_machine": _depth_on_own_machine(
+                    label, seed, runs, [(p.budget, network[p.budget]) for p in depth])}
             target = ref["summary"]["final_test_acc"] - TARGET_GAP if ref else None
             row["target_acc"] = target
             row["time_to_target"] = (_time_to_target(run["metrics"], target)
@@ -341,32 +342,50 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
     }
 
 
-def _depth_on_own_machine(label: str, seed: int, runs: dict) -> dict | None:
+def _depth_on_own_machine(label: str, seed: int, runs: dict,
+                          pooled: Sequence[tuple[float, str | None]]) -> dict | None:
     """The run against the depth frontier of its own seed and machine: the line through the
     full run it is timed against (:func:`_time_reference`, on its machine) and the shallower
     networks of that seed trained on that machine, on FLOPs. The pooled depth frontier mixes
     the machines its runs trained on, and one seed on two CPUs can end as far apart as two
-    seeds; this is the paired reading. ``{"frontier_acc", "margin", "position", "networks"}``
-    (``margin`` ``None`` outside the line's range), or ``None`` without such a full run or
-    without a shallower network of the seed on the machine."""
+    seeds; this is the paired reading. ``pooled``: ``(FLOPs ratio, model)`` of the pooled
+    line's networks. Where a network of the pooled line lies between the two networks around
+    the run's FLOPs but did not train on the run's machine with its seed, the shorter line
+    would not be the same frontier, so there is no margin (``position`` names the network).
+
+    Returns ``{"frontier_acc", "margin", "position", "networks"}`` (``margin`` ``None``
+    outside the line's range or where it lacks a network; ``networks`` in order of FLOPs),
+    or ``None`` without such a full run or without a shallower network of the seed on the
+    machine."""
     summary = runs[(label, seed)]["summary"]
     ref = _timed_against(label, seed, runs)
     if ref is None:
         return None
     full_flops = run_cost(ref["summary"], "flops")
-    points = {ref["summary"].get("model"): (1.0, 1.0, ref["summary"]["final_test_acc"])}
+    points = [(1.0, ref["summary"].get("model") or "?", ref["summary"]["final_test_acc"])]
     for (lab, s), run in sorted(runs.items()):
         if (s == seed and parse_label(lab)[0] == "shallow"
                 and _same_machine(summary, run["summary"])):
-            ratio = _ratio(run_cost(run["summary"], "flops"), full_flops)
-            points[run["summary"].get("model")] = (ratio, ratio,
-                                                   run["summary"]["final_test_acc"])
+            points.append((_ratio(run_cost(run["summary"], "flops"), full_flops),
+                           run["summary"].get("model") or lab.removeprefix("full-"),
+                           run["summary"]["final_test_acc"]))
     if len(points) < 2:
         return None
-    c = compare(build_frontier(points.values()), _ratio(run_cost(summary, "flops"), full_flops),
-                summary["final_test_acc"])
-    return {"frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position,
-            "networks": sorted(points, key=lambda model: points[model][0])}
+    points.sort()
+    line = build_frontier((ratio, ratio, acc) for ratio, _, acc in points)
+    x = _ratio(run_cost(summary, "flops"), full_flops)
+    c = compare(line, x, summary["final_test_acc"])
+    result = {"frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position,
+              "networks": [model for _, model, _ in points]}
+    if c.margin is not None:
+        left = max(r for r, _, _ in points if r <= x)
+        right = min((r for r, _, _ in points if r >= x), default=left)
+        lacking = [model for r, model in pooled if left < r < right
+                   and not any(abs(r - q) < 1e-6 for q, _, _ in points)]
+        if lacking:
+            result.update(frontier_acc=None, margin=None,
+                          position=f"lacks {', '.join(lacking)} on this machine")
+    return result
 
 
 def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict],
@@ -433,9 +452,10 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
             "seeds": len(depth_cells),
             "own_machine": {
                 **_margins([c for _, c in paired]),
-                "verdict": verdict([c["margin"] for _, c in paired]),
+                "verdict": _paired_verdict([c for _, c in paired]),
                 "seeds": [seed for seed, _ in paired],
                 "margins": [c["margin"] for _, c in paired],
+                "networks": [c["networks"] for _, c in paired],
             } if paired else None,
         } if depth_cells else None,
         "time_to_target": {
@@ -474,6 +494,16 @@ def _summarise(label: str, role: str, budget: float | None, per_seed: list[dict]
         "params_final": med("params_final"),
         "per_seed": per_seed,
     }
+
+
+def _paired_verdict(cells: list[dict]) -> str:
+    """:func:`verdict` over the seeds whose own line reaches the run's FLOPs, saying how many
+    seeds had no margin because their line lacks a network of the pooled one."""
+    rest = [c["margin"] for c in cells if not c["position"].startswith("lacks")]
+    note = f"{len(cells) - len(rest)} seed(s) whose line lacks a network on their machine"
+    if not rest:
+        return f"no verdict: {note}"
+    return verdict(rest) + (f" ({note})" if len(rest) < len(cells) else "")
 
 
 def _margins(cells: list[dict]) -> dict:
@@ -909,25 +939,27 @@ def _depth_frontier_lines(report: dict) -> list[str]:
                          f"| {_pm(d['margin'], d['margin_std'], sign=True)} | {d['verdict']} |")
     paired = {label: r["depth_frontier"]["own_machine"] for label, r in rows.items()
               if r.get("depth_frontier") and r["depth_frontier"].get("own_machine")}
-    if not paired or len(report.get("trained_on", {})) < 2:
+    machines = set(report.get("trained_on", {})) - {"not recorded"}
+    if not paired or len(machines) < 2:
         return lines  # on one machine the paired line says what the pooled one does
     lines += [
         "",
         "The runs trained on several machines, so the line above mixes them. Seed by seed on "
         "the run's own machine: the line through full training of the run's seed on that "
         "machine (the run its time ratio is read against) and the shallower networks of that "
-        "seed trained there; per seed in order (– where the run's FLOPs lie outside that "
-        "line), mean ± std.",
+        "seed trained there (a run that recorded no machine counts as any); per seed in "
+        "order, its line's networks and margin (– where the run's FLOPs lie outside that "
+        "line, or where a network of the line above, between the two around them, did not "
+        "train there), mean ± std.",
         "",
-        *_table_head(["run", "seeds", "networks", "margin per seed (pts)", "margin (pts)",
-                      "verdict"], "lrllrl"),
+        *_table_head(["run", "seeds", "networks (per seed)", "margin per seed (pts)",
+                      "margin (pts)", "verdict"], "lrllrl"),
     ]
     for label, o in paired.items():
-        used = {net for c in rows[label]["per_seed"]
-                if c.get("depth_frontier") and c["depth_frontier"]["own_machine"]
-                for net in c["depth_frontier"]["own_machine"]["networks"]}
-        networks = [p.get("model") for p in points if p.get("model") in used]
-        lines.append(f"| {label} | {'/'.join(map(str, o['seeds']))} | {', '.join(networks)} "
+        lines_used = ["+".join(n) for n in o["networks"]]
+        networks = (lines_used[0] if len(set(lines_used)) == 1  # every seed's line alike
+                    else " / ".join(lines_used))
+        lines.append(f"| {label} | {'/'.join(map(str, o['seeds']))} | {networks} "
                      f"| {', '.join(_f(m, '.2f', 100, sign=True) for m in o['margins'])} "
                      f"| {_pm(o['margin'], o['margin_std'], sign=True)} | {o['verdict']} |")
     return lines
