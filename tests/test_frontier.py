@@ -550,3 +550,15 @@ def test_the_depth_frontier_is_also_read_seed_by_seed_on_the_runs_own_machine(fa
     fake_bench[("full-resnet14", 0)]["summary"]["machine"] = "b"
     assert aggregate(fake_bench)["rows"]["learndrop"]["depth_frontier"]["own_machine"][
         "verdict"] == "no verdict: 2 seed(s) whose line lacks a network on their machine"
+
+
+def test_a_copy_is_timed_against_the_aa_control_only_on_its_own_machine(fake_bench):
+    """Random-drop trains beside the A/A control; where the control of a seed trained on another
+    machine, the full run of the copy's own machine is its reference instead of none."""
+    for run in fake_bench.values():
+        run["summary"]["machine"] = "a"
+    fake_bench[("full-aa", 1)]["summary"]["machine"] = "b"
+    rows = aggregate(fake_bench)["rows"]
+    seed0, seed1 = rows["random-drop"]["per_seed"]
+    assert seed0["time_reference"] == "full-aa" and seed0["time_ratio"] == pytest.approx(0.6)
+    assert seed1["time_reference"] == "full" and seed1["time_ratio"] == pytest.approx(0.66)

@@ -92,11 +92,15 @@ def _time_reference(label: str, seed: int, runs: dict) -> str:
     ``full`` of that seed trained on another machine, a full-training run of that seed on the
     run's own machine (the A/A control, else a ``--variant LABEL=full``, the first by label), so
     that a run made on another CPU than the bench's full runs gets its time ratio, and its
-    accuracy right after a drop, from a full run that trained beside it."""
+    accuracy right after a drop, from a full run that trained beside it. A copy of another run
+    (random-drop, slim-from-scratch) trains beside the A/A control: that is its reference, when
+    both trained on one machine."""
     summary = runs[(label, seed)]["summary"]
     if label == AA_LABEL:
         return "full"
-    if summary.get("method", label) in NEEDS_REFERENCE and (AA_LABEL, seed) in runs:
+    aa = runs.get((AA_LABEL, seed))
+    if (summary.get("method", label) in NEEDS_REFERENCE and aa is not None
+            and _same_machine(summary, aa["summary"])):
         return AA_LABEL
     full = runs.get(("full", seed))
     if full is None or _same_machine(summary, full["summary"]):
