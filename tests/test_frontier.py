@@ -516,6 +516,13 @@ def test_the_depth_frontier_is_also_read_seed_by_seed_on_the_runs_own_machine(fa
     # Stochastic depth (1 TFLOP) is cheaper than every network of its lines.
     sd = report["rows"]["stochastic-depth"]["depth_frontier"]["own_machine"]
     assert sd["margins"] == [None, None] and sd["verdict"] == "outside the frontier's range"
+    # A run at the cheapest network's FLOPs, a rounding error below them, is read there.
+    cheap = fake_bench[("stochastic-depth", 0)]["summary"]
+    cheap["fwd_flops"], cheap["bwd_flops"] = (v * (1 - 1e-12) for v in (
+        2 * TFLOP / 3, 4 * TFLOP / 3))
+    at_r8 = aggregate(fake_bench)["rows"]["stochastic-depth"]["per_seed"][0]
+    assert at_r8["depth_frontier"]["own_machine"]["margin"] == pytest.approx(0.5 - 0.78)
+    cheap["fwd_flops"], cheap["bwd_flops"] = TFLOP / 3, 2 * TFLOP / 3
     # No full run on machine c: FreezeOut's seed 1 has no line of its own.
     fz = report["rows"]["freezeout"]
     assert fz["per_seed"][1]["depth_frontier"]["own_machine"] is None

@@ -316,7 +316,7 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
             row["depth_frontier"] = None if c is None else {
                 "frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position,
                 "own_machine": _depth_on_own_machine(
-                    label, seed, runs, [(p.budget, network[p.budget]) for p in depth])}
+                    label, seed, runs, [(p.budget, network[p.budget] or "?") for p in depth])}
             target = ref["summary"]["final_test_acc"] - TARGET_GAP if ref else None
             row["target_acc"] = target
             row["time_to_target"] = (_time_to_target(run["metrics"], target)
@@ -382,7 +382,8 @@ def _depth_on_own_machine(label: str, seed: int, runs: dict,
     result = {"frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position,
               "networks": [model for _, model, _ in points]}
     if c.margin is not None:
-        left = max(r for r, _, _ in points if r <= x)
+        # Inside the line's range, up to the frontier's float tolerance at either end.
+        left = max((r for r, _, _ in points if r <= x), default=points[0][0])
         right = min((r for r, _, _ in points if r >= x), default=left)
         lacking = [model for r, model in pooled if left < r < right
                    and not any(abs(r - q) < 1e-6 for q, _, _ in points)]
