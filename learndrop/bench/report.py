@@ -316,7 +316,8 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
             row["depth_frontier"] = None if c is None else {
                 "frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position,
                 "own_machine": _depth_on_own_machine(
-                    label, seed, runs, [(p.budget, network[p.budget] or "?") for p in depth])}
+                    label, seed, runs, time_ref,
+                    [(p.budget, network[p.budget] or "?") for p in depth])}
             target = ref["summary"]["final_test_acc"] - TARGET_GAP if ref else None
             row["target_acc"] = target
             row["time_to_target"] = (_time_to_target(run["metrics"], target)
@@ -346,10 +347,10 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
     }
 
 
-def _depth_on_own_machine(label: str, seed: int, runs: dict,
+def _depth_on_own_machine(label: str, seed: int, runs: dict, ref: dict | None,
                           pooled: Sequence[tuple[float, str | None]]) -> dict | None:
     """The run against the depth frontier of its own seed and machine: the line through the
-    full run it is timed against (:func:`_time_reference`, on its machine) and the shallower
+    full run it is timed against (``ref``, :func:`_timed_against`'s answer) and the shallower
     networks of that seed trained on that machine, on FLOPs. The pooled depth frontier mixes
     the machines its runs trained on, and one seed on two CPUs can end as far apart as two
     seeds; this is the paired reading. ``pooled``: ``(FLOPs ratio, model)`` of the pooled
@@ -362,7 +363,6 @@ def _depth_on_own_machine(label: str, seed: int, runs: dict,
     or ``None`` without such a full run or without a shallower network of the seed on the
     machine."""
     summary = runs[(label, seed)]["summary"]
-    ref = _timed_against(label, seed, runs)
     if ref is None:
         return None
     full_flops = run_cost(ref["summary"], "flops")
