@@ -462,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                         "beside the proof runs of its seed (against full and the frontier); with "
                         "--methods full it trains alone and the finished runs are kept; "
                         "rd-x=random-drop:reference=x copies variant x's schedule (chance "
-                        "against its scores)")
+                        "against its scores); r20-b=full:model=resnet20 trains a shallower "
+                        "network in full under a label of its own (e.g. on another machine, "
+                        "where full-resnet20 of that seed is taken)")
     p.add_argument("--shallow", default=None, metavar="MODEL[,MODEL...]",
                    help="the shallower networks trained in full beside the bench's model: the "
                         "depth frontier (what training a smaller network costs and reaches), "

@@ -239,7 +239,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                        help="also run METHOD under the label LABEL with these options of its own "
                             "(repeatable), e.g. learndrop-paper=learndrop:normalization=per-unit,"
                             "change_threshold=0.5; a copy names the learndrop run or variant it "
-                            "copies: rd-x=random-drop:reference=x")
+                            "copies: rd-x=random-drop:reference=x; model= trains another network "
+                            "in full, a point of the depth frontier: r20-b=full:model=resnet20")
     bench.add_argument("--dry-run", action="store_true",
                        help="check the configuration, data and one training step, print the "
                             "plan, write nothing")

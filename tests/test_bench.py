@@ -188,6 +188,35 @@ def test_a_copy_variant_copies_the_run_it_names(tmp_path):
             parse_variant(text)
 
 
+def test_a_full_variant_of_another_network_is_a_point_of_the_depth_frontier(tmp_path):
+    """``--variant LABEL=full:model=NAME`` trains a shallower network in full under a label of
+    its own (e.g. on another machine, where ``full-<model>`` of the seed is taken by the first
+    machine's run): planned and recorded with its network, reported as a shallower network."""
+    r32 = parse_variant("r32-b=full:model=resnet32")
+    assert r32 == Variant("r32-b", "full", {}, "resnet32")
+    spec = plan_bench(["full"], [0], 3, [], aa_control=False, variants=[r32])[0][1]
+    assert (spec.name, spec.role, spec.model, spec.options) == (
+        "r32-b-s0", "shallow", "resnet32", ())
+    out = tmp_path / "b"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = run_bench(tiny(method_options={}), ["full"], 1, out, budgets="none",
+                           aa_control=False, variants=[r32], log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    config = json.loads((out / "r32-b-s0" / "config.json").read_text())
+    assert (config["method"], config["model"]) == ("full", "resnet32")
+    assert report["plan"]["variants"] == {
+        "r32-b": {"method": "full", "options": {}, "model": "resnet32"}}
+    row = report["rows"]["r32-b"]
+    assert (row["role"], row["model"], row["depth_frontier"]) == ("shallow", "resnet32", None)
+    assert [p["model"] for p in report["depth_frontier"]] == ["resnet20", "resnet32"]
+    assert report["depth"]["model"] == "resnet32"  # the only shallower network, here deeper
+    # Timed against full training of the bench's network, like --shallow's runs.
+    assert row["per_seed"][0]["time_reference"] == "full"
+
+
 def test_bench_report(bench):
     out, report, logs = bench
     assert set(report) >= {"config", "plan", "seeds", "machine", "frontier", "noise_floor",
@@ -343,6 +372,9 @@ def test_bad_bench_config_is_one_line(tmp_path, capsys):
         (["--variant", "x=learndrop:drop_rate=0.1"], "'drop_rate' is not an option of learndrop"),
         (["--variant", "x=learndrop:patience=0"], "patience=0 is invalid"),
         (["--variant", "x=full", "--variant", "x=full"], "label 'x' is given twice"),
+        (["--variant", "x=learndrop:model=resnet32"], "write x=full:model=resnet32"),
+        (["--variant", "x=full:model=resnet9000"], "unknown model 'resnet9000'"),
+        (["--variant", "x=full:model=resnet20"], "leave model out for another full run"),
     ):
         assert main(["bench", *TINY, "--out", str(out), "--dry-run", *argv]) == 1
         err = capsys.readouterr().err

@@ -497,16 +497,35 @@ def test_the_depth_frontier_is_also_read_seed_by_seed_on_the_runs_own_machine(fa
     fake_bench[("learndrop", 1)]["summary"]["final_test_acc"] = 0.855
     fake_bench[("b-full", 1)] = {"summary": _summary("full", 0.89, 8, 100, 50, machine="b"),
                                  "metrics": _curve((0.5, 0.89), 10)}
+    # ResNet-8 of seed 1 trained again on machine b under a label of its own
+    # (--variant a-r8=full:model=resnet8); its label sorts before b-full's.
+    fake_bench[("a-r8", 1)] = {
+        "summary": _summary("full", 0.80, 2, 25, 12, model="resnet8", machine="b"),
+        "metrics": _curve((0.5, 0.80), 10)}
     report = aggregate(fake_bench)
     ld = report["rows"]["learndrop"]
     seed0, seed1 = (r["depth_frontier"]["own_machine"] for r in ld["per_seed"])
     # Seed 0, all on machine a: at 6 TFLOP between resnet14 (0.82) and full (0.86).
     assert seed0["frontier_acc"] == pytest.approx(0.84) and seed0["margin"] == pytest.approx(0.01)
     assert seed0["networks"] == ["resnet8", "resnet14", "resnet20"]
-    # Seed 1 on machine b: b's full run (0.89) and resnet14 (0.83); a's resnet8 is left out.
+    # Seed 1 on machine b: b's full run (0.89), resnet14 (0.83) and b's own resnet8 (the
+    # variant); a's resnet8 is left out. Learn&Drop is still timed against b's full run.
     assert seed1["frontier_acc"] == pytest.approx(0.86)
     assert seed1["margin"] == pytest.approx(-0.005)
-    assert seed1["networks"] == ["resnet14", "resnet20"]
+    assert seed1["networks"] == ["resnet8", "resnet14", "resnet20"]
+    assert ld["per_seed"][1]["time_reference"] == "b-full"
+    # The variant is a shallower network: a point of the pooled line (resnet8 over 3 runs),
+    # not a run against it.
+    r8 = report["rows"]["a-r8"]
+    assert r8["role"] == "shallow" and r8["depth_frontier"] is None
+    assert [(p["model"], p["seeds"]) for p in report["depth_frontier"]] == [
+        ("resnet8", 3), ("resnet14", 2), ("resnet20", 2)]
+    assert report["depth_frontier"][0]["acc"] == pytest.approx((0.78 + 0.79 + 0.80) / 3)
+    del fake_bench[("a-r8", 1)]
+    report = aggregate(fake_bench)
+    ld = report["rows"]["learndrop"]
+    assert ld["per_seed"][1]["depth_frontier"]["own_machine"]["networks"] == [
+        "resnet14", "resnet20"]
     paired = ld["depth_frontier"]["own_machine"]
     assert paired["seeds"] == [0, 1] and paired["margins"] == pytest.approx([0.01, -0.005])
     assert paired["margin"] == pytest.approx(0.0025)

@@ -104,6 +104,12 @@ class Variant:
     precedence over the bench's (``Variant("learndrop-paper", "learndrop",
     {"normalization": "per-unit", "change_threshold": 0.5})``).
 
+    ``model``: another network than the bench's, for full training only
+    (``Variant("r20-b", "full", model="resnet20")``): a shallower network trained in full
+    under a label of its own, a point of the depth frontier like ``--shallow``'s runs. Its use:
+    the same network trained again on another machine, where ``full-<model>`` of that seed is
+    taken by the first machine's run.
+
     Raises :class:`ConfigError` for a label that is a method's name, could be read as another
     role's (``full-...``) or is not lower-case letters, digits and dashes; for an unknown method,
     a method that copies another run (random-drop, slim-from-scratch) without
@@ -116,6 +122,7 @@ class Variant:
     label: str
     method: str
     options: dict = dataclasses.field(default_factory=dict)
+    model: str | None = None
 
     def __post_init__(self) -> None:
         label, method = self.label, self.method
@@ -128,6 +135,16 @@ class Variant:
         if method not in METHODS:
             raise ConfigError(f"--variant {label}: unknown method {method!r}; choose from "
                               f"{', '.join(sorted(METHODS))}")
+        if self.model is not None:
+            from learndrop.models import list_models
+
+            if method != "full":
+                raise ConfigError(f"--variant {label}: model= trains another network in full (a "
+                                  f"point of the depth frontier), not with {method}; write "
+                                  f"{label}=full:model={self.model}")
+            if self.model not in list_models():
+                raise ConfigError(f"--variant {label}: unknown model {self.model!r}; see "
+                                  "`learndrop models`")
         if method in NEEDS_REFERENCE:
             reference = self.options.get("reference")
             if not isinstance(reference, str) or not _VARIANT_LABEL.match(reference):
@@ -172,7 +189,9 @@ def parse_variant(text: str) -> Variant:
     ``learndrop-paper=learndrop:normalization=per-unit,change_threshold=0.5,cost_batches=0``
     (option names as in :class:`~learndrop.policy.DropPolicy` etc.; values are read as
     ``true``/``false``, else an integer, else a number, ``inf`` included, else text; an option
-    that is a switch takes only ``true`` or ``false``). Raises :class:`ConfigError`."""
+    that is a switch takes only ``true`` or ``false``). ``model=NAME`` is not a method option
+    but the variant's network (:class:`Variant`'s ``model``: ``r20-b=full:model=resnet20``).
+    Raises :class:`ConfigError`."""
     label, eq, rest = text.partition("=")
     method, _, options_text = rest.partition(":")
     if not eq or not label.strip() or not method.strip():
@@ -186,9 +205,12 @@ def parse_variant(text: str) -> Variant:
             raise ConfigError(f"--variant {label}: option {item!r} is not KEY=VALUE")
         if key in options:
             raise ConfigError(f"--variant {label}: option {key!r} is given twice")
-        # A reference is a run's label, whatever it looks like ("2" is a label, not a number).
-        options[key] = value.strip() if key == "reference" else _option_value(value.strip())
-    return Variant(label.strip(), method.strip(), options)
+        # A reference is a run's label, a model a network's name, whatever they look like
+        # ("2" is a label, not a number).
+        options[key] = (value.strip() if key in ("reference", "model")
+                        else _option_value(value.strip()))
+    model = options.pop("model", None)
+    return Variant(label.strip(), method.strip(), options, model)
 
 
 def parse_label(label: str) -> tuple[str, float | None]:
@@ -360,7 +382,8 @@ def plan_bench(methods: Sequence[str], seeds: Sequence[int], epochs: int,
         raise ConfigError(f"--variant {v.label}: reference={reference} is {why}; it can name "
                           f"{' or '.join(sorted(references)) or 'a learndrop variant'}")
     def variant_spec(v: Variant, seed: int, group: int) -> RunSpec:
-        return RunSpec(v.label, seed, v.method, "method", epochs=epochs, group=group,
+        return RunSpec(v.label, seed, v.method, "shallow" if v.model else "method",
+                       epochs=epochs, model=v.model, group=group,
                        options=tuple(sorted(v.options.items())))
 
     groups = []

@@ -87,10 +87,30 @@ def read_runs(out: Path) -> dict[tuple[str, int], dict]:
     return found
 
 
+def _run_roles(runs: dict[tuple[str, int], dict]) -> dict[str, tuple[str, float | None]]:
+    """``{label: (role, budget)}`` of the finished runs: :func:`parse_label`'s, except that a
+    variant whose every run is full training of another network than the bench's ``full``
+    runs (``--variant r20-b=full:model=resnet20``) is a shallower network (``"shallow"``), a
+    point of the depth frontier like ``full-<model>``."""
+    deep = {run["summary"].get("model") for (label, _), run in runs.items() if label == "full"}
+    summaries: dict[str, list[dict]] = {}
+    for (label, _), run in runs.items():
+        summaries.setdefault(label, []).append(run["summary"])
+    roles = {}
+    for label, found in summaries.items():
+        role, budget = parse_label(label)
+        if (role == "method" and deep
+                and all(s.get("method") == "full" and s.get("model") not in deep for s in found)):
+            role, budget = "shallow", None
+        roles[label] = (role, budget)
+    return roles
+
+
 def _time_reference(label: str, seed: int, runs: dict) -> str:
     """The full run a run's times are compared with: the one it ran in lockstep with; where
     ``full`` of that seed trained on another machine, a full-training run of that seed on the
-    run's own machine (the A/A control, else a ``--variant LABEL=full``, the first by label), so
+    run's own machine (the A/A control, else a ``--variant LABEL=full`` of the same network,
+    the first by label), so
     that a run made on another CPU than the bench's full runs gets its time ratio, and its
     accuracy right after a drop, from a full run that trained beside it. A copy of another run
     (random-drop, slim-from-scratch) trains beside the A/A control: that is its reference, when
@@ -109,6 +129,7 @@ def _time_reference(label: str, seed: int, runs: dict) -> str:
                   if s == seed and lab not in (label, "full")
                   and parse_label(lab)[0] in ("aa", "method")
                   and runs[(lab, s)]["summary"].get("method") == "full"
+                  and runs[(lab, s)]["summary"].get("model") == full["summary"].get("model")
                   and runs[(lab, s)]["summary"].get("machine") == summary["machine"])
     return here[0][1] if here else "full"
 
@@ -231,6 +252,7 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
     """
     seeds = sorted({s for _, s in runs})
     full = {s: runs[("full", s)] for s in seeds if ("full", s) in runs}
+    roles = _run_roles(runs)
 
     def relative(label: str, seed: int, axis: str) -> float | None:
         """The run's cost on ``axis`` as the frontier measures it."""
@@ -244,7 +266,7 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
     for axis in AXES:
         points = []
         for (label, seed), run in runs.items():
-            role, budget = parse_label(label)
+            role, budget = roles[label]
             if (label == "full" or role == "budget") and seed in full:
                 cost = relative(label, seed, axis)
                 if cost is not None:
@@ -255,7 +277,7 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
     # FLOPs (each point's "budget" its cost as a fraction of full training's; a network's FLOPs
     # are the same for every seed). Only the seeds with a full run count.
     depth_runs = {(label, seed): run for (label, seed), run in runs.items()
-                  if (label == "full" or parse_label(label)[0] == "shallow") and seed in full}
+                  if (label == "full" or roles[label][0] == "shallow") and seed in full}
     depth_points = [(round(_ratio(run_cost(run["summary"], "flops"),
                                   run_cost(full[seed]["summary"], "flops")), 6),
                      run_cost(run["summary"], "flops"), run["summary"]["final_test_acc"])
@@ -265,9 +287,9 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
                for key, point in zip(depth_runs, depth_points, strict=True)}
 
     rows = {}
-    labels = sorted({label for label, _ in runs}, key=_label_order)
+    labels = sorted(roles, key=lambda label: _label_order(label, *roles[label]))
     for label in labels:
-        role, budget = parse_label(label)
+        role, budget = roles[label]
         per_seed = []
         for seed in sorted(s for lab, s in runs if lab == label):
             run = runs[(label, seed)]
@@ -316,7 +338,7 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
             row["depth_frontier"] = None if c is None else {
                 "frontier_acc": c.frontier_acc, "margin": c.margin, "position": c.position,
                 "own_machine": _depth_on_own_machine(
-                    label, seed, runs, time_ref,
+                    label, seed, runs, roles, time_ref,
                     [(p.budget, network[p.budget] or "?") for p in depth])}
             target = ref["summary"]["final_test_acc"] - TARGET_GAP if ref else None
             row["target_acc"] = target
@@ -347,13 +369,14 @@ def aggregate(runs: dict[tuple[str, int], dict]) -> dict:
     }
 
 
-def _depth_on_own_machine(label: str, seed: int, runs: dict, ref: dict | None,
+def _depth_on_own_machine(label: str, seed: int, runs: dict, roles: dict, ref: dict | None,
                           pooled: Sequence[tuple[float, str | None]]) -> dict | None:
     """The run against the depth frontier of its own seed and machine: the line through the
     full run it is timed against (``ref``, :func:`_timed_against`'s answer) and the shallower
     networks of that seed trained on that machine, on FLOPs. The pooled depth frontier mixes
     the machines its runs trained on, and one seed on two CPUs can end as far apart as two
-    seeds; this is the paired reading. ``pooled``: ``(FLOPs ratio, model)`` of the pooled
+    seeds; this is the paired reading. ``roles``: :func:`_run_roles`'s answer.
+    ``pooled``: ``(FLOPs ratio, model)`` of the pooled
     line's networks. Where a network of the pooled line lies between the two networks around
     the run's FLOPs but did not train on the run's machine with its seed, the shorter line
     would not be the same frontier, so there is no margin (``position`` names the network).
@@ -368,7 +391,7 @@ def _depth_on_own_machine(label: str, seed: int, runs: dict, ref: dict | None,
     full_flops = run_cost(ref["summary"], "flops")
     points = [(1.0, ref["summary"].get("model") or "?", ref["summary"]["final_test_acc"])]
     for (lab, s), run in sorted(runs.items()):
-        if (s == seed and parse_label(lab)[0] == "shallow"
+        if (s == seed and roles[lab][0] == "shallow"
                 and _same_machine(summary, run["summary"])):
             points.append((_ratio(run_cost(run["summary"], "flops"), full_flops),
                            run["summary"].get("model") or lab.removeprefix("full-"),
@@ -595,8 +618,7 @@ def _convergence(runs: dict) -> dict | None:
     return {"last_fifth_gain": mean, "last_fifth_gain_std": std, "seeds": len(gains)}
 
 
-def _label_order(label: str) -> tuple:
-    role, budget = parse_label(label)
+def _label_order(label: str, role: str, budget: float | None) -> tuple:
     rank = {"method": 0, "budget": 1, "aa": 2, "shallow": 3}[role]
     first = {"full": 0, "learndrop": 1}.get(label, 2)
     return rank, -(budget or 0), first, label

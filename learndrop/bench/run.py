@@ -100,6 +100,10 @@ def run_bench(
             if model == base.model:
                 raise ConfigError(f"--shallow {model} is the bench's own --model; name a "
                                   "shallower network (e.g. resnet20)")
+    own = next((v for v in variants if v.model == base.model), None)
+    if own:
+        raise ConfigError(f"--variant {own.label}: model={own.model} is the bench's own --model; "
+                          f"leave model out for another full run of it ({own.label}=full)")
     groups = plan_bench(methods, seed_list, base.epochs, budgets, aa_control, shallow, variants)
     configs = {spec.name: run_config(base, spec, out) for group in groups for spec in group}
     used = {k for c in configs.values() for k in c.method_options}
@@ -113,7 +117,9 @@ def run_bench(
         if not base.overwrite:
             check_same_experiment(config, out / name)
     plan = {"methods": methods, "seeds": seed_list, "budgets": budgets,
-            "variants": {v.label: {"method": v.method, "options": v.options} for v in variants},
+            "variants": {v.label: {"method": v.method, "options": v.options,
+                                   **({"model": v.model} if v.model else {})}
+                         for v in variants},
             "aa_control": aa_control, "shallow": list(shallow),
             "groups": [[spec.name for spec in group] for group in groups]}
     if dry_run:
