@@ -110,11 +110,10 @@ def _time_reference(label: str, seed: int, runs: dict) -> str:
     """The full run a run's times are compared with: the one it ran in lockstep with; where
     ``full`` of that seed trained on another machine, a full-training run of that seed on the
     run's own machine (the A/A control, else a ``--variant LABEL=full`` of the same network,
-    the first by label), so
-    that a run made on another CPU than the bench's full runs gets its time ratio, and its
-    accuracy right after a drop, from a full run that trained beside it. A copy of another run
-    (random-drop, slim-from-scratch) trains beside the A/A control: that is its reference, when
-    both trained on one machine."""
+    the first by label), so that a run made on another CPU than the bench's full runs gets its
+    time ratio, and its accuracy right after a drop, from a full run that trained beside it. A
+    copy of another run (random-drop, slim-from-scratch) trains beside the A/A control: that is
+    its reference, when both trained on one machine."""
     summary = runs[(label, seed)]["summary"]
     if label == AA_LABEL:
         return "full"

@@ -94,16 +94,18 @@ def run_bench(
     if shallow:
         from learndrop.models import list_models
 
-        for model in shallow:
-            if model not in list_models():
-                raise ConfigError(f"--shallow: unknown model {model!r}; see `learndrop models`")
-            if model == base.model:
-                raise ConfigError(f"--shallow {model} is the bench's own --model; name a "
-                                  "shallower network (e.g. resnet20)")
-    own = next((v for v in variants if v.model == base.model), None)
-    if own:
-        raise ConfigError(f"--variant {own.label}: model={own.model} is the bench's own --model; "
-                          f"leave model out for another full run of it ({own.label}=full)")
+        unknown = next((model for model in shallow if model not in list_models()), None)
+        if unknown:  # a variant's model is checked when the variant is made
+            raise ConfigError(f"--shallow: unknown model {unknown!r}; see `learndrop models`")
+    # Every other network the bench trains in full: none may be the bench's own.
+    others = [(model, f"--shallow {model}", "name a shallower network (e.g. resnet20)")
+              for model in shallow]
+    others += [(v.model, f"--variant {v.label}: model={v.model}",
+                f"leave model out for another full run of it ({v.label}=full)")
+               for v in variants if v.model]
+    for model, given, hint in others:
+        if model == base.model:
+            raise ConfigError(f"{given} is the bench's own --model; {hint}")
     groups = plan_bench(methods, seed_list, base.epochs, budgets, aa_control, shallow, variants)
     configs = {spec.name: run_config(base, spec, out) for group in groups for spec in group}
     used = {k for c in configs.values() for k in c.method_options}
